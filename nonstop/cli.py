@@ -1,0 +1,216 @@
+"""The `nonstop` command: run the stack locally, train, and move aliases.
+
+Every command reads the registry from --registry or NONSTOP_REGISTRY. Errors the project
+raises on purpose end as one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nonstop import cluster as local
+from nonstop.config import Settings
+from nonstop.errors import NonstopError
+from nonstop.registry import PRODUCTION, Registry
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+RegistryOpt = Annotated[str | None, typer.Option("--registry", help="registry URI (default: $NONSTOP_REGISTRY or ./registry)")]
+ModelOpt = Annotated[str, typer.Option("--model", help="model name")]
+AliasOpt = Annotated[str, typer.Option("--alias", help="alias to move")]
+HttpPortOpt = Annotated[int, typer.Option("--http-port", help="Serve HTTP port on 127.0.0.1")]
+DEMO_DATA = Path("data/demo")
+
+
+def _registry(uri: str | None) -> Registry:
+    return Registry(Settings.from_env(registry=uri).registry)
+
+
+def _cluster(http_port: int) -> local.LocalCluster:
+    return local.LocalCluster(http_port=http_port)
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option("--data", help="CSV or Parquet file, or a folder of daily partitions")],
+    model: ModelOpt,
+    label: Annotated[str, typer.Option("--label", help="label column")] = "target",
+    promote: Annotated[bool, typer.Option("--promote", help="move the alias if not worse than production")] = False,
+    alias: AliasOpt = PRODUCTION,
+    registry: RegistryOpt = None,
+) -> None:
+    """Validate data, fit, compare with production, publish (and maybe promote)."""
+    from training.job import TrainOptions
+    from training.job import train as run_training
+
+    result = run_training(
+        TrainOptions(data=data, model=model, label=label, promote=promote, alias=alias), _registry(registry)
+    )
+    manifest, comparison = result.manifest, result.comparison
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in manifest.metrics.items())
+    typer.echo(f"published {model} v{manifest.version} ({metrics})")
+    typer.echo(f"compared: {comparison.reason}")
+    if result.promoted:
+        typer.echo(f"promoted {model} v{manifest.version} to {alias!r}")
+    elif promote:
+        typer.echo(f"NOT promoted: v{manifest.version} stays published but unpromoted ({comparison.reason})")
+    typer.echo(f"version={manifest.version}")
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Annotated[Path, typer.Option("--out", help="folder of day=YYYY-MM-DD partitions")] = DEMO_DATA,
+    days: Annotated[int, typer.Option("--days", min=1, help="days to write when the folder is empty")] = 5,
+    next_day: Annotated[bool, typer.Option("--next-day", help="append the day after the last one")] = False,
+) -> None:
+    """Write demo data (scikit-learn's bundled breast-cancer set) as daily partitions."""
+    from training import demo
+
+    paths = [demo.write_next_day(out)] if next_day else demo.write_days(out, days)
+    for path in paths:
+        typer.echo(str(path))
+
+
+@app.command()
+def models(model: Annotated[str | None, typer.Option("--model")] = None, registry: RegistryOpt = None) -> None:
+    """List models, versions, metrics and aliases."""
+    reg = _registry(registry)
+    names = [model] if model else reg.models()
+    if not names:
+        typer.echo(f"no models in {reg.uri}")
+    for name in names:
+        aliases = reg.aliases(name)
+        typer.echo(f"{name}: aliases " + (", ".join(f"{a}->v{r.version}" for a, r in aliases.items()) or "none"))
+        for version in reg.versions(name):
+            manifest = reg.manifest(name, version)
+            marks = [a for a, r in aliases.items() if r.version == version]
+            typer.echo(
+                f"  v{version}  {manifest.created_at:%Y-%m-%d %H:%M:%S}  accuracy={manifest.metrics.get('accuracy', float('nan')):.4f}"
+                f"  rows={manifest.data.rows}  parent={manifest.parent_version}  {' '.join(marks)}"
+            )
+
+
+@app.command("promote")
+def promote_cmd(
+    version: Annotated[int, typer.Argument(help="version to point the alias at")],
+    model: ModelOpt,
+    alias: AliasOpt = PRODUCTION,
+    registry: RegistryOpt = None,
+) -> None:
+    """Point an alias at a version; replicas following it swap within their poll interval."""
+    record = _registry(registry).promote(model, version, alias)
+    typer.echo(f"{model}@{alias} -> v{record.version}")
+
+
+@app.command()
+def rollback(model: ModelOpt, alias: AliasOpt = PRODUCTION, registry: RegistryOpt = None) -> None:
+    """Point an alias back at its previous target."""
+    record = _registry(registry).rollback(model, alias)
+    typer.echo(f"{model}@{alias} -> v{record.version} (rolled back)")
+
+
+@app.command()
+def up(
+    registry: RegistryOpt = None,
+    http_port: HttpPortOpt = 8000,
+    config: Annotated[Path, typer.Option("--config", help="Serve config")] = local.SERVE_CONFIG,
+) -> None:
+    """Start a local Ray head (if none), train a first version if needed, deploy, wait."""
+    settings = Settings.from_env(registry=registry)
+    cluster = _cluster(http_port)
+    serve_config = local.load_serve_config(config)
+    target = local.deployment_config(serve_config)["user_config"]
+    model = target["model"]
+    reg = Registry(settings.registry)
+    if not reg.versions(model):
+        from training import demo
+        from training.job import TrainOptions
+        from training.job import train as run_training
+
+        if not demo.existing_days(DEMO_DATA):
+            demo.write_days(DEMO_DATA, 5)
+        typer.echo(f"registry {settings.registry} has no {model!r}: training a first version from {DEMO_DATA}")
+        run_training(TrainOptions(data=str(DEMO_DATA), model=model, promote=True), reg)
+    typer.echo(f"starting Ray (registry {settings.registry}) ...")
+    local.start(cluster, settings)
+    local.deploy(cluster, serve_config)
+    meta = local.wait_ready(cluster, model)
+    sample = dict(zip([f["name"] for f in meta["features"]], reg.manifest(model, int(meta["version"])).samples.inputs[0], strict=True))
+    typer.echo(f"serving {model} v{meta['version']} at {cluster.http_url}/v1/models/{model}:predict")
+    typer.echo(
+        f"curl -s -X POST {cluster.http_url}/v1/models/{model}:predict "
+        f"-H 'content-type: application/json' -d '{json.dumps({'instances': [sample]})}'"
+    )
+
+
+@app.command()
+def down(http_port: HttpPortOpt = 8000) -> None:
+    """Stop the local Ray cluster and Serve's haproxy, and check the port is free."""
+    local.stop(_cluster(http_port))
+    typer.echo("stopped")
+
+
+@app.command()
+def status(
+    registry: RegistryOpt = None,
+    http_port: HttpPortOpt = 8000,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Application status, the version each replica serves, and the aliases."""
+    import ray
+
+    from serve_app.status_board import read_board
+
+    cluster = _cluster(http_port)
+    if not local.is_running(cluster):
+        raise local.ClusterError(f"no local Ray cluster at {cluster.address} (run `nonstop up`)")
+    details = local.app_status(cluster)
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+    try:
+        board = read_board()
+    finally:
+        ray.shutdown()
+    report = _status_report(details, board)
+    reg = _registry(registry)
+    for model in {r["model"] for r in report["replicas"] if r.get("model")}:
+        report["aliases"][model] = {a: r.model_dump(mode="json") for a, r in reg.aliases(model).items()}
+    if as_json:
+        _print_json(report)
+        return
+    typer.echo(f"application: {report['status']}")
+    for replica in report["replicas"]:
+        error = f"  last error: {replica['last_error']}" if replica.get("last_error") else ""
+        typer.echo(
+            f"  replica {replica['replica_id']} [{replica['state']}] pid={replica.get('pid')} "
+            f"serves {replica.get('model')} v{replica.get('version')} since {replica.get('since')}{error}"
+        )
+    for model, aliases in report["aliases"].items():
+        for name, record in aliases.items():
+            typer.echo(f"  {model}@{name} -> v{record['version']}  history {[e['version'] for e in record['history']]}")
+
+
+def _status_report(details: dict[str, Any], board: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    application = details.get("applications", {}).get("nonstop", {})
+    replicas = []
+    for deployment in application.get("deployments", {}).values():
+        for replica in deployment.get("replicas", []):
+            replica_id = replica["replica_id"]
+            replicas.append({"replica_id": replica_id, "state": replica["state"], **board.get(replica_id, {})})
+    return {"status": application.get("status", "NOT_DEPLOYED"), "replicas": replicas, "aliases": {}}
+
+
+def main() -> None:
+    try:
+        app()
+    except NonstopError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        sys.exit(2)

@@ -1,0 +1,222 @@
+"""The one way this project starts, deploys to, and stops a local Ray cluster.
+
+The CLI (`nonstop up/down`) and the test fixtures both come through here, so the
+HAProxy ingress, loopback binding and the stale-haproxy clean-up are done the same way
+everywhere. Ray 2.60's `ray stop --force` leaves Serve's haproxy alive and bound to the
+HTTP port, and the next cluster's traffic would reach it: `stop` kills it by pid and
+checks that the port is free.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from nonstop.config import REGISTRY_ENV, Settings
+from nonstop.errors import NonstopError
+
+SERVE_CONFIG = Path(__file__).resolve().parent.parent / "serve_app" / "serve_config.yaml"
+LOOPBACK = "127.0.0.1"
+
+
+class ClusterError(NonstopError):
+    status_code = 503
+
+
+class LocalCluster(BaseModel):
+    """Ports and switches of one local head node; every listener on loopback."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gcs_port: int = 6379
+    dashboard_port: int = 8265
+    http_port: int = 8000
+    client_server_port: int = 10001
+    dashboard_agent_port: int = 52365
+    haproxy_stats_port: int = 8404
+    haproxy_metrics_port: int = 9101
+    haproxy_dir: str = "/tmp/haproxy-serve"
+    ingress: Literal["haproxy", "proxy"] = "haproxy"
+    throughput_optimized: bool = True
+    num_cpus: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.dashboard_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    @property
+    def haproxy_config_file(self) -> str:
+        return str(Path(self.haproxy_dir) / "haproxy.cfg")
+
+    def environment(self, settings: Settings) -> dict[str, str]:
+        """Ray and Serve read these when the head starts; they are its configuration."""
+        base = Path(self.haproxy_dir)
+        env = {
+            REGISTRY_ENV: settings.registry,
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if self.throughput_optimized else "0",
+            "RAY_SERVE_ENABLE_HA_PROXY": "1" if self.ingress == "haproxy" else "0",
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": self.haproxy_config_file,
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(self.haproxy_stats_port),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.haproxy_metrics_port),
+        }
+        return env
+
+
+def _ray_bin() -> str:
+    return str(Path(sys.executable).parent / "ray")
+
+
+def port_open(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def is_running(cluster: LocalCluster) -> bool:
+    return port_open(cluster.gcs_port) and port_open(cluster.dashboard_port)
+
+
+def start(cluster: LocalCluster, settings: Settings) -> None:
+    if is_running(cluster):
+        return
+    if port_open(cluster.http_port):
+        raise ClusterError(
+            f"port {cluster.http_port} is already taken (a stale haproxy? run `nonstop down`)"
+        )
+    Path(cluster.haproxy_dir).mkdir(parents=True, exist_ok=True)
+    command = [
+        _ray_bin(), "start", "--head",
+        f"--node-ip-address={LOOPBACK}",
+        f"--port={cluster.gcs_port}",
+        f"--dashboard-host={LOOPBACK}",
+        f"--dashboard-port={cluster.dashboard_port}",
+        f"--ray-client-server-port={cluster.client_server_port}",
+        f"--dashboard-agent-listen-port={cluster.dashboard_agent_port}",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    if cluster.num_cpus is not None:
+        command.append(f"--num-cpus={cluster.num_cpus}")
+    env = {**os.environ, **cluster.environment(settings)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ClusterError(f"`ray start` failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+
+
+def stop(cluster: LocalCluster, timeout_s: float = 30.0) -> None:
+    subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, check=False)
+    for pid in haproxy_pids(cluster):
+        _kill(pid)
+    deadline = time.monotonic() + timeout_s
+    while port_open(cluster.http_port):
+        if time.monotonic() > deadline:
+            raise ClusterError(f"port {cluster.http_port} is still served after stopping the cluster")
+        time.sleep(0.2)
+
+
+def haproxy_pids(cluster: LocalCluster) -> list[int]:
+    """haproxy processes whose config lies under this cluster's haproxy folder.
+
+    Serve puts each cluster's config in a hashed subfolder of that folder, so the match
+    is on the folder prefix.
+    """
+    prefix = str(Path(cluster.haproxy_dir).resolve()).encode() + b"/"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"haproxy") and any(a.startswith(prefix) for a in cmdline):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(25):
+            time.sleep(0.1)
+            os.kill(pid, 0)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+
+
+def load_serve_config(path: Path = SERVE_CONFIG) -> dict[str, Any]:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def deployment_config(config: dict[str, Any], app: str = "nonstop", deployment: str = "ModelServer") -> dict[str, Any]:
+    for application in config["applications"]:
+        if application["name"] == app:
+            for entry in application.get("deployments", []):
+                if entry["name"] == deployment:
+                    return entry
+    raise ClusterError(f"serve config has no deployment {app}/{deployment}")
+
+
+def deploy(cluster: LocalCluster, config: dict[str, Any]) -> None:
+    """What `serve deploy` does, with the HTTP listener pinned to this cluster's port."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+    from ray.serve.schema import ServeDeploySchema
+
+    config = copy.deepcopy(config)
+    config.setdefault("http_options", {}).update({"host": LOOPBACK, "port": cluster.http_port})
+    ServeDeploySchema.model_validate(config)
+    ServeSubmissionClient(cluster.dashboard_url).deploy_applications(config)
+
+
+def app_status(cluster: LocalCluster) -> dict[str, Any]:
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    return ServeSubmissionClient(cluster.dashboard_url).get_serve_details()
+
+
+def wait_ready(cluster: LocalCluster, model: str, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Until the app is RUNNING and the model answers as ready over HTTP."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        apps = app_status(cluster).get("applications", {})
+        status = apps.get("nonstop", {}).get("status")
+        if status == "DEPLOY_FAILED":
+            raise ClusterError(f"deployment failed: {apps['nonstop'].get('message')}")
+        if status == "RUNNING":
+            try:
+                answer = httpx.get(f"{cluster.http_url}/v1/models/{model}", timeout=5)
+                if answer.status_code == 200 and answer.json().get("ready"):
+                    return answer.json()
+                last = f"HTTP {answer.status_code}: {answer.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = str(exc)
+        else:
+            last = f"application status {status}"
+        time.sleep(0.5)
+    raise ClusterError(f"model {model!r} not ready after {timeout_s:.0f}s ({last})")

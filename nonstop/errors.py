@@ -1,0 +1,107 @@
+"""Typed errors shared by the registry, training and serving.
+
+Each error carries the HTTP status it maps to, so the serving layer renders every
+failure through one handler and the CLI turns any of them into a clear message and a
+non-zero exit, without either side knowing the other's transport.
+"""
+
+from __future__ import annotations
+
+
+class NonstopError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    status_code: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- registry -------------------------------------------------------------------------
+
+
+class ModelNotFound(NonstopError):
+    status_code = 404
+
+
+class VersionNotFound(NonstopError):
+    status_code = 404
+
+
+class AliasNotFound(NonstopError):
+    status_code = 404
+
+
+class RegistryError(NonstopError):
+    """The registry's storage is unreadable or inconsistent."""
+
+    status_code = 500
+
+
+# --- loading and verification (a refused version) -----------------------------------
+
+
+class ModelLoadError(NonstopError):
+    """A version could not be made servable; `reason` is a stable short code."""
+
+    status_code = 503
+    reason = "load_failed"
+
+    def __init__(self, model: str, version: int, detail: str) -> None:
+        super().__init__(f"model {model!r} version {version} refused ({self.reason}): {detail}")
+        self.model = model
+        self.version = version
+        self.detail = detail
+
+
+class ArtifactIntegrityError(ModelLoadError):
+    reason = "integrity"
+
+
+class ManifestError(ModelLoadError):
+    reason = "manifest"
+
+
+class UntrustedArtifactError(ModelLoadError):
+    reason = "untrusted_types"
+
+
+class SampleMismatchError(ModelLoadError):
+    reason = "sample_mismatch"
+
+
+class SchemaMismatchError(ModelLoadError):
+    reason = "schema_mismatch"
+
+
+# --- serving ----------------------------------------------------------------------------
+
+
+class UnknownModel(NonstopError):
+    status_code = 404
+
+
+class InvalidInput(NonstopError):
+    status_code = 422
+
+
+class PayloadTooLarge(NonstopError):
+    status_code = 413
+
+
+class ModelNotReady(NonstopError):
+    status_code = 503
+
+
+# --- training ---------------------------------------------------------------------------
+
+
+class DataValidationError(NonstopError):
+    """Training data refused before anything is fitted or published."""
+
+    status_code = 422
+
+
+class ConfigError(NonstopError):
+    status_code = 422

@@ -1,0 +1,206 @@
+"""The model registry: immutable numbered versions and movable aliases.
+
+Layout under the registry URI::
+
+    <model>/versions/<n>/model.skops     the artifact, written first
+    <model>/versions/<n>/manifest.json   written last: a version exists once it is here
+    <model>/aliases/<name>.json          target and history, replaced atomically
+
+Readers never see a half-published version because they only list versions that have
+a manifest, and every file is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from nonstop.errors import (
+    AliasNotFound,
+    ConfigError,
+    ModelNotFound,
+    RegistryError,
+    VersionNotFound,
+)
+from nonstop.manifest import Manifest, ManifestDraft
+from nonstop.storage import Storage, open_storage
+
+ARTIFACT_NAME = "model.skops"
+MANIFEST_NAME = "manifest.json"
+PRODUCTION = "production"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MAX_CLAIM_ATTEMPTS = 1000
+
+
+class AliasEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int
+    action: Literal["promote", "rollback"]
+    at: datetime
+
+
+class AliasRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alias: str
+    version: int
+    history: list[AliasEvent]
+
+    def lineage(self) -> list[int]:
+        """Targets still in force: a promote pushes, a rollback pops."""
+        stack: list[int] = []
+        for event in self.history:
+            if event.action == "promote":
+                stack.append(event.version)
+            elif stack:
+                stack.pop()
+        return stack
+
+
+def check_name(kind: str, name: str) -> str:
+    if not _NAME.match(name):
+        raise ConfigError(
+            f"invalid {kind} name {name!r}: use letters, digits, '_', '.', '-' "
+            "(at most 64, starting with a letter or digit)"
+        )
+    return name
+
+
+class Registry:
+    def __init__(self, uri: str, storage: Storage | None = None) -> None:
+        self.uri = uri
+        self._storage = storage or open_storage(uri)
+
+    # --- reading ------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        root = self._storage.join()
+        return [m for m in self._storage.list_dir(root) if _NAME.match(m) and self.versions(m)]
+
+    def versions(self, model: str) -> list[int]:
+        """Published versions, ascending; claimed folders without a manifest are skipped."""
+        folder = self._storage.join(check_name("model", model), "versions")
+        found = []
+        for entry in self._storage.list_dir(folder):
+            if entry.isdigit() and self._storage.exists(self._version_path(model, int(entry), MANIFEST_NAME)):
+                found.append(int(entry))
+        return sorted(found)
+
+    def manifest(self, model: str, version: int) -> Manifest:
+        path = self._version_path(model, version, MANIFEST_NAME)
+        if not self._storage.exists(path):
+            if not self.versions(model):
+                raise ModelNotFound(f"model {model!r} has no published version in {self.uri}")
+            raise VersionNotFound(f"model {model!r} has no version {version}")
+        try:
+            return Manifest.model_validate_json(self._storage.read_bytes(path))
+        except ValidationError as exc:
+            raise RegistryError(f"model {model!r} version {version}: unreadable manifest: {exc}") from exc
+
+    def read_artifact(self, model: str, version: int) -> bytes:
+        manifest = self.manifest(model, version)
+        return self._storage.read_bytes(self._version_path(model, version, manifest.artifact))
+
+    def latest(self, model: str) -> int | None:
+        versions = self.versions(model)
+        return versions[-1] if versions else None
+
+    # --- publishing -----------------------------------------------------------------
+
+    def publish(self, model: str, artifact: bytes, draft: ManifestDraft) -> Manifest:
+        """Claim the next version, write the artifact, then the manifest that reveals it."""
+        check_name("model", model)
+        version = self._claim_version(model)
+        self._storage.write_atomic(self._version_path(model, version, ARTIFACT_NAME), artifact)
+        manifest = Manifest(
+            **draft.model_dump(),
+            model=model,
+            version=version,
+            created_at=datetime.now(UTC),
+            artifact=ARTIFACT_NAME,
+            sha256=hashlib.sha256(artifact).hexdigest(),
+        )
+        self._storage.write_atomic(
+            self._version_path(model, version, MANIFEST_NAME),
+            manifest.model_dump_json(indent=2).encode(),
+        )
+        return manifest
+
+    def _claim_version(self, model: str) -> int:
+        folder = self._storage.join(model, "versions")
+        taken = [int(e) for e in self._storage.list_dir(folder) if e.isdigit()]
+        candidate = max(taken, default=0) + 1
+        for _ in range(_MAX_CLAIM_ATTEMPTS):
+            if self._storage.claim_dir(self._storage.join(model, "versions", str(candidate))):
+                return candidate
+            candidate += 1
+        raise RegistryError(f"could not claim a version number for {model!r}")
+
+    # --- aliases ----------------------------------------------------------------------
+
+    def aliases(self, model: str) -> dict[str, AliasRecord]:
+        folder = self._storage.join(check_name("model", model), "aliases")
+        names = [e.removesuffix(".json") for e in self._storage.list_dir(folder) if e.endswith(".json") and not e.startswith(".")]
+        return {name: self.alias(model, name) for name in names}
+
+    def alias(self, model: str, alias: str) -> AliasRecord:
+        path = self._alias_path(model, alias)
+        if not self._storage.exists(path):
+            raise AliasNotFound(f"model {model!r} has no alias {alias!r}")
+        try:
+            return AliasRecord.model_validate_json(self._storage.read_bytes(path))
+        except ValidationError as exc:
+            raise RegistryError(f"alias {alias!r} of {model!r} is unreadable: {exc}") from exc
+
+    def resolve(self, model: str, alias: str) -> int | None:
+        """The alias's version, or None if the alias was never set."""
+        try:
+            return self.alias(model, alias).version
+        except AliasNotFound:
+            return None
+
+    def promote(self, model: str, version: int, alias: str = PRODUCTION) -> AliasRecord:
+        self.manifest(model, version)  # the target must exist: an alias never dangles
+        previous = self._history(model, alias)
+        return self._write_alias(model, alias, version, [*previous, self._event(version, "promote")])
+
+    def rollback(self, model: str, alias: str = PRODUCTION) -> AliasRecord:
+        record = self.alias(model, alias)
+        lineage = record.lineage()
+        if len(lineage) < 2:
+            raise ConfigError(
+                f"alias {alias!r} of {model!r} has no previous target to roll back to "
+                f"(history: {[e.version for e in record.history]})"
+            )
+        target = lineage[-2]
+        self.manifest(model, target)
+        return self._write_alias(model, alias, target, [*record.history, self._event(target, "rollback")])
+
+    def _history(self, model: str, alias: str) -> list[AliasEvent]:
+        try:
+            return list(self.alias(model, alias).history)
+        except AliasNotFound:
+            return []
+
+    @staticmethod
+    def _event(version: int, action: Literal["promote", "rollback"]) -> AliasEvent:
+        return AliasEvent(version=version, action=action, at=datetime.now(UTC))
+
+    def _write_alias(self, model: str, alias: str, version: int, history: list[AliasEvent]) -> AliasRecord:
+        record = AliasRecord(alias=alias, version=version, history=history)
+        self._storage.write_atomic(self._alias_path(model, alias), record.model_dump_json(indent=2).encode())
+        return record
+
+    # --- paths ------------------------------------------------------------------------
+
+    def _version_path(self, model: str, version: int, name: str) -> str:
+        return self._storage.join(check_name("model", model), "versions", str(version), name)
+
+    def _alias_path(self, model: str, alias: str) -> str:
+        return self._storage.join(check_name("model", model), "aliases", f"{check_name('alias', alias)}.json")
+

@@ -1,0 +1,33 @@
+"""One conversion from rows in schema order to the matrix the estimator was fitted on.
+
+Training and serving both go through here, so a served row is encoded exactly as the
+training rows were: float64 when every feature is a number, object otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nonstop.manifest import FeatureSpec
+
+
+def matrix_dtype(features: Sequence[FeatureSpec]) -> type:
+    return np.float64 if all(f.kind == "number" for f in features) else object
+
+
+def rows_to_matrix(rows: Sequence[Sequence[Any]], features: Sequence[FeatureSpec]) -> np.ndarray:
+    return np.asarray(rows, dtype=matrix_dtype(features)).reshape(len(rows), len(features))
+
+
+def frame_to_matrix(frame: pd.DataFrame, features: Sequence[FeatureSpec]) -> np.ndarray:
+    columns = [f.name for f in features]
+    return frame[columns].to_numpy(dtype=matrix_dtype(features))
+
+
+def to_python(values: Any) -> list[Any]:
+    """numpy scalars to plain JSON-able Python values."""
+    return [v.item() if hasattr(v, "item") else v for v in values]

@@ -1,0 +1,73 @@
+"""The Ray Serve deployment: wires registry, holder, data plane and routes together.
+
+Deployment options (replicas, health checks, user_config) come from serve_config.yaml;
+the defaults here only matter for `serve run` without a config file.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+
+from nonstop.config import Settings
+from nonstop.loading import TrustPolicy
+from nonstop.registry import Registry
+from serve_app.config import AppArgs, ModelTarget
+from serve_app.dataplane import DataPlane
+from serve_app.holder import ModelHolder
+from serve_app.routes import create_api
+from serve_app.status_board import board
+
+
+
+@serve.deployment(num_replicas=2, health_check_period_s=5)
+@serve.ingress()
+class ModelServer:
+    def __init__(self, args: AppArgs) -> None:
+        assert args.registry is not None, "build_app resolves the registry"
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
+        self._board = board()
+        self._holder = ModelHolder(Registry(args.registry), TrustPolicy(extra_types=args.trusted_types), self._report)
+        self._plane = DataPlane(self._holder, args.limits)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Called by Serve after __init__: the routes get this replica's data plane."""
+        api = create_api()
+        api.state.plane = self._plane
+        return api
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        await self._holder.configure(ModelTarget.model_validate(config))
+
+    async def check_health(self) -> None:
+        if not self._holder.ready:
+            error = self._holder.last_error
+            raise RuntimeError(f"no usable model: {error.message if error else 'nothing loaded'}")
+
+    def _report(self) -> None:
+        current, error = self._holder.current, self._holder.last_error
+        self._board.report.remote(
+            self._replica_id,
+            {
+                "pid": os.getpid(),
+                "model": current.manifest.model if current else None,
+                "version": current.version if current else None,
+                "since": current.loaded_at.isoformat() if current else None,
+                "target": self._holder.target.describe() if self._holder.target else None,
+                "last_error": error.message if error else None,
+                "reported_at": datetime.now(UTC).isoformat(),
+            },
+        )
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Application builder named by serve_config.yaml's import_path."""
+    parsed = AppArgs.model_validate(args or {})
+    if parsed.registry is None:
+        parsed = parsed.model_copy(update={"registry": Settings.from_env().registry})
+    return ModelServer.bind(parsed)

@@ -1,0 +1,151 @@
+"""The transport-free data plane: ready, metadata, infer.
+
+It takes bytes and returns plain data, raising typed errors; the HTTP layer only maps
+those to responses. Every request reads the holder's model reference once, so a swap in
+the middle of a request cannot mix two versions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nonstop.errors import InvalidInput, ModelNotReady, PayloadTooLarge, UnknownModel
+from nonstop.loading import LoadedModel
+from nonstop.manifest import FeatureSpec
+from nonstop.schema import rows_to_matrix
+from serve_app.config import Limits
+from serve_app.holder import ModelHolder
+
+
+@dataclass(frozen=True)
+class Prediction:
+    predictions: list[Any]
+    version: int
+
+    def body(self) -> dict[str, Any]:
+        return {"predictions": self.predictions, "model_version": str(self.version)}
+
+
+class DataPlane:
+    def __init__(self, holder: ModelHolder, limits: Limits) -> None:
+        self.holder = holder
+        self.limits = limits
+
+    def served_model(self) -> str | None:
+        target = self.holder.target
+        return target.model if target else None
+
+    def _check_model(self, model: str) -> None:
+        if model != self.served_model():
+            raise UnknownModel(f"unknown model {model!r}; this server serves {self.served_model()!r}")
+
+    def model_for(self, model: str) -> LoadedModel:
+        self._check_model(model)
+        current = self.holder.current
+        if current is None:
+            raise ModelNotReady(f"model {model!r} has no version loaded yet")
+        return current
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        self._check_model(model)
+        current, error, target = self.holder.current, self.holder.last_error, self.holder.target
+        manifest = current.manifest if current else None
+        return {
+            "name": model,
+            "ready": current is not None,
+            "version": str(manifest.version) if manifest else None,
+            "target": target.describe() if target else None,
+            "loaded_at": current.loaded_at.isoformat() if current else None,
+            "load_seconds": current.load_seconds if current else None,
+            "features": [f.model_dump() for f in manifest.features] if manifest else [],
+            "classes": manifest.classes if manifest else [],
+            "metrics": manifest.metrics if manifest else {},
+            "created_at": manifest.created_at.isoformat() if manifest else None,
+            "last_error": None
+            if error is None
+            else {"version": error.version, "reason": error.reason, "message": error.message, "at": error.at.isoformat()},
+        }
+
+    def infer(self, model: str, body: bytes) -> Prediction:
+        loaded = self.model_for(model)
+        if len(body) > self.limits.max_body_bytes:
+            raise PayloadTooLarge(f"request body of {len(body)} bytes exceeds the limit of {self.limits.max_body_bytes}")
+        instances = self._instances(body)
+        matrix = self.to_matrix(instances, loaded.manifest.features)
+        return Prediction(predictions=loaded.predict(matrix), version=loaded.version)
+
+    def _instances(self, body: bytes) -> list[Any]:
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+        if not isinstance(payload, dict) or "instances" not in payload:
+            raise InvalidInput('request body must be a JSON object with an "instances" list')
+        unknown = sorted(set(payload) - {"instances"})
+        if unknown:
+            raise InvalidInput(f"unknown request field(s): {', '.join(unknown)}")
+        instances = payload["instances"]
+        if not isinstance(instances, list):
+            raise InvalidInput('"instances" must be a list')
+        if not instances:
+            raise InvalidInput('"instances" is empty: send at least one instance')
+        if len(instances) > self.limits.max_instances:
+            raise PayloadTooLarge(f"{len(instances)} instances exceed the limit of {self.limits.max_instances} per request")
+        return instances
+
+    def to_matrix(self, instances: list[Any], features: list[FeatureSpec]) -> np.ndarray:
+        names = [f.name for f in features]
+        rows = []
+        for index, instance in enumerate(instances):
+            if isinstance(instance, dict):
+                missing = [n for n in names if n not in instance]
+                if missing:
+                    raise InvalidInput(f"instance {index}: missing feature(s) {', '.join(missing)}")
+                if len(instance) != len(names):
+                    extra = sorted(set(instance) - set(names))
+                    raise InvalidInput(f"instance {index}: unknown feature(s) {', '.join(extra)}")
+                row = [instance[n] for n in names]
+            elif isinstance(instance, list):
+                if len(instance) != len(names):
+                    raise InvalidInput(
+                        f"instance {index}: expected {len(names)} values in schema order, got {len(instance)}"
+                    )
+                row = instance
+            else:
+                raise InvalidInput(f"instance {index}: must be an object keyed by feature name or a list of values")
+            for spec, value in zip(features, row, strict=True):
+                self._check_value(index, spec, value)
+            rows.append(row)
+        return rows_to_matrix(rows, features)
+
+    def _check_value(self, index: int, spec: FeatureSpec, value: Any) -> None:
+        if value is None:
+            return  # documented: a missing value, imputed as in training
+        if spec.kind == "number":
+            if type(value) is float:
+                if not math.isfinite(value):
+                    raise InvalidInput(f"instance {index}, feature {spec.name!r}: {value} is not a finite number")
+                return
+            if type(value) is int:
+                return
+            raise InvalidInput(
+                f"instance {index}, feature {spec.name!r}: expected a number, got {type(value).__name__} {_short(value)}"
+            )
+        if not isinstance(value, str):
+            raise InvalidInput(
+                f"instance {index}, feature {spec.name!r}: expected a string, got {type(value).__name__} {_short(value)}"
+            )
+        if len(value) > self.limits.max_string_length:
+            raise InvalidInput(
+                f"instance {index}, feature {spec.name!r}: string longer than {self.limits.max_string_length} characters"
+            )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."

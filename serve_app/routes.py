@@ -1,0 +1,52 @@
+"""Thin HTTP routes (KServe V1 shape) over the data plane, and the one error renderer."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from nonstop.errors import NonstopError, PayloadTooLarge
+from serve_app.dataplane import DataPlane
+
+VERSION_HEADER = "x-model-version"
+
+
+def _plane(request: Request) -> DataPlane:
+    return request.app.state.plane
+
+
+def _json(content: object, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(content), status_code=status_code, media_type="application/json", headers=headers)
+
+
+async def _render_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, NonstopError)
+    return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+
+
+def create_api() -> FastAPI:
+    """The app object; whoever hosts it sets `app.state.plane` before traffic arrives."""
+    api = FastAPI(title="nonstop", summary="Predictions from the registry's current model version")
+    api.add_exception_handler(NonstopError, _render_error)
+
+    @api.post("/v1/models/{model}:predict")
+    async def predict(model: str, request: Request) -> Response:
+        plane = _plane(request)
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > plane.limits.max_body_bytes:
+            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {plane.limits.max_body_bytes}")
+        result = plane.infer(model, await request.body())
+        return _json(result.body(), headers={VERSION_HEADER: str(result.version)})
+
+    @api.get("/v1/models/{model}")
+    async def model_metadata(model: str, request: Request) -> Response:
+        return _json(_plane(request).metadata(model))
+
+    @api.get("/v1/models")
+    async def list_models(request: Request) -> Response:
+        served = _plane(request).served_model()
+        return _json({"models": [served] if served else []})
+
+    return api

@@ -1,0 +1,138 @@
+"""Read training data and refuse it early, naming the column at fault.
+
+Nothing is fitted or published from data that fails here, so a bad day of data costs a
+failed job and a clear message, never a bad version in the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from nonstop.errors import DataValidationError
+from nonstop.manifest import DataFingerprint, FeatureSpec
+
+DATA_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def _open_fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as exc:  # pyarrow raises several types for a bad URI
+        raise DataValidationError(f"cannot open data location {uri!r}: {exc}") from exc
+
+
+def list_data_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
+    """One file, or every CSV/Parquet file below a folder (daily partitions), in name order."""
+    fs, path = _open_fs(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise DataValidationError(f"no data at {uri!r}")
+    if info.type == pafs.FileType.File:
+        return fs, [path]
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    files = sorted(
+        i.path for i in infos if i.type == pafs.FileType.File and i.path.lower().endswith(DATA_SUFFIXES)
+    )
+    if not files:
+        raise DataValidationError(f"no CSV or Parquet files under {uri!r}")
+    return fs, files
+
+
+def _read_one(fs: pafs.FileSystem, path: str) -> pd.DataFrame:
+    if not path.lower().endswith(DATA_SUFFIXES):
+        raise DataValidationError(f"{path}: unsupported file type (expected {', '.join(DATA_SUFFIXES)})")
+    try:
+        if path.lower().endswith(".csv"):
+            with fs.open_input_file(path) as handle:
+                return pd.read_csv(io.BytesIO(handle.read()))
+        return pq.read_table(path, filesystem=fs).to_pandas()
+    except pd.errors.EmptyDataError as exc:
+        raise DataValidationError(f"{path}: the file is empty") from exc
+    except (pd.errors.ParserError, OSError, ValueError) as exc:
+        raise DataValidationError(f"{path}: cannot be read: {exc}") from exc
+
+
+def read_data(uri: str) -> tuple[pd.DataFrame, DataFingerprint]:
+    fs, files = list_data_files(uri)
+    frames = [_read_one(fs, f) for f in files]
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    digest.update(",".join(map(str, frame.columns)).encode())
+    return frame, DataFingerprint(rows=len(frame), sha256=digest.hexdigest(), source=uri)
+
+
+def _kind(frame: pd.DataFrame, column: str) -> str:
+    series = frame[column]
+    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+        return "number"
+    if pd.api.types.is_string_dtype(series) or isinstance(series.dtype, pd.CategoricalDtype):
+        return "category"
+    raise DataValidationError(f"column {column!r} has unsupported dtype {series.dtype}")
+
+
+def validate(
+    frame: pd.DataFrame,
+    label: str,
+    *,
+    min_rows: int,
+    required: Sequence[FeatureSpec] = (),
+) -> list[FeatureSpec]:
+    """Check the frame and return its feature schema (every column but the label)."""
+    if frame.empty:
+        raise DataValidationError("the data has no rows")
+    if label not in frame.columns:
+        raise DataValidationError(
+            f"label column {label!r} is missing (columns: {', '.join(map(str, frame.columns))})"
+        )
+    duplicated = [str(c) for c in frame.columns[frame.columns.duplicated()]]
+    if duplicated:
+        raise DataValidationError(f"column(s) {', '.join(duplicated)} appear more than once")
+    for column in frame.columns:
+        if frame[column].isna().all():
+            raise DataValidationError(f"column {column!r} is entirely null")
+    nulls = int(frame[label].isna().sum())
+    if nulls:
+        raise DataValidationError(f"label column {label!r} has {nulls} null value(s)")
+    counts = frame[label].value_counts()
+    if len(counts) < 2:
+        raise DataValidationError(f"label column {label!r} has a single class ({counts.index[0]!r})")
+    if len(frame) < min_rows:
+        raise DataValidationError(f"only {len(frame)} rows; at least {min_rows} are required")
+    rare = counts[counts < 2]
+    if len(rare):
+        raise DataValidationError(f"label column {label!r}: class {rare.index[0]!r} has fewer than 2 rows")
+
+    features = [
+        FeatureSpec(name=str(c), kind=_kind(frame, c), dtype=str(frame[c].dtype)) for c in frame.columns if c != label  # type: ignore[arg-type]
+    ]
+    if not features:
+        raise DataValidationError(f"no feature columns besides the label {label!r}")
+    by_name = {f.name: f for f in features}
+    missing = [r.name for r in required if r.name not in by_name]
+    if missing:
+        raise DataValidationError(f"required feature column(s) missing: {', '.join(missing)}")
+    for spec in required:
+        got = by_name[spec.name]
+        if got.kind != spec.kind:
+            bad = _first_bad_value(frame[spec.name]) if spec.kind == "number" else None
+            hint = f" (e.g. {bad!r})" if bad is not None else ""
+            raise DataValidationError(
+                f"column {spec.name!r} must be {spec.kind} as in production, "
+                f"but has dtype {got.dtype}{hint}"
+            )
+    return features
+
+
+def _first_bad_value(series: pd.Series) -> object | None:
+    coerced = pd.to_numeric(series, errors="coerce")
+    bad = series[coerced.isna() & series.notna()]
+    return None if bad.empty else bad.iloc[0]
