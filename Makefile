@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run down test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## venv, install, start a local Ray cluster, train a first model if none, serve it
+run: install
+	$(BIN)/nonstop up
+
+down: install
+	$(BIN)/nonstop down
+
+## the whole suite: unit, in-process HTTP, and integration against a real local Ray Serve
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+## unit and in-process tiers only (no Ray cluster)
+test-fast: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration"
+
+clean:
+	rm -rf $(VENV) registry data build *.egg-info

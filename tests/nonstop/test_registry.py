@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from nonstop.errors import ConfigError, VersionNotFound
+from nonstop.manifest import DataFingerprint, FeatureSpec, ManifestDraft, SampleSet
+from nonstop.registry import Registry
+
+DRAFT = ManifestDraft(
+    features=[FeatureSpec(name="x", kind="number", dtype="float64")],
+    label="y",
+    classes=[0, 1],
+    data=DataFingerprint(rows=10, sha256="0" * 64, source="test"),
+    metrics={"accuracy": 1.0},
+    libraries={},
+    samples=SampleSet(inputs=[[1.0]], outputs=[1]),
+)
+
+
+def test_publish_assigns_increasing_versions_and_digests(registry: Registry) -> None:
+    first = registry.publish("m", b"one", DRAFT)
+    second = registry.publish("m", b"two", DRAFT)
+    assert (first.version, second.version) == (1, 2)
+    assert registry.versions("m") == [1, 2]
+    assert registry.read_artifact("m", 2) == b"two"
+    assert first.sha256 != second.sha256
+
+
+def test_version_without_manifest_is_invisible(registry: Registry, tmp_path: Path) -> None:
+    registry.publish("m", b"one", DRAFT)
+    # a publisher that died after claiming v2 and writing the artifact, before the manifest
+    crashed = tmp_path / "registry" / "m" / "versions" / "2"
+    crashed.mkdir()
+    (crashed / "model.skops").write_bytes(b"half")
+    assert registry.versions("m") == [1]
+    with pytest.raises(VersionNotFound):
+        registry.manifest("m", 2)
+    assert registry.publish("m", b"three", DRAFT).version == 3
+
+
+def test_promote_rollback_and_history(registry: Registry) -> None:
+    for payload in (b"1", b"2", b"3"):
+        registry.publish("m", payload, DRAFT)
+    registry.promote("m", 1)
+    registry.promote("m", 2)
+    registry.promote("m", 3)
+    assert registry.rollback("m").version == 2
+    assert registry.rollback("m").version == 1
+    with pytest.raises(ConfigError, match="no previous target"):
+        registry.rollback("m")
+    record = registry.alias("m", "production")
+    assert [(e.action, e.version) for e in record.history] == [
+        ("promote", 1), ("promote", 2), ("promote", 3), ("rollback", 2), ("rollback", 1),
+    ]  # fmt: skip
+
+
+def test_alias_never_points_at_a_missing_version(registry: Registry) -> None:
+    registry.publish("m", b"1", DRAFT)
+    with pytest.raises(VersionNotFound):
+        registry.promote("m", 7)
+    assert registry.resolve("m", "production") is None
+
+
+def test_alias_file_is_replaced_whole(registry: Registry, tmp_path: Path) -> None:
+    registry.publish("m", b"1", DRAFT)
+    registry.promote("m", 1, alias="canary")
+    folder = tmp_path / "registry" / "m" / "aliases"
+    assert sorted(p.name for p in folder.iterdir()) == ["canary.json"]  # no temporary left behind
+    assert json.loads((folder / "canary.json").read_text())["version"] == 1
+
+
+@pytest.mark.parametrize("name", ["", "../etc", "a/b", "x" * 80, ".hidden"])
+def test_bad_names_are_refused(registry: Registry, name: str) -> None:
+    with pytest.raises(ConfigError, match="invalid model name"):
+        registry.publish(name, b"1", DRAFT)
+
+
+def _publish_many(uri: str, count: int, out: multiprocessing.Queue) -> None:
+    registry = Registry(uri)
+    for i in range(count):
+        out.put(registry.publish("m", f"payload-{i}".encode(), DRAFT).version)
+
+
+def test_concurrent_publishers_get_unique_versions(registry: Registry) -> None:
+    queue: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_publish_many, args=(registry.uri, 5, queue)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    versions = sorted(queue.get(timeout=10) for _ in range(20))
+    assert versions == list(range(1, 21))
+    assert registry.versions("m") == versions

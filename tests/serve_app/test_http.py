@@ -1,0 +1,119 @@
+"""The FastAPI routes in-process (httpx over ASGI), on a real registry and model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from nonstop.loading import TrustPolicy, load_version
+from nonstop.registry import Registry
+from nonstop.schema import rows_to_matrix
+from serve_app.config import Limits, ModelTarget
+from serve_app.dataplane import DataPlane
+from serve_app.holder import ModelHolder
+from serve_app.routes import create_api
+from tests.conftest import MODEL, train_into
+
+PREDICT = f"/v1/models/{MODEL}:predict"
+
+
+@pytest.fixture
+def served(registry: Registry, demo_data: Path) -> Registry:
+    train_into(registry, demo_data)
+    return registry
+
+
+def call(registry: Registry, method: str, path: str, limits: Limits = Limits(), **kwargs: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        holder = ModelHolder(registry, TrustPolicy())
+        await holder.configure(ModelTarget(model=MODEL, poll_interval_s=3600))
+        api = create_api()
+        api.state.plane = DataPlane(holder, limits)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://test") as client:
+            response = await client.request(method, path, **kwargs)
+        await holder.close()
+        return response
+
+    return asyncio.run(go())
+
+
+def test_predict_matches_the_registry_model_in_both_instance_shapes(served: Registry) -> None:
+    manifest = served.manifest(MODEL, 1)
+    rows = manifest.samples.inputs[:4]
+    names = manifest.feature_names
+    expected = load_version(served, MODEL, 1, TrustPolicy()).predict(rows_to_matrix(rows, manifest.features))
+    as_lists = call(served, "POST", PREDICT, json={"instances": rows})
+    as_objects = call(served, "POST", PREDICT, json={"instances": [dict(zip(names, r, strict=True)) for r in rows]})
+    for response in (as_lists, as_objects):
+        assert response.status_code == 200, response.text
+        assert response.json() == {"predictions": expected, "model_version": "1"}
+        assert response.headers["x-model-version"] == "1"
+
+
+def test_metadata_describes_the_served_version(served: Registry) -> None:
+    body = call(served, "GET", f"/v1/models/{MODEL}").json()
+    assert body["ready"] is True and body["version"] == "1"
+    assert [f["name"] for f in body["features"]] == served.manifest(MODEL, 1).feature_names
+    assert body["last_error"] is None
+
+
+def _instance(registry: Registry, **changes: Any) -> dict[str, Any]:
+    manifest = registry.manifest(MODEL, 1)
+    instance = dict(zip(manifest.feature_names, manifest.samples.inputs[0], strict=True))
+    instance.update(changes)
+    return instance
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 422, "not valid JSON"),
+        (b"[1, 2]", 422, '"instances" list'),
+        (b'{"instances": []}', 422, '"instances" is empty'),
+        (b'{"instances": {}}', 422, '"instances" must be a list'),
+        (b'{"instances": [[1, 2]], "extra": 1}', 422, "unknown request field"),
+        (b'{"instances": [[1, 2]]}', 422, "expected 30 values"),
+        (b'{"instances": ["text"]}', 422, "instance 0: must be an object"),
+        ("missing", 422, "instance 0: missing feature\\(s\\) mean_radius"),
+        ("unknown", 422, "instance 0: unknown feature\\(s\\) colour"),
+        ("string", 422, "feature 'mean_radius': expected a number, got str"),
+        ("bool", 422, "feature 'mean_radius': expected a number, got bool"),
+        ("nan", 422, "feature 'mean_radius': nan is not a finite number"),
+    ],
+)
+def test_bad_input_gets_a_4xx_naming_the_problem(served: Registry, body: Any, status: int, message: str) -> None:
+    named = {
+        "missing": {k: v for k, v in _instance(served).items() if k != "mean_radius"},
+        "unknown": _instance(served, colour=1.0),
+        "string": _instance(served, mean_radius="12.5"),
+        "bool": _instance(served, mean_radius=True),
+        "nan": _instance(served, mean_radius=float("nan")),
+    }
+    if isinstance(body, str):
+        body = json.dumps({"instances": [named[body]]}).encode()
+    response = call(served, "POST", PREDICT, content=body)
+    assert response.status_code == status
+    assert re.search(message, response.json()["error"]), response.json()
+
+
+def test_null_is_a_missing_value_imputed_as_in_training(served: Registry) -> None:
+    response = call(served, "POST", PREDICT, json={"instances": [_instance(served, mean_radius=None)]})
+    assert response.status_code == 200
+    assert response.json()["predictions"][0] in (0, 1)
+
+
+def test_unknown_model_is_404_and_limits_are_413(served: Registry) -> None:
+    assert call(served, "POST", "/v1/models/other:predict", json={"instances": [[1]]}).status_code == 404
+    assert call(served, "GET", "/v1/models/other").status_code == 404
+    small = Limits(max_body_bytes=1024, max_instances=2)
+    big = call(served, "POST", PREDICT, limits=small, content=b'{"instances": [' + b"1," * 1000 + b"1]}")
+    assert big.status_code == 413 and "exceeds the limit of 1024" in big.json()["error"]
+    row = served.manifest(MODEL, 1).samples.inputs[0]
+    many = call(served, "POST", PREDICT, limits=Limits(max_instances=2), json={"instances": [row] * 3})
+    assert many.status_code == 413 and "3 instances exceed the limit of 2" in many.json()["error"]
