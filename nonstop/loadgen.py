@@ -1,0 +1,119 @@
+"""A bounded asynchronous load driver that records every request.
+
+Used by the tests, the rollout report and the benchmarks to measure an upgrade as a
+client sees it: each request's send time, latency, status and the version that answered.
+It refuses any target but loopback, and stops at a request count or a duration,
+whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+VERSION_HEADER = "x-model-version"
+
+
+@dataclass(frozen=True)
+class Sample:
+    sent_at: float
+    latency_s: float
+    status: int
+    version: str | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and 200 <= self.status < 300
+
+
+@dataclass
+class LoadResult:
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Sample]:
+        return [s for s in self.samples if not s.ok]
+
+    def versions(self) -> set[str]:
+        return {s.version for s in self.samples if s.version is not None}
+
+
+def check_loopback(url: str) -> None:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ValueError(f"load is only ever sent to loopback, not to {host!r}")
+
+
+async def run_load(
+    url: str,
+    body: dict[str, Any],
+    *,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    stop: threading.Event | None = None,
+) -> LoadResult:
+    check_loopback(url)
+    result = LoadResult()
+    deadline = time.monotonic() + max_seconds
+    budget = iter(range(max_requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+        async def worker() -> None:
+            while time.monotonic() < deadline and not (stop and stop.is_set()) and next(budget, None) is not None:
+                sent = time.time()
+                started = time.perf_counter()
+                try:
+                    response = await client.post(url, json=body)
+                    result.samples.append(
+                        Sample(sent, time.perf_counter() - started, response.status_code, response.headers.get(VERSION_HEADER))
+                    )
+                except httpx.HTTPError as exc:
+                    result.samples.append(Sample(sent, time.perf_counter() - started, 0, None, f"{type(exc).__name__}: {exc}"))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return result
+
+
+class BackgroundLoad:
+    """Load in a thread of its own while a test or a scenario triggers an upgrade."""
+
+    def __init__(self, url: str, body: dict[str, Any], *, concurrency: int = 4, max_requests: int = 50_000, max_seconds: float = 120) -> None:
+        check_loopback(url)
+        self._stop = threading.Event()
+        self._result: LoadResult | None = None
+        self._args = (url, body)
+        self._kwargs = {"concurrency": concurrency, "max_requests": max_requests, "max_seconds": max_seconds}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self._result = asyncio.run(run_load(*self._args, stop=self._stop, **self._kwargs))  # type: ignore[arg-type]
+
+    def __enter__(self) -> BackgroundLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> LoadResult:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        assert self._result is not None, "load thread did not finish"
+        return self._result
