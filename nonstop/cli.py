@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 
 from nonstop import cluster as local
@@ -144,11 +145,16 @@ def up(
     local.start(cluster, settings)
     local.deploy(cluster, serve_config)
     meta = local.wait_ready(cluster, model)
-    sample = dict(zip([f["name"] for f in meta["features"]], reg.manifest(model, int(meta["version"])).samples.inputs[0], strict=True))
-    typer.echo(f"serving {model} v{meta['version']} at {cluster.http_url}/v1/models/{model}:predict")
+    features = [f["name"] for f in meta["features"]]
+    sample = dict(zip(features, reg.manifest(model, int(meta["version"])).samples.inputs[0], strict=True))
+    url = f"{cluster.http_url}/v1/models/{model}:predict"
+    answer = httpx.post(url, json={"instances": [sample]}, timeout=30)
+    answer.raise_for_status()
+    typer.echo(f"serving {model} v{meta['version']} at {url}")
+    typer.echo(f"a first prediction: {answer.text}")
     typer.echo(
-        f"curl -s -X POST {cluster.http_url}/v1/models/{model}:predict "
-        f"-H 'content-type: application/json' -d '{json.dumps({'instances': [sample]})}'"
+        f"try it: curl -s -X POST {url} -H 'content-type: application/json' "
+        f"-d '{json.dumps({'instances': [sample]})}'"
     )
 
 
