@@ -82,9 +82,24 @@ def demo_data(
 
 
 @app.command()
-def models(model: Annotated[str | None, typer.Option("--model")] = None, registry: RegistryOpt = None) -> None:
-    """List models, versions, metrics and aliases."""
+def models(
+    model: Annotated[str | None, typer.Option("--model")] = None,
+    registry: RegistryOpt = None,
+    show: Annotated[int | None, typer.Option("--show", help="print this version's model card (needs --model)")] = None,
+) -> None:
+    """List models, versions, metrics and aliases, or show one version's model card."""
     reg = _registry(registry)
+    if show is not None:
+        from training.card import CARD_NAME, CARD_PNG
+
+        if model is None:
+            raise typer.BadParameter("needs --model", param_hint="--show")
+        card = reg.read_extra(model, show, CARD_NAME)
+        if card is None:
+            raise NonstopError(f"{model} v{show} has no model card: it was published before cards were written")
+        typer.echo(card.decode())
+        typer.echo(f"chart: {reg.extra_uri(model, show, CARD_PNG)}")
+        return
     names = [model] if model else reg.models()
     if not names:
         typer.echo(f"no models in {reg.uri}")

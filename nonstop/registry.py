@@ -3,6 +3,7 @@
 Layout under the registry URI::
 
     <model>/versions/<n>/model.skops     the artifact, written first
+    <model>/versions/<n>/<extra>         optional files about it (model card, ...), next
     <model>/versions/<n>/manifest.json   written last: a version exists once it is here
     <model>/aliases/<name>.json          target and history, replaced atomically
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -106,17 +108,38 @@ class Registry:
         manifest = self.manifest(model, version)
         return self._storage.read_bytes(self._version_path(model, version, manifest.artifact))
 
+    def read_extra(self, model: str, version: int, name: str) -> bytes | None:
+        """A file published beside the version, or None: extras are optional, and older
+        versions predate the ones written today."""
+        self.manifest(model, version)  # only published versions have extras worth reading
+        path = self._version_path(model, version, check_name("extra", name))
+        return self._storage.read_bytes(path) if self._storage.exists(path) else None
+
+    def extra_uri(self, model: str, version: int, name: str) -> str:
+        """Where a person can open the file: a local path, or the object's URI."""
+        path = self._version_path(model, version, check_name("extra", name))
+        scheme, remote, _ = self.uri.partition("://")
+        return f"{scheme}://{path}" if remote and scheme != "file" else path
+
     def latest(self, model: str) -> int | None:
         versions = self.versions(model)
         return versions[-1] if versions else None
 
     # --- publishing -----------------------------------------------------------------
 
-    def publish(self, model: str, artifact: bytes, draft: ManifestDraft) -> Manifest:
-        """Claim the next version, write the artifact, then the manifest that reveals it."""
+    def publish(
+        self, model: str, artifact: bytes, draft: ManifestDraft, extras: Mapping[str, bytes] | None = None
+    ) -> Manifest:
+        """Claim the next version, write the artifact and extras, then the manifest that reveals it."""
         check_name("model", model)
+        extras = extras or {}
+        reserved = sorted({check_name("extra", n) for n in extras} & {ARTIFACT_NAME, MANIFEST_NAME})
+        if reserved:
+            raise ConfigError(f"extra file name(s) {', '.join(reserved)} are reserved by the registry")
         version = self._claim_version(model)
         self._storage.write_atomic(self._version_path(model, version, ARTIFACT_NAME), artifact)
+        for name, data in extras.items():
+            self._storage.write_atomic(self._version_path(model, version, name), data)
         manifest = Manifest(
             **draft.model_dump(),
             model=model,

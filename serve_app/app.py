@@ -10,15 +10,16 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 
 from nonstop.config import Settings
-from nonstop.loading import TrustPolicy
+from nonstop.loading import LoadedModel, TrustPolicy
 from nonstop.registry import Registry
 from serve_app.config import AppArgs, ModelTarget
-from serve_app.dataplane import DataPlane
+from serve_app.dataplane import DataPlane, predict_batch
 from serve_app.holder import ModelHolder
 from serve_app.routes import create_api
 from serve_app.status_board import board
@@ -33,7 +34,7 @@ class ModelServer:
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._board = board()
         self._holder = ModelHolder(Registry(args.registry), TrustPolicy(extra_types=args.trusted_types), self._report)
-        self._plane = DataPlane(self._holder, args.limits)
+        self._plane = DataPlane(self._holder, args.limits, self._predict)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Called by Serve after __init__: the routes get this replica's data plane."""
@@ -42,7 +43,19 @@ class ModelServer:
         return api
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
-        await self._holder.configure(ModelTarget.model_validate(config))
+        target = ModelTarget.model_validate(config)
+        self._predict_batch.set_max_batch_size(target.max_batch_size)
+        self._predict_batch.set_batch_wait_timeout_s(target.batch_wait_timeout_s)
+        await self._holder.configure(target)
+
+    async def _predict(self, loaded: LoadedModel, matrix: np.ndarray) -> list[Any]:
+        return await self._predict_batch((loaded, matrix))
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
+    async def _predict_batch(self, items: list[tuple[LoadedModel, np.ndarray]]) -> list[list[Any]]:
+        """Requests that queued while the previous batch ran are predicted together:
+        an idle server predicts at once, a busy one amortizes the estimator call."""
+        return predict_batch(items)
 
     async def check_health(self) -> None:
         if not self._holder.ready:

@@ -24,6 +24,13 @@ class ModelTarget(BaseModel):
         default=False,
         description="serve a version whose features differ from the one being served",
     )
+    max_batch_size: int = Field(default=64, ge=1, le=4096, description="requests predicted together at most")
+    batch_wait_timeout_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="how long a batch waits to fill; 0 takes what queued while the last batch ran",
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> ModelTarget:

@@ -12,6 +12,7 @@ from nonstop.errors import ArtifactIntegrityError, SampleMismatchError, SchemaMi
 from nonstop.loading import TrustPolicy, load_version
 from nonstop.manifest import ManifestDraft
 from nonstop.registry import Registry
+from nonstop.schema import rows_to_matrix
 from tests.conftest import MODEL, train_into
 
 
@@ -66,3 +67,11 @@ def test_a_manifest_schema_that_disagrees_with_the_estimator_is_refused(registry
     )
     with pytest.raises(SchemaMismatchError, match="expects 30 features, manifest declares 29"):
         load_version(registry, MODEL, published.version, TrustPolicy())
+
+
+def test_the_demo_pipeline_gets_the_checked_numpy_path(registry: Registry, demo_data: Path) -> None:
+    manifest = train_into(registry, demo_data).manifest
+    loaded = load_version(registry, MODEL, manifest.version, TrustPolicy())
+    assert loaded.fast is not None
+    rows = rows_to_matrix(manifest.samples.inputs, manifest.features)
+    assert loaded.predict(rows) == manifest.samples.outputs

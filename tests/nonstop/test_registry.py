@@ -73,6 +73,20 @@ def test_alias_file_is_replaced_whole(registry: Registry, tmp_path: Path) -> Non
     assert json.loads((folder / "canary.json").read_text())["version"] == 1
 
 
+def test_extras_are_published_with_the_version(registry: Registry, tmp_path: Path) -> None:
+    registry.publish("m", b"1", DRAFT, {"card.md": b"# card"})
+    assert registry.read_extra("m", 1, "card.md") == b"# card"
+    assert registry.read_extra("m", 1, "card.png") is None  # optional: older versions have none
+    assert registry.extra_uri("m", 1, "card.md") == str(tmp_path / "registry" / "m" / "versions" / "1" / "card.md")
+    with pytest.raises(VersionNotFound):
+        registry.read_extra("m", 2, "card.md")
+    with pytest.raises(ConfigError, match="reserved"):
+        registry.publish("m", b"2", DRAFT, {"manifest.json": b"{}"})
+    with pytest.raises(ConfigError, match="invalid extra name"):
+        registry.publish("m", b"2", DRAFT, {"../escape": b""})
+    assert registry.versions("m") == [1]  # a refused publish claims no version
+
+
 @pytest.mark.parametrize("name", ["", "../etc", "a/b", "x" * 80, ".hidden"])
 def test_bad_names_are_refused(registry: Registry, name: str) -> None:
     with pytest.raises(ConfigError, match="invalid model name"):

@@ -1,0 +1,124 @@
+"""serve_app/serve_config.yaml stays the one source of truth, and versions agree everywhere.
+
+The expected Kubernetes patches are spelled out here rather than imported from
+nonstop/kube.py, so this test checks the renderer instead of repeating it.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import sys
+from importlib.metadata import version as package_version
+from typing import Any
+
+import ray
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from nonstop import kube
+from nonstop.cluster import SERVE_CONFIG, load_serve_config
+from nonstop.registry import PRODUCTION
+from serve_app.config import ModelTarget
+from tests.kuberay.manifests import KUBERAY, RAY_KINDS, Build, cluster_spec, entrypoint_commands, images, job_spec, option
+
+IMAGE = "ghcr.io/example/nonstop"
+# The documented Kubernetes patches (docs/kubernetes.md): everything else must be equal.
+K8S_TOP_LEVEL = {"proxy_location": "EveryNode"}
+K8S_HTTP_HOST = "0.0.0.0"
+K8S_DEPLOYMENT_OPTIONS = {"max_replicas_per_node": 1}
+
+
+def expected_applications(source: dict[str, Any]) -> list[dict[str, Any]]:
+    applications = copy.deepcopy(source["applications"])
+    for application in applications:
+        for deployment in application.get("deployments", []):
+            deployment.update(K8S_DEPLOYMENT_OPTIONS)
+    return applications
+
+
+def serve_config_of(build: Build) -> dict[str, Any]:
+    return yaml.safe_load(build.one("RayService")["spec"]["serveConfigV2"])
+
+
+def test_generated_serve_config_patch_is_current() -> None:
+    assert kube.is_current(), (
+        f"{kube.GENERATED.relative_to(kube.REPO_ROOT)} does not match {SERVE_CONFIG.name}: "
+        "run `python -m nonstop.kube` and commit the result"
+    )
+
+
+def test_serve_config_v2_is_serve_config_yaml_plus_documented_patches(builds: dict[str, Build]) -> None:
+    source = load_serve_config()
+    for build in builds.values():
+        built = serve_config_of(build)
+        assert built["applications"] == expected_applications(source), f"{build.name}: applications drifted"
+        assert built["http_options"] == {**source["http_options"], "host": K8S_HTTP_HOST}, build.name
+        others = {k: v for k, v in source.items() if k not in ("applications", "http_options", *K8S_TOP_LEVEL)}
+        assert {k: built.get(k) for k in others} == others, f"{build.name}: top-level settings drifted"
+        for key, value in K8S_TOP_LEVEL.items():
+            assert built[key] == value, f"{build.name}: {key}"
+
+
+def test_serve_config_v2_is_a_valid_serve_config(builds: dict[str, Build]) -> None:
+    for build in builds.values():
+        config = ServeDeploySchema.model_validate(serve_config_of(build))
+        for application in config.applications:
+            for deployment in application.deployments:
+                if deployment.user_config is not None:
+                    ModelTarget.model_validate(deployment.user_config)
+
+
+def test_serve_port_is_the_port_pods_and_policies_open(builds: dict[str, Build]) -> None:
+    for build in builds.values():
+        port = serve_config_of(build)["http_options"]["port"]
+        cluster = build.one("RayService")["spec"]["rayClusterConfig"]
+        for group in cluster["workerGroupSpecs"]:
+            ports = {p["name"]: p["containerPort"] for p in group["template"]["spec"]["containers"][0]["ports"]}
+            assert ports.get("serve") == port, f"{build.name}: worker group {group['groupName']}"
+        client_policy = next(p for p in build.of_kind("NetworkPolicy") if p["metadata"]["name"] == "nonstop-serve-clients")
+        assert [p["port"] for rule in client_policy["spec"]["ingress"] for p in rule["ports"]] == [port]
+
+
+def serve_user_config() -> dict[str, Any]:
+    (application,) = load_serve_config()["applications"]
+    (deployment,) = application["deployments"]
+    return deployment["user_config"]
+
+
+def test_training_trains_and_promotes_the_model_serving_follows(builds: dict[str, Build]) -> None:
+    target = ModelTarget.model_validate(serve_user_config())
+    for build in builds.values():
+        for kind in ("RayJob", "RayCronJob"):
+            commands = entrypoint_commands(job_spec(build.one(kind))["entrypoint"])
+            (train,) = [c for c in commands if c[:2] == ["nonstop", "train"]]
+            assert option(train, "--model") == target.model, f"{build.name} {kind}"
+            assert "--promote" in train, f"{build.name} {kind}: trains without promoting"
+            if target.followed_alias is not None:  # a pinned version follows no alias
+                assert (option(train, "--alias") or PRODUCTION) == target.followed_alias, f"{build.name} {kind}"
+
+
+def test_one_off_job_is_the_scheduled_job(builds: dict[str, Build]) -> None:
+    for build in builds.values():
+        assert build.one("RayJob")["spec"] == build.one("RayCronJob")["spec"]["jobTemplate"], build.name
+
+
+def test_ray_versions_agree_with_the_installed_ray(builds: dict[str, Build]) -> None:
+    installed = ray.__version__
+    for build in builds.values():
+        for obj in build.objects:
+            if obj["kind"] in RAY_KINDS:
+                assert cluster_spec(obj)["rayVersion"] == installed, f"{build.name} {obj['kind']}"
+        ours = {i for i in images(build.objects) if i.startswith(f"{IMAGE}:")}
+        assert ours, f"{build.name} runs no {IMAGE} image"
+        expected_tag = f"{package_version('nonstop')}-ray{installed}"
+        assert ours == {f"{IMAGE}:{expected_tag}"}, f"{build.name}: {ours}"
+
+
+def test_dockerfile_builds_on_the_installed_ray_and_python() -> None:
+    dockerfile = (KUBERAY / "Dockerfile").read_text()
+    (arg,) = re.findall(r"^ARG RAY_VERSION=(\S+)$", dockerfile, re.MULTILINE)
+    (base,) = re.findall(r"^FROM (\S+)$", dockerfile, re.MULTILINE)
+    assert arg == ray.__version__
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    assert base == f"rayproject/ray:${{RAY_VERSION}}-{python}", f"{base}: not the ray image for {python}"
