@@ -23,8 +23,10 @@ from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.manifest import Manifest, ManifestDraft, SampleSet
 from nonstop.registry import PRODUCTION, Registry, check_name
 from nonstop.schema import frame_to_matrix, to_python
+from training.card import card_files
 from training.data import read_data, validate
 from training.pipeline import PRIMARY_METRIC, build_pipeline, evaluate
+from training.progress import step
 
 SAMPLE_ROWS = 8
 
@@ -59,7 +61,8 @@ class TrainResult:
 
 def train(options: TrainOptions, registry: Registry) -> TrainResult:
     check_name("model", options.model)
-    frame, fingerprint = read_data(options.data)
+    with step(f"reading {options.data}"):
+        frame, fingerprint = read_data(options.data)
     production = _production(registry, options)
     required = production.manifest.features if production else ()
     features = validate(frame, options.label, min_rows=options.min_rows, required=required)
@@ -69,13 +72,15 @@ def train(options: TrainOptions, registry: Registry) -> TrainResult:
         frame, labels, test_size=options.holdout_fraction, random_state=options.seed, stratify=labels
     )
     pipeline = build_pipeline(features, options.seed)
-    try:
-        pipeline.fit(frame_to_matrix(train_frame, features), train_labels)
-    except ValueError as exc:
-        raise DataValidationError(f"training failed on this data: {exc}") from exc
-    holdout = frame_to_matrix(holdout_frame, features)
-    metrics = evaluate(pipeline, holdout, holdout_labels)
-    comparison = _compare(production, holdout_frame, holdout_labels, metrics)
+    with step(f"fitting on {len(train_frame)} rows"):
+        try:
+            pipeline.fit(frame_to_matrix(train_frame, features), train_labels)
+        except ValueError as exc:
+            raise DataValidationError(f"training failed on this data: {exc}") from exc
+    with step(f"evaluating on {len(holdout_frame)} holdout rows"):
+        holdout = frame_to_matrix(holdout_frame, features)
+        metrics = evaluate(pipeline, holdout, holdout_labels)
+        comparison = _compare(production, holdout_frame, holdout_labels, metrics)
 
     sample_inputs = holdout[:SAMPLE_ROWS]
     draft = ManifestDraft(
@@ -91,7 +96,10 @@ def train(options: TrainOptions, registry: Registry) -> TrainResult:
             outputs=to_python(pipeline.predict(sample_inputs)),
         ),
     )
-    manifest = registry.publish(options.model, sio.dumps(pipeline), draft)
+    with step("writing the model card"):
+        extras = card_files(registry, options.model, frame, draft, comparison)
+    with step("publishing"):
+        manifest = registry.publish(options.model, sio.dumps(pipeline), draft, extras)
     promoted = options.promote and comparison.not_worse
     if promoted:
         registry.promote(options.model, manifest.version, options.alias)

@@ -16,6 +16,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from nonstop.manifest import FeatureSpec
 
 PRIMARY_METRIC = "accuracy"
+HOLDOUT_ROWS = "holdout_rows"
 
 
 def build_pipeline(features: Sequence[FeatureSpec], seed: int) -> Pipeline:
@@ -47,7 +48,7 @@ def evaluate(estimator: Any, matrix: np.ndarray, labels: np.ndarray) -> dict[str
     metrics = {
         "accuracy": float(accuracy_score(labels, predicted)),
         "f1_macro": float(f1_score(labels, predicted, average="macro")),
-        "holdout_rows": float(len(labels)),
+        HOLDOUT_ROWS: float(len(labels)),
     }
     classes = getattr(estimator, "classes_", [])
     if len(classes) == 2 and hasattr(estimator, "predict_proba"):
