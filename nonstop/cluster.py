@@ -44,6 +44,7 @@ class LocalCluster(BaseModel):
     http_port: int = 8000
     client_server_port: int = 10001
     dashboard_agent_port: int = 52365
+    metrics_export_port: int = 8080
     haproxy_stats_port: int = 8404
     haproxy_metrics_port: int = 9101
     haproxy_dir: str = "/tmp/haproxy-serve"
@@ -58,6 +59,11 @@ class LocalCluster(BaseModel):
     @property
     def dashboard_url(self) -> str:
         return f"http://{LOOPBACK}:{self.dashboard_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Ray's Prometheus endpoint, where the replicas' nonstop_* metrics appear."""
+        return f"http://{LOOPBACK}:{self.metrics_export_port}/metrics"
 
     @property
     def http_url(self) -> str:
@@ -115,6 +121,7 @@ def start(cluster: LocalCluster, settings: Settings) -> None:
         f"--dashboard-port={cluster.dashboard_port}",
         f"--ray-client-server-port={cluster.client_server_port}",
         f"--dashboard-agent-listen-port={cluster.dashboard_agent_port}",
+        f"--metrics-export-port={cluster.metrics_export_port}",
         "--include-dashboard=true",
         "--disable-usage-stats",
     ]  # fmt: skip

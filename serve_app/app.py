@@ -21,6 +21,7 @@ from nonstop.registry import Registry
 from serve_app.config import AppArgs, ModelTarget
 from serve_app.dataplane import DataPlane, predict_batch
 from serve_app.holder import ModelHolder
+from serve_app.metrics import ServingMetrics
 from serve_app.routes import create_api
 from serve_app.status_board import board
 
@@ -33,8 +34,9 @@ class ModelServer:
         assert args.registry is not None, "build_app resolves the registry"
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._board = board()
+        self._metrics = ServingMetrics()
         self._holder = ModelHolder(Registry(args.registry), TrustPolicy(extra_types=args.trusted_types), self._report)
-        self._plane = DataPlane(self._holder, args.limits, self._predict)
+        self._plane = DataPlane(self._holder, args.limits, self._predict, self._metrics)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Called by Serve after __init__: the routes get this replica's data plane."""
@@ -55,6 +57,7 @@ class ModelServer:
     async def _predict_batch(self, items: list[tuple[LoadedModel, np.ndarray]]) -> list[list[Any]]:
         """Requests that queued while the previous batch ran are predicted together:
         an idle server predicts at once, a busy one amortizes the estimator call."""
+        self._metrics.batched(items[0][0].manifest.model, len(items))
         return predict_batch(items)
 
     async def check_health(self) -> None:
@@ -64,6 +67,10 @@ class ModelServer:
 
     def _report(self) -> None:
         current, error = self._holder.current, self._holder.last_error
+        if current is not None:
+            self._metrics.swapped(current.manifest.model, current.version, current.load_seconds)
+        if error is not None and self._holder.target is not None:
+            self._metrics.load_failed(self._holder.target.model, error)
         self._board.report.remote(
             self._replica_id,
             {

@@ -18,11 +18,11 @@ import math
 import operator
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from nonstop.errors import InvalidInput, ModelNotReady, PayloadTooLarge, UnknownModel
+from nonstop.errors import InvalidInput, ModelNotReady, NonstopError, PayloadTooLarge, UnknownModel
 from nonstop.loading import LoadedModel
 from nonstop.manifest import FeatureSpec
 from nonstop.schema import rows_to_matrix
@@ -31,6 +31,21 @@ from serve_app.holder import ModelHolder
 
 
 Predictor = Callable[[LoadedModel, np.ndarray], Awaitable[list[Any]]]
+
+
+class Observer(Protocol):
+    """Told of every outcome; the deployment plugs metrics in here."""
+
+    def predicted(self, model: str, version: int, rows: int) -> None: ...
+    def refused(self, model: str, reason: str) -> None: ...
+
+
+class _Unobserved:
+    def predicted(self, model: str, version: int, rows: int) -> None:
+        pass
+
+    def refused(self, model: str, reason: str) -> None:
+        pass
 
 
 def predict_batch(items: Sequence[tuple[LoadedModel, np.ndarray]]) -> list[list[Any]]:
@@ -60,10 +75,17 @@ class Prediction:
 
 
 class DataPlane:
-    def __init__(self, holder: ModelHolder, limits: Limits, batched: Predictor | None = None) -> None:
+    def __init__(
+        self,
+        holder: ModelHolder,
+        limits: Limits,
+        batched: Predictor | None = None,
+        observer: Observer | None = None,
+    ) -> None:
         self.holder = holder
         self.limits = limits
         self._batched = batched
+        self._observer = observer or _Unobserved()
 
     def served_model(self) -> str | None:
         target = self.holder.target
@@ -101,6 +123,15 @@ class DataPlane:
         }
 
     async def infer(self, model: str, body: bytes) -> Prediction:
+        try:
+            prediction = await self._infer(model, body)
+        except NonstopError as exc:
+            self._observer.refused(model, type(exc).__name__)
+            raise
+        self._observer.predicted(model, prediction.version, len(prediction.predictions))
+        return prediction
+
+    async def _infer(self, model: str, body: bytes) -> Prediction:
         loaded = self.model_for(model)
         if len(body) > self.limits.max_body_bytes:
             raise PayloadTooLarge(f"request body of {len(body)} bytes exceeds the limit of {self.limits.max_body_bytes}")

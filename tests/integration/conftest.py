@@ -29,6 +29,7 @@ TEST_CLUSTER = local.LocalCluster(
     http_port=48000,
     client_server_port=40001,
     dashboard_agent_port=52465,
+    metrics_export_port=48080,
     haproxy_stats_port=48404,
     haproxy_metrics_port=49101,
     haproxy_dir="/tmp/nonstop-test-haproxy",

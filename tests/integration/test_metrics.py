@@ -1,0 +1,46 @@
+"""After a promotion, Ray's Prometheus endpoint carries the nonstop metrics by version."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL, train_into
+from tests.integration.conftest import Served, wait_for
+from tests.integration.test_serving import bound, serving_everywhere
+
+pytestmark = pytest.mark.integration
+
+
+def _series(served: Served, name: str) -> list[tuple[dict[str, str], float]]:
+    text = httpx.get(served.cluster.metrics_url, timeout=10).text
+    found = []
+    for labels, value in re.findall(rf"^{name}\{{([^}}]*)\}} ([0-9.e+-]+)$", text, flags=re.MULTILINE):
+        found.append((dict(re.findall(r'(\w+)="([^"]*)"', labels)), float(value)))
+    return found
+
+
+def test_promotion_shows_up_in_prometheus_by_version_and_replica(served: Served, demo_data, client) -> None:
+    new = train_into(served.registry, demo_data).manifest.version
+    wait_for(lambda: serving_everywhere(served, new), bound(served), f"every replica serving v{new}")
+    body = served.sample_body()
+    for _ in range(20):
+        assert client.post(served.predict_url, json=body).status_code == 200
+    client.post(served.predict_url, content=b"not json")
+    replicas = set(served.replicas())
+
+    def exported() -> bool:
+        serving = {
+            labels["replica"]
+            for labels, value in _series(served, "ray_nonstop_served_version")
+            if labels.get("model") == MODEL and labels.get("version") == str(new) and value == 1
+        }
+        predicted = [v for labels, v in _series(served, "ray_nonstop_predictions_total") if labels.get("version") == str(new)]
+        refused = [labels for labels, _ in _series(served, "ray_nonstop_prediction_errors_total") if labels.get("reason") == "InvalidInput"]
+        swaps = _series(served, "ray_nonstop_swap_duration_seconds_count")
+        batches = _series(served, "ray_nonstop_batch_size_count")
+        return {r.split("#")[-1] for r in serving} >= {r.split("#")[-1] for r in replicas} and sum(predicted) >= 40 and bool(refused and swaps and batches)
+
+    wait_for(exported, 60, "metrics for the new version on the Prometheus endpoint")
