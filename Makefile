@@ -21,9 +21,11 @@ run: install
 down: install
 	$(BIN)/nonstop down
 
-## the whole suite: unit, in-process HTTP, and integration against a real local Ray Serve
+## the whole suite: unit, in-process HTTP, integration against a real local Ray Serve, and
+## the Kubernetes manifests (kubectl: $$KUBECTL, else the one on PATH, else Debian's, installed)
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	KUBECTL="$${KUBECTL:-$$(command -v kubectl || bash .ci/install-kubectl.sh)}" \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## unit and in-process tiers only (no Ray cluster)
 test-fast: install

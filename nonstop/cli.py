@@ -219,6 +219,16 @@ def status(
             typer.echo(f"  {model}@{name} -> v{record['version']}  history {[e['version'] for e in record['history']]}")
 
 
+@app.command("kube-render")
+def kube_render(
+    check: Annotated[bool, typer.Option("--check", help="exit 1 if the generated file is stale; write nothing")] = False,
+) -> None:
+    """Render serve_app/serve_config.yaml into kuberay/'s RayService (serveConfigV2)."""
+    from nonstop import kube
+
+    raise typer.Exit(kube.main(["--check"] if check else []))
+
+
 def _status_report(details: dict[str, Any], board: dict[str, dict[str, Any]]) -> dict[str, Any]:
     application = details.get("applications", {}).get("nonstop", {})
     replicas = []

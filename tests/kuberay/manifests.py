@@ -69,6 +69,11 @@ class Build:
     def of_kind(self, kind: str) -> list[Manifest]:
         return [o for o in self.objects if o["kind"] == kind]
 
+    def named(self, kind: str, name: str) -> Manifest:
+        found = [o for o in self.of_kind(kind) if o["metadata"]["name"] == name]
+        assert found, f"{self.name}: no {kind}/{name}"
+        return found[0]
+
     def one(self, kind: str) -> Manifest:
         found = self.of_kind(kind)
         assert len(found) == 1, f"{self.name}: expected one {kind}, found {len(found)}"

@@ -20,7 +20,15 @@ from nonstop import kube
 from nonstop.cluster import SERVE_CONFIG, load_serve_config
 from nonstop.registry import PRODUCTION
 from serve_app.config import ModelTarget
-from tests.kuberay.manifests import KUBERAY, RAY_KINDS, Build, cluster_spec, entrypoint_commands, images, job_spec, option
+from tests.kuberay.manifests import (
+    KUBERAY,
+    Build,
+    cluster_spec,
+    entrypoint_commands,
+    images,
+    job_spec,
+    option,
+)
 
 IMAGE = "ghcr.io/example/nonstop"
 # The documented Kubernetes patches (docs/kubernetes.md): everything else must be equal.
@@ -76,7 +84,7 @@ def test_serve_port_is_the_port_pods_and_policies_open(builds: dict[str, Build])
         for group in cluster["workerGroupSpecs"]:
             ports = {p["name"]: p["containerPort"] for p in group["template"]["spec"]["containers"][0]["ports"]}
             assert ports.get("serve") == port, f"{build.name}: worker group {group['groupName']}"
-        client_policy = next(p for p in build.of_kind("NetworkPolicy") if p["metadata"]["name"] == "nonstop-serve-clients")
+        client_policy = build.named("NetworkPolicy", "nonstop-serve-clients")
         assert [p["port"] for rule in client_policy["spec"]["ingress"] for p in rule["ports"]] == [port]
 
 
@@ -90,7 +98,9 @@ def test_training_trains_and_promotes_the_model_serving_follows(builds: dict[str
     target = ModelTarget.model_validate(serve_user_config())
     for build in builds.values():
         for kind in ("RayJob", "RayCronJob"):
-            commands = entrypoint_commands(job_spec(build.one(kind))["entrypoint"])
+            job = job_spec(build.one(kind))
+            assert job, kind
+            commands = entrypoint_commands(job["entrypoint"])
             (train,) = [c for c in commands if c[:2] == ["nonstop", "train"]]
             assert option(train, "--model") == target.model, f"{build.name} {kind}"
             assert "--promote" in train, f"{build.name} {kind}: trains without promoting"
@@ -107,8 +117,9 @@ def test_ray_versions_agree_with_the_installed_ray(builds: dict[str, Build]) -> 
     installed = ray.__version__
     for build in builds.values():
         for obj in build.objects:
-            if obj["kind"] in RAY_KINDS:
-                assert cluster_spec(obj)["rayVersion"] == installed, f"{build.name} {obj['kind']}"
+            cluster = cluster_spec(obj)
+            if cluster:
+                assert cluster["rayVersion"] == installed, f"{build.name} {obj['kind']}"
         ours = {i for i in images(build.objects) if i.startswith(f"{IMAGE}:")}
         assert ours, f"{build.name} runs no {IMAGE} image"
         expected_tag = f"{package_version('nonstop')}-ray{installed}"

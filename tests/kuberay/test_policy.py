@@ -9,7 +9,9 @@ from tests.kuberay.manifests import Build, Manifest, PodTemplate, cluster_spec, 
 
 INTERNAL_PORTS = {8265, 6379, 10001, 52365}  # dashboard, GCS, Ray client, dashboard agent
 EXPOSING_TYPES = {"LoadBalancer", "NodePort"}
-RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+RESTRICTED_VOLUMES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
+}  # fmt: skip
 HA_PROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
@@ -72,7 +74,8 @@ def test_the_injected_autoscaler_sidecar_is_constrained_too(builds: dict[str, Bu
             cluster = cluster_spec(obj)
             if cluster and cluster.get("enableInTreeAutoscaling"):
                 options = cluster.get("autoscalerOptions", {})
-                sidecar = {"name": "autoscaler", **{k: options[k] for k in ("resources", "securityContext") if k in options}}
+                constraints = {k: options[k] for k in ("resources", "securityContext") if k in options}
+                sidecar = {"name": "autoscaler", **constraints}
                 head = cluster["headGroupSpec"]["template"]["spec"]
                 problems = pod_violations(PodTemplate("autoscaler", {}, {**head, "containers": [sidecar]}))
                 assert not problems, f"{build.name} {obj['kind']}: " + "; ".join(problems)
@@ -112,15 +115,16 @@ def test_network_policies_admit_clients_to_the_serve_port_only(builds: dict[str,
                     assert ports == {8000}, f"{build.name} {policy['metadata']['name']} opens {ports or 'every port'}"
 
 
-def ray_pod_templates(build: Build) -> list[PodTemplate]:
+def app_pod_templates(build: Build) -> list[PodTemplate]:
+    """Pods of the app: Ray's (serving, training, submitters) and prod's Redis."""
     return [t for obj in build.objects if cluster_spec(obj) or obj["kind"] == "Deployment" for t in pod_templates(obj)]
 
 
 def test_every_app_pod_is_covered_by_the_internal_policy(builds: dict[str, Build]) -> None:
     """A pod the policy does not select would accept anything on every port."""
     for build in builds.values():
-        internal = next(p for p in build.of_kind("NetworkPolicy") if p["metadata"]["name"] == "nonstop-ray-internal")
-        for template in ray_pod_templates(build):
+        internal = build.named("NetworkPolicy", "nonstop-ray-internal")
+        for template in app_pod_templates(build):
             assert selects(internal["spec"]["podSelector"], template.labels), f"{build.name} {template.where}"
 
 
@@ -138,11 +142,11 @@ def test_pdb_guards_the_serving_workers_with_an_integer_budget(builds: dict[str,
         assert isinstance(budget, int) and "maxUnavailable" not in pdb["spec"], build.name
         workers = serving_workers(build)
         assert all(selects(pdb["spec"]["selector"], t.labels) for _, t in workers), f"{build.name}: PDB misses workers"
-        others = [t for t in ray_pod_templates(build) if t not in [w for _, w in workers]]
+        others = [t for t in app_pod_templates(build) if t not in [w for _, w in workers]]
         assert not any(selects(pdb["spec"]["selector"], t.labels) for t in others), f"{build.name}: PDB too wide"
         # Below the smallest worker count, or a node drain could never evict one.
         assert 1 <= budget < sum(g["minReplicas"] for g, _ in workers), build.name
-        clients = next(p for p in build.of_kind("NetworkPolicy") if p["metadata"]["name"] == "nonstop-serve-clients")
+        clients = build.named("NetworkPolicy", "nonstop-serve-clients")
         assert all(selects(clients["spec"]["podSelector"], t.labels) for _, t in workers), build.name
 
 
@@ -159,5 +163,5 @@ def test_the_rayservice_keeps_its_serving_contract(builds: dict[str, Build]) -> 
             env = {e["name"]: e.get("value") for e in container.get("env", [])}
             assert HA_PROXY_ENV.items() <= env.items(), f"{build.name} {container['name']}: {env}"
         for kind in ("RayJob", "RayCronJob"):
-            (job_cluster,) = [cluster_spec(o) for o in build.of_kind(kind)]
-            assert job_cluster["authOptions"]["mode"] == "token", f"{build.name} {kind}"
+            job_cluster = cluster_spec(build.one(kind))
+            assert job_cluster and job_cluster["authOptions"]["mode"] == "token", f"{build.name} {kind}"

@@ -102,7 +102,9 @@ def test_publish_promote_rollback_and_load_through_s3(s3_registry: Registry, dem
     assert loaded.predict(rows_to_matrix(samples.inputs, loaded.manifest.features)) == samples.outputs
 
 
-def test_a_version_is_invisible_until_its_manifest_lands(s3_registry: Registry, s3: Any, prefix: str, demo_data: Path) -> None:
+def test_a_version_is_invisible_until_its_manifest_lands(
+    s3_registry: Registry, s3: Any, prefix: str, demo_data: Path
+) -> None:
     train_into(s3_registry, demo_data)
     # A publisher that died after writing v2's artifact, before its manifest.
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{MODEL}/versions/2/model.skops", Body=b"half")

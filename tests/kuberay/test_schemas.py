@@ -4,6 +4,7 @@ the schemas of a current Kubernetes (kubernetes-validate, strict)."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -12,6 +13,7 @@ from tests.kuberay.manifests import RAY_KINDS, Build
 from tests.kuberay.schemas import CrdSchemas
 
 KUBERNETES_VERSION = kubernetes_validate.latest_version()
+WORKER_CONTAINER = ("spec", "rayClusterConfig", "workerGroupSpecs", 0, "template", "spec", "containers", 0)
 
 
 def test_ray_objects_match_the_kuberay_crds(builds: dict[str, Build], crds: CrdSchemas) -> None:
@@ -32,7 +34,8 @@ def test_core_objects_match_kubernetes_schemas(builds: dict[str, Build]) -> None
                 try:
                     kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
                 except kubernetes_validate.ValidationError as exc:
-                    pytest.fail(f"{build.name} {obj['kind']}/{obj['metadata']['name']} (Kubernetes {KUBERNETES_VERSION}): {exc.message}")
+                    name = f"{obj['kind']}/{obj['metadata']['name']}"
+                    pytest.fail(f"{build.name} {name} (Kubernetes {KUBERNETES_VERSION}): {exc.message}")
 
 
 @pytest.mark.parametrize(
@@ -41,15 +44,16 @@ def test_core_objects_match_kubernetes_schemas(builds: dict[str, Build]) -> None
         (("spec", "upgradeStrategy", "typo"), "x", "Additional properties"),
         (("spec", "rayClusterConfig", "workerGroupSpecs", 0, "replicas"), "2", "is not of type 'integer'"),
         (("spec", "rayClusterConfig", "authOptions", "mode"), "password", "is not one of"),
-        (("spec", "rayClusterConfig", "workerGroupSpecs", 0, "template", "spec", "containers", 0, "resources", "limits", "cpu"), "two", "does not match"),
+        (("spec", "rayClusterConfig", "headGroupSpec", "rayStartParams", "num-cpus"), 0, "is not of type 'string'"),
+        ((*WORKER_CONTAINER, "resources", "limits", "cpu"), "two", "does not match"),
     ],
 )
 def test_the_crd_check_rejects_what_the_api_server_would(
-    builds: dict[str, Build], crds: CrdSchemas, path: tuple[str | int, ...], value: str, expected: str
+    builds: dict[str, Build], crds: CrdSchemas, path: tuple[str | int, ...], value: object, expected: str
 ) -> None:
     """The validator is not vacuous: a typo, a wrong type, a bad enum or quantity fail it."""
     broken = copy.deepcopy(builds["base"].one("RayService"))
-    node = broken
+    node: Any = broken
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = value
