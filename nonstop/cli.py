@@ -33,7 +33,9 @@ def _registry(uri: str | None) -> Registry:
 
 
 def _cluster(http_port: int) -> local.LocalCluster:
-    return local.LocalCluster(http_port=http_port)
+    cluster = local.LocalCluster(http_port=http_port)
+    cluster.use()
+    return cluster
 
 
 def _print_json(value: Any) -> None:
@@ -167,6 +169,10 @@ def up(
     answer.raise_for_status()
     typer.echo(f"serving {model} v{meta['version']} at {url}")
     typer.echo(f"a first prediction: {answer.text}")
+    typer.echo(
+        f"Ray token auth is on (token in {cluster.auth_token_path}): "
+        "`export RAY_AUTH_MODE=token` before `serve deploy` or `ray job submit`"
+    )
     typer.echo(
         f"try it: curl -s -X POST {url} -H 'content-type: application/json' "
         f"-d '{json.dumps({'instances': [sample]})}'"

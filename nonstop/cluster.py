@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -51,6 +52,7 @@ class LocalCluster(BaseModel):
     ingress: Literal["haproxy", "proxy"] = "haproxy"
     throughput_optimized: bool = True
     num_cpus: int | None = None
+    auth_token_path: str = str(Path.home() / ".ray" / "auth_token")
 
     @property
     def address(self) -> str:
@@ -76,7 +78,8 @@ class LocalCluster(BaseModel):
     def environment(self, settings: Settings) -> dict[str, str]:
         """Ray and Serve read these when the head starts; they are its configuration."""
         base = Path(self.haproxy_dir)
-        env = {
+        return {
+            **self.client_environment(),
             REGISTRY_ENV: settings.registry,
             "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if self.throughput_optimized else "0",
             "RAY_SERVE_ENABLE_HA_PROXY": "1" if self.ingress == "haproxy" else "0",
@@ -88,7 +91,23 @@ class LocalCluster(BaseModel):
             "RAY_SERVE_HAPROXY_STATS_PORT": str(self.haproxy_stats_port),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.haproxy_metrics_port),
         }
-        return env
+
+    def client_environment(self) -> dict[str, str]:
+        """Ray token authentication: the head enforces it, every client presents the token.
+
+        The default path is Ray's own, so `serve deploy` and `ray job submit` find it too.
+        """
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.auth_token_path}
+
+    def use(self) -> None:
+        """Make this process a client of the cluster (Ray reads these when it connects)."""
+        os.environ.update(self.client_environment())
+        raylet = sys.modules.get("ray._raylet")
+        if raylet is not None:  # Ray caches its config at import; this is how Ray refreshes it
+            raylet.Config.initialize("")
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {Path(self.auth_token_path).read_text().strip()}"}
 
 
 def _ray_bin() -> str:
@@ -105,9 +124,22 @@ def is_running(cluster: LocalCluster) -> bool:
     return port_open(cluster.gcs_port) and port_open(cluster.dashboard_port)
 
 
+def ensure_token(cluster: LocalCluster) -> None:
+    """A random token, readable by its owner only; kept across restarts so clients keep working."""
+    path = Path(cluster.auth_token_path)
+    if path.exists() and path.read_text().strip():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))
+
+
 def start(cluster: LocalCluster, settings: Settings) -> None:
+    cluster.use()
     if is_running(cluster):
         return
+    ensure_token(cluster)
     if port_open(cluster.http_port):
         raise ClusterError(
             f"port {cluster.http_port} is already taken (a stale haproxy? run `nonstop down`)"
@@ -197,13 +229,13 @@ def deploy(cluster: LocalCluster, config: dict[str, Any]) -> None:
     config = copy.deepcopy(config)
     config.setdefault("http_options", {}).update({"host": LOOPBACK, "port": cluster.http_port})
     ServeDeploySchema.model_validate(config)
-    ServeSubmissionClient(cluster.dashboard_url).deploy_applications(config)
+    ServeSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers()).deploy_applications(config)
 
 
 def app_status(cluster: LocalCluster) -> dict[str, Any]:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    return ServeSubmissionClient(cluster.dashboard_url).get_serve_details()
+    return ServeSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers()).get_serve_details()
 
 
 def wait_ready(cluster: LocalCluster, model: str, timeout_s: float = 300.0) -> dict[str, Any]:

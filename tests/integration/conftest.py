@@ -33,6 +33,7 @@ TEST_CLUSTER = local.LocalCluster(
     haproxy_stats_port=48404,
     haproxy_metrics_port=49101,
     haproxy_dir="/tmp/nonstop-test-haproxy",
+    auth_token_path="/tmp/nonstop-test-haproxy/auth_token",
 )
 POLL_INTERVAL_S = 0.5
 
