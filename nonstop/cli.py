@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from pydantic import ValidationError
 
 from nonstop import cluster as local
 from nonstop.config import Settings
@@ -50,14 +51,17 @@ def train(
     promote: Annotated[bool, typer.Option("--promote", help="move the alias if not worse than production")] = False,
     alias: AliasOpt = PRODUCTION,
     registry: RegistryOpt = None,
+    estimator: Annotated[str, typer.Option("--estimator", help="logreg or forest")] = "logreg",
+    n_estimators: Annotated[int, typer.Option("--n-estimators", help="trees, for --estimator forest")] = 100,
 ) -> None:
     """Validate data, fit, compare with production, publish (and maybe promote)."""
     from training.job import TrainOptions
     from training.job import train as run_training
 
-    result = run_training(
-        TrainOptions(data=data, model=model, label=label, promote=promote, alias=alias), _registry(registry)
+    options = TrainOptions(
+        data=data, model=model, label=label, promote=promote, alias=alias, estimator=estimator, n_estimators=n_estimators
     )
+    result = run_training(options, _registry(registry))
     manifest, comparison = result.manifest, result.comparison
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in manifest.metrics.items())
     typer.echo(f"published {model} v{manifest.version} ({metrics})")
@@ -250,4 +254,8 @@ def main() -> None:
         app()
     except NonstopError as exc:
         typer.echo(f"error: {exc.message}", err=True)
+        sys.exit(2)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        typer.echo(f"error: invalid {exc.title}: {problems}", err=True)
         sys.exit(2)

@@ -53,6 +53,11 @@ class LocalCluster(BaseModel):
     throughput_optimized: bool = True
     num_cpus: int | None = None
     auth_token_path: str = str(Path.home() / ".ray" / "auth_token")
+    # A predict is idempotent, so HAProxy may replay it on another replica when the one it
+    # picked refuses the connection or closes it without an answer. Requests already being
+    # processed when a replica is killed can still fail (see the README's rollout table).
+    ingress_retry_on: str = "conn-failure empty-response junk-response response-timeout"
+    ingress_retries: int = 3
 
     @property
     def address(self) -> str:
@@ -90,6 +95,8 @@ class LocalCluster(BaseModel):
             "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(self.haproxy_stats_port),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.haproxy_metrics_port),
+            "RAY_SERVE_HAPROXY_RETRY_ON": self.ingress_retry_on,
+            "RAY_SERVE_HAPROXY_RETRIES": str(self.ingress_retries),
         }
 
     def client_environment(self) -> dict[str, str]:

@@ -6,6 +6,7 @@ the defaults here only matter for `serve run` without a config file.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,8 @@ from serve_app.metrics import ServingMetrics
 from serve_app.routes import create_api
 from serve_app.status_board import board
 
+HEARTBEAT_S = 5.0
+
 
 
 @serve.deployment(num_replicas=2, health_check_period_s=5)
@@ -37,6 +40,7 @@ class ModelServer:
         self._metrics = ServingMetrics()
         self._holder = ModelHolder(Registry(args.registry), TrustPolicy(extra_types=args.trusted_types), self._report)
         self._plane = DataPlane(self._holder, args.limits, self._predict, self._metrics)
+        self._heartbeat: asyncio.Task[None] | None = None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Called by Serve after __init__: the routes get this replica's data plane."""
@@ -45,6 +49,8 @@ class ModelServer:
         return api
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._beat())
         target = ModelTarget.model_validate(config)
         self._predict_batch.set_max_batch_size(target.max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(target.batch_wait_timeout_s)
@@ -64,6 +70,13 @@ class ModelServer:
         if not self._holder.ready:
             error = self._holder.last_error
             raise RuntimeError(f"no usable model: {error.message if error else 'nothing loaded'}")
+
+    async def _beat(self) -> None:
+        """Fresh status for `nonstop status` and the served-version gauge, between swaps."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            self._metrics.refresh()
+            self._report()
 
     def _report(self) -> None:
         current, error = self._holder.current, self._holder.last_error

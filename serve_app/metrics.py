@@ -61,6 +61,11 @@ class ServingMetrics:
         self._served.set(1, tags={"model": model, "version": str(version)})
         self._swap.observe(seconds, tags={"model": model})
 
+    def refresh(self) -> None:
+        """Ray exports a gauge only for a while after it was set: keep saying what is served."""
+        if self._serving is not None:
+            self._served.set(1, tags={"model": self._serving[0], "version": self._serving[1]})
+
     def load_failed(self, model: str, failure: LoadFailure) -> None:
         if failure is self._last_failure:
             return

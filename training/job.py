@@ -25,7 +25,7 @@ from nonstop.registry import PRODUCTION, Registry, check_name
 from nonstop.schema import frame_to_matrix, to_python
 from training.card import card_files
 from training.data import read_data, validate
-from training.pipeline import PRIMARY_METRIC, build_pipeline, evaluate
+from training.pipeline import PRIMARY_METRIC, Estimator, build_pipeline, evaluate
 from training.progress import step
 
 SAMPLE_ROWS = 8
@@ -42,6 +42,8 @@ class TrainOptions(BaseModel):
     min_rows: int = Field(default=50, ge=10)
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
     seed: int = 0
+    estimator: Estimator = "logreg"
+    n_estimators: int = Field(default=100, ge=1, le=10_000)
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def train(options: TrainOptions, registry: Registry) -> TrainResult:
     train_frame, holdout_frame, train_labels, holdout_labels = train_test_split(
         frame, labels, test_size=options.holdout_fraction, random_state=options.seed, stratify=labels
     )
-    pipeline = build_pipeline(features, options.seed)
+    pipeline = build_pipeline(features, options.seed, options.estimator, options.n_estimators)
     with step(f"fitting on {len(train_frame)} rows"):
         try:
             pipeline.fit(frame_to_matrix(train_frame, features), train_labels)

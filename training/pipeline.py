@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
@@ -19,12 +20,25 @@ PRIMARY_METRIC = "accuracy"
 HOLDOUT_ROWS = "holdout_rows"
 
 
-def build_pipeline(features: Sequence[FeatureSpec], seed: int) -> Pipeline:
+Estimator = Literal["logreg", "forest"]
+
+
+def _classifier(kind: Estimator, seed: int, n_estimators: int) -> Any:
+    """logreg: the cheap default. forest: slow to load on purpose when n_estimators is
+    large, which is how the rollout report proves a long load costs no capacity."""
+    if kind == "forest":
+        return RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=1)
+    return LogisticRegression(max_iter=2000, random_state=seed)
+
+
+def build_pipeline(
+    features: Sequence[FeatureSpec], seed: int, estimator: Estimator = "logreg", n_estimators: int = 100
+) -> Pipeline:
     """Columns are addressed by position: serving feeds plain arrays, never DataFrames."""
     numeric = [i for i, f in enumerate(features) if f.kind == "number"]
     categorical = [i for i, f in enumerate(features) if f.kind == "category"]
     numeric_steps = make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
-    classifier = LogisticRegression(max_iter=2000, random_state=seed)
+    classifier = _classifier(estimator, seed, n_estimators)
     if not categorical:
         return Pipeline([("prep", numeric_steps), ("clf", classifier)])
     prep = ColumnTransformer(

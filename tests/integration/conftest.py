@@ -6,13 +6,9 @@ the tests' traffic; note that stopping Ray (`ray stop`) stops every local cluste
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
 import httpx
 import pytest
 import ray
@@ -20,7 +16,7 @@ import ray
 from nonstop import cluster as local
 from nonstop.config import Settings
 from nonstop.registry import Registry
-from serve_app.status_board import read_board
+from nonstop.rollout import Stack
 from tests.conftest import MODEL, train_into
 
 TEST_CLUSTER = local.LocalCluster(
@@ -38,39 +34,6 @@ TEST_CLUSTER = local.LocalCluster(
 POLL_INTERVAL_S = 0.5
 
 
-@dataclass
-class Served:
-    cluster: local.LocalCluster
-    registry: Registry
-    config: dict[str, Any]
-
-    @property
-    def predict_url(self) -> str:
-        return f"{self.cluster.http_url}/v1/models/{MODEL}:predict"
-
-    def sample_body(self, version: int = 1) -> dict[str, Any]:
-        return {"instances": self.registry.manifest(MODEL, version).samples.inputs[:2]}
-
-    def replicas(self) -> dict[str, tuple[str, int]]:
-        """replica id -> (actor id, pid) of the RUNNING replicas, from Serve itself."""
-        app = local.app_status(self.cluster)["applications"]["nonstop"]
-        return {
-            r["replica_id"]: (r["actor_id"], r["pid"])
-            for d in app["deployments"].values()
-            for r in d["replicas"]
-            if r["state"] == "RUNNING"
-        }
-
-    def board(self) -> dict[str, dict[str, Any]]:
-        live = self.replicas()
-        return {k: v for k, v in read_board().items() if k in live}
-
-    def deploy(self, **user_config: Any) -> None:
-        config = copy.deepcopy(self.config)
-        local.deployment_config(config)["user_config"].update(user_config)
-        local.deploy(self.cluster, config)
-
-
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
     """Seconds until `condition` held; fails the test past the bound."""
     started = time.monotonic()
@@ -82,7 +45,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> floa
 
 
 @pytest.fixture(scope="session")
-def served(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> Iterator[Served]:
+def served(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> Iterator[Stack]:
     registry = Registry(str(tmp_path_factory.mktemp("serving") / "registry"))
     train_into(registry, demo_data)
     config = local.load_serve_config()
@@ -93,7 +56,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> Iterato
         local.deploy(TEST_CLUSTER, config)
         local.wait_ready(TEST_CLUSTER, MODEL)
         ray.init(address=TEST_CLUSTER.address, logging_level="ERROR", log_to_driver=False)
-        yield Served(TEST_CLUSTER, registry, config)
+        yield Stack(TEST_CLUSTER, registry, config, MODEL)
     finally:
         ray.shutdown()
         local.stop(TEST_CLUSTER)

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import Served
+from nonstop.rollout import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -24,12 +24,12 @@ def listening_hosts(port: int) -> set[str]:
     return hosts
 
 
-def test_dashboard_and_serve_listen_on_loopback_only(served: Served) -> None:
+def test_dashboard_and_serve_listen_on_loopback_only(served: Stack) -> None:
     for port in (served.cluster.dashboard_port, served.cluster.http_port):
         assert listening_hosts(port) == {"127.0.0.1"}, port
 
 
-def test_job_submission_without_the_token_is_refused(served: Served) -> None:
+def test_job_submission_without_the_token_is_refused(served: Stack) -> None:
     jobs = f"{served.cluster.dashboard_url}/api/jobs/"
     token = Path(served.cluster.auth_token_path).read_text().strip()
     refused = httpx.post(jobs, json={"entrypoint": "echo pwned"}, timeout=10)

@@ -1,0 +1,248 @@
+"""Every kind of upgrade, triggered on a running local stack while traffic flows.
+
+One bounded load runs through all scenarios; each scenario waits `settle_s` (its
+"before"), triggers, waits until the stack reached the expected state (its "during"),
+then waits `settle_s` again (its "after"). The tests run these shortened and assert on
+the reports; benchmarks/rollout.py runs them in full and draws the timeline.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from nonstop import cluster as local
+from nonstop.loadgen import BackgroundLoad, Sample
+from nonstop.manifest import ManifestDraft
+from nonstop.registry import Registry
+from nonstop.rollout_stats import Event, ScenarioReport, report
+from serve_app.status_board import read_board
+from training.data import read_data
+
+SCENARIOS = ("alias", "pin", "refuse_corrupt", "refuse_schema", "refuse_samples", "code_update", "rollback", "kill")
+TITLES = {
+    "alias": "a. promote a new version through the alias (poller)",
+    "pin": "b. pin a new version by `serve deploy` of an edited config (user_config)",
+    "refuse_corrupt": "c1. promote a version whose artifact is corrupt",
+    "refuse_schema": "c2. promote a version with other features",
+    "refuse_samples": "c3. promote a version whose sample outputs are wrong",
+    "code_update": "d. code update that restarts replicas (runtime_env variable)",
+    "rollback": "e. roll the alias back",
+    "kill": "f. kill -9 of one replica process",
+}
+REFUSALS = {"refuse_corrupt": "integrity", "refuse_schema": "schema_mismatch", "refuse_samples": "sample_mismatch"}
+
+
+@dataclass
+class Stack:
+    """A deployed local app, seen through Serve, the status board and the registry."""
+
+    cluster: local.LocalCluster
+    registry: Registry
+    config: dict[str, Any]
+    model: str
+
+    @property
+    def predict_url(self) -> str:
+        return f"{self.cluster.http_url}/v1/models/{self.model}:predict"
+
+    def sample_body(self) -> dict[str, Any]:
+        version = self.registry.resolve(self.model, "production") or self.registry.latest(self.model)
+        assert version is not None, "the registry has no version to take samples from"
+        return {"instances": self.registry.manifest(self.model, version).samples.inputs[:1]}
+
+    def replicas(self) -> dict[str, tuple[str, int]]:
+        """replica id -> (actor id, pid) of the RUNNING replicas, from Serve itself."""
+        app = local.app_status(self.cluster)["applications"]["nonstop"]
+        return {
+            r["replica_id"]: (r["actor_id"], r["pid"])
+            for d in app["deployments"].values()
+            for r in d["replicas"]
+            if r["state"] == "RUNNING"
+        }
+
+    def board(self) -> dict[str, dict[str, Any]]:
+        live = self.replicas()
+        return {k: v for k, v in read_board().items() if k in live}
+
+    def serving_everywhere(self, version: int) -> bool:
+        board = self.board()
+        wanted = local.deployment_config(self.config).get("num_replicas", 2)
+        return len(board) == len(self.replicas()) == wanted and all(r.get("version") == version for r in board.values())
+
+    def refusing_everywhere(self, version: int, reason: str) -> bool:
+        board = self.board()
+        return bool(board) and all(f"version {version} refused ({reason})" in (r.get("last_error") or "") for r in board.values())
+
+    def metadata(self) -> dict[str, Any]:
+        return httpx.get(f"{self.cluster.http_url}/v1/models/{self.model}", timeout=10).json()
+
+    def deploy(self, runtime_env: dict[str, Any] | None = None, **user_config: Any) -> None:
+        config = copy.deepcopy(self.config)
+        local.deployment_config(config)["user_config"].update(user_config)
+        if runtime_env is not None:
+            config["applications"][0]["runtime_env"] = runtime_env
+        local.deploy(self.cluster, config)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"{what}: not within {timeout_s:.0f}s")
+        time.sleep(0.1)
+    return time.time()
+
+
+@dataclass
+class RolloutResult:
+    samples: list[Sample]
+    events: list[Event]
+    reports: list[ScenarioReport]
+    started_at: float
+    model_load_s: dict[str, float] = field(default_factory=dict)
+
+
+class RolloutCheck:
+    def __init__(
+        self,
+        stack: Stack,
+        data: Path,
+        *,
+        settle_s: float = 5.0,
+        timeout_s: float = 180.0,
+        train: Callable[[Path, bool], int],
+        concurrency: int = 8,
+        max_seconds: float = 1800.0,
+    ) -> None:
+        self.stack = stack
+        self.data = data
+        self.settle_s = settle_s
+        self.timeout_s = timeout_s
+        self._train = train
+        self.concurrency = concurrency
+        self.max_seconds = max_seconds
+        self.events: list[Event] = []
+        self._revision = 0
+
+    def run(self, names: tuple[str, ...] = SCENARIOS) -> RolloutResult:
+        started = time.time()
+        windows: list[tuple[str, float, float, float, str | None, list[str]]] = []
+        with BackgroundLoad(
+            self.stack.predict_url, self.stack.sample_body(), concurrency=self.concurrency, max_seconds=self.max_seconds
+        ) as load:
+            for name in names:
+                time.sleep(self.settle_s)
+                trigger, done, expect, notes = getattr(self, f"_{name}")()
+                time.sleep(self.settle_s)
+                windows.append((name, trigger, done, time.time(), expect, notes))
+            samples = load.stop().samples
+        reports = []
+        for name, trigger, done, end, expect, notes in windows:
+            scenario = report(name, TITLES[name], samples, trigger, done, end, self.settle_s, expect)
+            scenario.notes = notes
+            reports.append(scenario)
+        return RolloutResult(samples=samples, events=self.events, reports=reports, started_at=started)
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _trigger(self, scenario: str, action: str, expect: int | None, do: Callable[[], None]) -> float:
+        at = time.time()
+        do()
+        self.events.append(Event(scenario, action, at, str(expect) if expect is not None else None))
+        return at
+
+    def _current(self) -> int:
+        version = self.stack.registry.resolve(self.stack.model, "production")
+        assert version is not None
+        return version
+
+    # --- scenarios: each returns (trigger, done, expected version, notes) --------------
+
+    def _alias(self) -> tuple[float, float, str, list[str]]:
+        new = self._train(self.data, False)
+        trigger = self._trigger("alias", f"promote v{new}", new, lambda: self.stack.registry.promote(self.stack.model, new))
+        done = wait_until(lambda: self.stack.serving_everywhere(new), self.timeout_s, f"every replica on v{new}")
+        return trigger, done, str(new), [f"load time of v{new}: {self.stack.metadata()['load_seconds']:.2f}s"]
+
+    def _pin(self) -> tuple[float, float, str, list[str]]:
+        new = self._train(self.data, False)
+        trigger = self._trigger("pin", f"serve deploy version: {new}", new, lambda: self.stack.deploy(version=new, alias=None))
+        done = wait_until(lambda: self.stack.serving_everywhere(new), self.timeout_s, f"every replica pinned to v{new}")
+        # back to following the alias, which now names the pinned version: no swap
+        self.stack.registry.promote(self.stack.model, new)
+        self.stack.deploy()
+        return trigger, done, str(new), []
+
+    def _refusal(self, name: str, bad: int) -> tuple[float, float, str, list[str]]:
+        old = self._current()
+        reason = REFUSALS[name]
+        trigger = self._trigger(name, f"promote broken v{bad}", old, lambda: self.stack.registry.promote(self.stack.model, bad))
+        done = wait_until(lambda: self.stack.refusing_everywhere(bad, reason), self.timeout_s, f"every replica refusing v{bad}")
+        error = self.stack.metadata()["last_error"]
+        self.stack.registry.rollback(self.stack.model)
+        return trigger, done, str(old), [f"GET /v1/models last_error: {error['reason']}: {error['message']}"]
+
+    def _refuse_corrupt(self) -> tuple[float, float, str, list[str]]:
+        bad = self._train(self.data, False)
+        artifact = Path(self.stack.registry.uri) / self.stack.model / "versions" / str(bad) / "model.skops"
+        artifact.write_bytes(artifact.read_bytes()[::-1])
+        return self._refusal("refuse_corrupt", bad)
+
+    def _refuse_schema(self) -> tuple[float, float, str, list[str]]:
+        wider = self.data.parent / "rollout-wider.parquet"
+        frame, _ = read_data(str(self.data))
+        frame.assign(extra_feature=1.0).to_parquet(wider, index=False)
+        return self._refusal("refuse_schema", self._train(wider, False))
+
+    def _refuse_samples(self) -> tuple[float, float, str, list[str]]:
+        registry, model, old = self.stack.registry, self.stack.model, self._current()
+        good = registry.manifest(model, old)
+        flipped = good.samples.model_copy(update={"outputs": [1 - o for o in good.samples.outputs]})
+        draft = ManifestDraft(**good.model_dump(include=set(ManifestDraft.model_fields)) | {"samples": flipped})
+        bad = registry.publish(model, registry.read_artifact(model, old), draft).version
+        return self._refusal("refuse_samples", bad)
+
+    def _code_update(self) -> tuple[float, float, str, list[str]]:
+        before = set(self.stack.replicas())
+        version = self._current()
+        self._revision += 1
+        env = {"env_vars": {"NONSTOP_CODE_REVISION": str(self._revision)}}
+        trigger = self._trigger("code_update", "serve deploy runtime_env change", version, lambda: self.stack.deploy(runtime_env=env))
+        done = wait_until(
+            lambda: not (set(self.stack.replicas()) & before) and self.stack.serving_everywhere(version),
+            self.timeout_s,
+            "every replica replaced",
+        )
+        return trigger, done, str(version), [f"replicas {sorted(before)} -> {sorted(self.stack.replicas())}"]
+
+    def _rollback(self) -> tuple[float, float, str, list[str]]:
+        new = self._train(self.data, True)
+        wait_until(lambda: self.stack.serving_everywhere(new), self.timeout_s, f"every replica on v{new}")
+        time.sleep(self.settle_s)
+        record = self.stack.registry.alias(self.stack.model, "production")
+        target = record.lineage()[-2]
+        trigger = self._trigger("rollback", f"rollback to v{target}", target, lambda: self.stack.registry.rollback(self.stack.model))
+        done = wait_until(lambda: self.stack.serving_everywhere(target), self.timeout_s, f"every replica back on v{target}")
+        return trigger, done, str(target), []
+
+    def _kill(self) -> tuple[float, float, str, list[str]]:
+        replicas = self.stack.replicas()
+        victim, (_, pid) = sorted(replicas.items())[0]
+        version = self._current()
+        trigger = self._trigger("kill", f"kill -9 replica {victim} (pid {pid})", version, lambda: os.kill(pid, signal.SIGKILL))
+        done = wait_until(
+            lambda: victim not in self.stack.replicas() and self.stack.serving_everywhere(version),
+            self.timeout_s,
+            "a replacement replica serving",
+        )
+        return trigger, done, str(version), [f"replacement ready {done - trigger:.1f}s after the kill"]
+
