@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import httpx
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from nonstop.config import REGISTRY_ENV, Settings
 from nonstop.errors import NonstopError
@@ -58,6 +58,31 @@ class LocalCluster(BaseModel):
     # processed when a replica is killed can still fail (see the README's rollout table).
     ingress_retry_on: str = "conn-failure empty-response junk-response response-timeout"
     ingress_retries: int = 3
+
+    @classmethod
+    def isolated(cls, base: int, name: str, **overrides: object) -> LocalCluster:
+        """A cluster on ports base+1 .. base+800 with its own haproxy folder and token,
+        so tests and benchmarks never touch a developer's `nonstop up` stack."""
+        folder = f"/tmp/{name}"
+        ports = {
+            "client_server_port": base + 1,
+            "metrics_export_port": base + 80,
+            "haproxy_metrics_port": base + 101,
+            "dashboard_port": base + 265,
+            "dashboard_agent_port": base + 365,
+            "gcs_port": base + 379,
+            "haproxy_stats_port": base + 404,
+            "http_port": base + 800,
+        }
+        return cls.model_validate({**ports, "haproxy_dir": folder, "auth_token_path": f"{folder}/auth_token", **overrides})
+
+    @field_validator("haproxy_dir")
+    @classmethod
+    def _short_enough(cls, value: str) -> str:
+        # Serve adds a 56-character hashed folder and HAProxy refuses socket paths over 97.
+        if len(str(Path(value).resolve())) > 26:
+            raise ValueError(f"haproxy_dir {value!r} is too long for HAProxy's socket paths (26 characters at most)")
+        return value
 
     @property
     def address(self) -> str:

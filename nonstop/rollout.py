@@ -1,8 +1,9 @@
 """Every kind of upgrade, triggered on a running local stack while traffic flows.
 
-One bounded load runs through all scenarios; each scenario waits `settle_s` (its
-"before"), triggers, waits until the stack reached the expected state (its "during"),
-then waits `settle_s` again (its "after"). The tests run these shortened and assert on
+One bounded load runs through all scenarios; each scenario first prepares (trains or
+publishes its candidate, which costs CPU and is kept out of the measured windows), waits
+`settle_s` (its "before"), triggers, waits until the stack reached the expected state
+(its "during"), then waits `settle_s` again (its "after"). The tests run these shortened and assert on
 the reports; benchmarks/rollout.py runs them in full and draws the timeline.
 """
 
@@ -38,6 +39,8 @@ TITLES = {
     "rollback": "e. roll the alias back",
     "kill": "f. kill -9 of one replica process",
 }
+Outcome = tuple[float, float, str, list[str]]  # trigger time, done time, expected version, notes
+Step = Callable[[], Outcome]
 REFUSALS = {"refuse_corrupt": "integrity", "refuse_schema": "schema_mismatch", "refuse_samples": "sample_mismatch"}
 
 
@@ -140,8 +143,9 @@ class RolloutCheck:
             self.stack.predict_url, self.stack.sample_body(), concurrency=self.concurrency, max_seconds=self.max_seconds
         ) as load:
             for name in names:
+                go = getattr(self, f"_{name}")()
                 time.sleep(self.settle_s)
-                trigger, done, expect, notes = getattr(self, f"_{name}")()
+                trigger, done, expect, notes = go()
                 time.sleep(self.settle_s)
                 windows.append((name, trigger, done, time.time(), expect, notes))
             samples = load.stop().samples
@@ -165,45 +169,56 @@ class RolloutCheck:
         assert version is not None
         return version
 
-    # --- scenarios: each returns (trigger, done, expected version, notes) --------------
+    # --- scenarios: each prepares, then returns the step that triggers and waits --------
 
-    def _alias(self) -> tuple[float, float, str, list[str]]:
+    def _alias(self) -> Step:
         new = self._train(self.data, False)
-        trigger = self._trigger("alias", f"promote v{new}", new, lambda: self.stack.registry.promote(self.stack.model, new))
-        done = wait_until(lambda: self.stack.serving_everywhere(new), self.timeout_s, f"every replica on v{new}")
-        return trigger, done, str(new), [f"load time of v{new}: {self.stack.metadata()['load_seconds']:.2f}s"]
 
-    def _pin(self) -> tuple[float, float, str, list[str]]:
+        def go() -> Outcome:
+            trigger = self._trigger("alias", f"promote v{new}", new, lambda: self.stack.registry.promote(self.stack.model, new))
+            done = wait_until(lambda: self.stack.serving_everywhere(new), self.timeout_s, f"every replica on v{new}")
+            return trigger, done, str(new), [f"load time of v{new}: {self.stack.metadata()['load_seconds']:.2f}s"]
+
+        return go
+
+    def _pin(self) -> Step:
         new = self._train(self.data, False)
-        trigger = self._trigger("pin", f"serve deploy version: {new}", new, lambda: self.stack.deploy(version=new, alias=None))
-        done = wait_until(lambda: self.stack.serving_everywhere(new), self.timeout_s, f"every replica pinned to v{new}")
-        # back to following the alias, which now names the pinned version: no swap
-        self.stack.registry.promote(self.stack.model, new)
-        self.stack.deploy()
-        return trigger, done, str(new), []
 
-    def _refusal(self, name: str, bad: int) -> tuple[float, float, str, list[str]]:
-        old = self._current()
-        reason = REFUSALS[name]
-        trigger = self._trigger(name, f"promote broken v{bad}", old, lambda: self.stack.registry.promote(self.stack.model, bad))
-        done = wait_until(lambda: self.stack.refusing_everywhere(bad, reason), self.timeout_s, f"every replica refusing v{bad}")
-        error = self.stack.metadata()["last_error"]
-        self.stack.registry.rollback(self.stack.model)
-        return trigger, done, str(old), [f"GET /v1/models last_error: {error['reason']}: {error['message']}"]
+        def go() -> Outcome:
+            trigger = self._trigger("pin", f"serve deploy version: {new}", new, lambda: self.stack.deploy(version=new, alias=None))
+            done = wait_until(lambda: self.stack.serving_everywhere(new), self.timeout_s, f"every replica pinned to v{new}")
+            # back to following the alias, which now names the pinned version: no swap
+            self.stack.registry.promote(self.stack.model, new)
+            self.stack.deploy()
+            return trigger, done, str(new), []
 
-    def _refuse_corrupt(self) -> tuple[float, float, str, list[str]]:
+        return go
+
+    def _refusal(self, name: str, bad: int) -> Step:
+        def go() -> Outcome:
+            old = self._current()
+            reason = REFUSALS[name]
+            trigger = self._trigger(name, f"promote broken v{bad}", old, lambda: self.stack.registry.promote(self.stack.model, bad))
+            done = wait_until(lambda: self.stack.refusing_everywhere(bad, reason), self.timeout_s, f"every replica refusing v{bad}")
+            error = self.stack.metadata()["last_error"]
+            self.stack.registry.rollback(self.stack.model)
+            return trigger, done, str(old), [f"GET /v1/models last_error: {error['reason']}: {error['message']}"]
+
+        return go
+
+    def _refuse_corrupt(self) -> Step:
         bad = self._train(self.data, False)
         artifact = Path(self.stack.registry.uri) / self.stack.model / "versions" / str(bad) / "model.skops"
         artifact.write_bytes(artifact.read_bytes()[::-1])
         return self._refusal("refuse_corrupt", bad)
 
-    def _refuse_schema(self) -> tuple[float, float, str, list[str]]:
+    def _refuse_schema(self) -> Step:
         wider = self.data.parent / "rollout-wider.parquet"
         frame, _ = read_data(str(self.data))
         frame.assign(extra_feature=1.0).to_parquet(wider, index=False)
         return self._refusal("refuse_schema", self._train(wider, False))
 
-    def _refuse_samples(self) -> tuple[float, float, str, list[str]]:
+    def _refuse_samples(self) -> Step:
         registry, model, old = self.stack.registry, self.stack.model, self._current()
         good = registry.manifest(model, old)
         flipped = good.samples.model_copy(update={"outputs": [1 - o for o in good.samples.outputs]})
@@ -211,38 +226,45 @@ class RolloutCheck:
         bad = registry.publish(model, registry.read_artifact(model, old), draft).version
         return self._refusal("refuse_samples", bad)
 
-    def _code_update(self) -> tuple[float, float, str, list[str]]:
-        before = set(self.stack.replicas())
-        version = self._current()
-        self._revision += 1
-        env = {"env_vars": {"NONSTOP_CODE_REVISION": str(self._revision)}}
-        trigger = self._trigger("code_update", "serve deploy runtime_env change", version, lambda: self.stack.deploy(runtime_env=env))
-        done = wait_until(
-            lambda: not (set(self.stack.replicas()) & before) and self.stack.serving_everywhere(version),
-            self.timeout_s,
-            "every replica replaced",
-        )
-        return trigger, done, str(version), [f"replicas {sorted(before)} -> {sorted(self.stack.replicas())}"]
+    def _code_update(self) -> Step:
+        def go() -> Outcome:
+            before = set(self.stack.replicas())
+            version = self._current()
+            self._revision += 1
+            env = {"env_vars": {"NONSTOP_CODE_REVISION": str(self._revision)}}
+            trigger = self._trigger("code_update", "serve deploy runtime_env change", version, lambda: self.stack.deploy(runtime_env=env))
+            done = wait_until(
+                lambda: not (set(self.stack.replicas()) & before) and self.stack.serving_everywhere(version),
+                self.timeout_s,
+                "every replica replaced",
+            )
+            return trigger, done, str(version), [f"replicas {sorted(before)} -> {sorted(self.stack.replicas())}"]
 
-    def _rollback(self) -> tuple[float, float, str, list[str]]:
+        return go
+
+    def _rollback(self) -> Step:
         new = self._train(self.data, True)
         wait_until(lambda: self.stack.serving_everywhere(new), self.timeout_s, f"every replica on v{new}")
-        time.sleep(self.settle_s)
-        record = self.stack.registry.alias(self.stack.model, "production")
-        target = record.lineage()[-2]
-        trigger = self._trigger("rollback", f"rollback to v{target}", target, lambda: self.stack.registry.rollback(self.stack.model))
-        done = wait_until(lambda: self.stack.serving_everywhere(target), self.timeout_s, f"every replica back on v{target}")
-        return trigger, done, str(target), []
 
-    def _kill(self) -> tuple[float, float, str, list[str]]:
-        replicas = self.stack.replicas()
-        victim, (_, pid) = sorted(replicas.items())[0]
-        version = self._current()
-        trigger = self._trigger("kill", f"kill -9 replica {victim} (pid {pid})", version, lambda: os.kill(pid, signal.SIGKILL))
-        done = wait_until(
-            lambda: victim not in self.stack.replicas() and self.stack.serving_everywhere(version),
-            self.timeout_s,
-            "a replacement replica serving",
-        )
-        return trigger, done, str(version), [f"replacement ready {done - trigger:.1f}s after the kill"]
+        def go() -> Outcome:
+            target = self.stack.registry.alias(self.stack.model, "production").lineage()[-2]
+            trigger = self._trigger("rollback", f"rollback to v{target}", target, lambda: self.stack.registry.rollback(self.stack.model))
+            done = wait_until(lambda: self.stack.serving_everywhere(target), self.timeout_s, f"every replica back on v{target}")
+            return trigger, done, str(target), []
+
+        return go
+
+    def _kill(self) -> Step:
+        def go() -> Outcome:
+            victim, (_, pid) = sorted(self.stack.replicas().items())[0]
+            version = self._current()
+            trigger = self._trigger("kill", f"kill -9 replica {victim} (pid {pid})", version, lambda: os.kill(pid, signal.SIGKILL))
+            done = wait_until(
+                lambda: victim not in self.stack.replicas() and self.stack.serving_everywhere(version),
+                self.timeout_s,
+                "a replacement replica serving",
+            )
+            return trigger, done, str(version), [f"replacement ready {done - trigger:.1f}s after the kill"]
+
+        return go
 

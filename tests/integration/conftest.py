@@ -19,18 +19,7 @@ from nonstop.registry import Registry
 from nonstop.rollout import Stack
 from tests.conftest import MODEL, train_into
 
-TEST_CLUSTER = local.LocalCluster(
-    gcs_port=46379,
-    dashboard_port=48265,
-    http_port=48000,
-    client_server_port=40001,
-    dashboard_agent_port=52465,
-    metrics_export_port=48080,
-    haproxy_stats_port=48404,
-    haproxy_metrics_port=49101,
-    haproxy_dir="/tmp/nonstop-test-haproxy",
-    auth_token_path="/tmp/nonstop-test-haproxy/auth_token",
-)
+TEST_CLUSTER = local.LocalCluster.isolated(46000, "nonstop-test")
 POLL_INTERVAL_S = 0.5
 
 

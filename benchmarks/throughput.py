@@ -1,0 +1,229 @@
+"""Side by side on one machine, same model, same client: nonstop vs the classic server.
+
+(a) nonstop on Ray Serve with the HAProxy ingress (the default), (b) nonstop on Ray
+Serve's default Python proxy, (c) FastAPI + uvicorn with as many workers as (a) has
+replicas, predicting request by request. The client is wrk in its own process (or the
+project's async driver where wrk is not installed), at concurrency 1, 16 and 64. Also
+rows per second for 1,000-row requests against in-process `predict` on the same rows.
+
+    .venv/bin/python benchmarks/throughput.py --out benchmarks/out/throughput
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from nonstop import cluster as local  # noqa: E402
+from nonstop.config import Settings  # noqa: E402
+from nonstop.loading import TrustPolicy, load_version  # noqa: E402
+from nonstop.loadgen import run_load  # noqa: E402
+from nonstop.registry import Registry  # noqa: E402
+from nonstop.schema import rows_to_matrix  # noqa: E402
+from training import demo  # noqa: E402
+from training.job import TrainOptions, train  # noqa: E402
+
+MODEL = "breast_cancer"
+CONCURRENCIES = (1, 16, 64)
+BASELINE_PORT = 28100
+
+
+def _cluster(ingress: str) -> local.LocalCluster:
+    return local.LocalCluster.isolated(
+        26000, "nonstop-bench", ingress=ingress, throughput_optimized=ingress == "haproxy"
+    )
+
+
+def _wrk(url: str, body: str, concurrency: int, seconds: float) -> dict[str, Any]:
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    script.write_text(f'wrk.method="POST"\nwrk.headers["Content-Type"]="application/json"\nwrk.body=[[{body}]]\n')
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:.0f}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    script.unlink()
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"^\s+{label}%\s+([\d.]+)(\w+)", out, re.MULTILINE).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": ms("50"),
+        "p90_ms": ms("90"),
+        "p99_ms": ms("99"),
+        "errors": int(non_2xx.group(1) if non_2xx else 0) + (sum(map(int, socket.groups())) if socket else 0),
+        "client": "wrk",
+    }
+
+
+def _driver(url: str, body: str, concurrency: int, seconds: float) -> dict[str, Any]:
+    result = asyncio.run(run_load(url, json.loads(body), concurrency=concurrency, max_requests=10**7, max_seconds=seconds))
+    latencies = np.array([s.latency_s for s in result.samples if s.ok]) * 1000
+    return {
+        "rps": len(latencies) / seconds,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p90_ms": float(np.percentile(latencies, 90)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "errors": len(result.failed),
+        "client": "nonstop.loadgen",
+    }
+
+
+def measure(url: str, body: str, seconds: float) -> dict[int, dict[str, Any]]:
+    client = _wrk if shutil.which("wrk") else _driver
+    client(url, body, 4, 2)  # warm-up
+    return {c: client(url, body, c, seconds) for c in CONCURRENCIES}
+
+
+def rows_per_second(url: str, body: str, seconds: float) -> float:
+    """1,000-row requests from 2 concurrent clients: rows answered per second."""
+    client = _wrk if shutil.which("wrk") else _driver
+    return client(url, body, 2, seconds)["rps"] * 1000
+
+
+def in_process_rows_per_second(registry: Registry, rows: list[list[float]]) -> float:
+    loaded = load_version(registry, MODEL, registry.resolve(MODEL, "production") or 1, TrustPolicy())
+    matrix = rows_to_matrix(rows, loaded.manifest.features)
+    started, count = time.perf_counter(), 0
+    while time.perf_counter() - started < 3:
+        loaded.predict(matrix)
+        count += 1
+    return count * len(rows) / (time.perf_counter() - started)
+
+
+def run_serve(ingress: str, registry: Registry, body: str, big_body: str, seconds: float) -> dict[str, Any]:
+    cluster = _cluster(ingress)
+    local.stop(cluster)
+    local.start(cluster, Settings(registry=registry.uri))
+    try:
+        local.deploy(cluster, local.load_serve_config())
+        local.wait_ready(cluster, MODEL)
+        url = f"{cluster.http_url}/v1/models/{MODEL}:predict"
+        return {"by_concurrency": measure(url, body, seconds), "rows_per_s_1000": rows_per_second(url, big_body, seconds)}
+    finally:
+        local.stop(cluster)
+
+
+def run_baseline(registry: Registry, body: str, big_body: str, seconds: float, workers: int) -> dict[str, Any]:
+    env = {**os.environ, "BASELINE_REGISTRY": registry.uri, "BASELINE_MODEL": MODEL}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "benchmarks.baseline_server:app", "--host", "127.0.0.1",
+         "--port", str(BASELINE_PORT), "--workers", str(workers), "--log-level", "warning"],
+        env=env, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{BASELINE_PORT}/v1/models/{MODEL}:predict"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.post(url, content=body, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("baseline server did not answer")
+            time.sleep(0.3)
+        return {"by_concurrency": measure(url, body, seconds), "rows_per_s_1000": rows_per_second(url, big_body, seconds)}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    names = list(results["servers"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=110)
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        runs = results["servers"][name]["by_concurrency"]
+        xs = [j + i * width for j in range(len(CONCURRENCIES))]
+        left.bar(xs, [runs[c]["rps"] for c in CONCURRENCIES], width, label=name)
+        right.bar(xs, [runs[c]["p99_ms"] for c in CONCURRENCIES], width, label=name)
+    for axis, label in ((left, "requests per second"), (right, "p99 latency (ms)")):
+        axis.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(CONCURRENCIES))])
+        axis.set_xticklabels([f"{c} clients" for c in CONCURRENCIES])
+        axis.set_ylabel(label)
+        axis.grid(axis="y", alpha=0.3)
+    left.legend(fontsize=8)
+    right.set_yscale("log")
+    fig.suptitle("One-record predictions, same model and client, one 2-core machine")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def table(results: dict[str, Any]) -> str:
+    base = results["servers"]["c. uvicorn baseline"]["by_concurrency"]
+    lines = [
+        "| server | clients | req/s | × baseline | p50 ms | p90 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, run in results["servers"].items():
+        for c in CONCURRENCIES:
+            r = run["by_concurrency"][c]
+            lines.append(
+                f"| {name} | {c} | {r['rps']:.0f} | {r['rps'] / base[c]['rps']:.2f} | {r['p50_ms']:.2f} "
+                f"| {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+            )
+    lines += ["", "| server | rows/s, 1,000-row requests | share of in-process predict |", "|---|---:|---:|"]
+    for name, run in results["servers"].items():
+        lines.append(f"| {name} | {run['rows_per_s_1000']:.0f} | {run['rows_per_s_1000'] / results['in_process_rows_per_s']:.0%} |")
+    lines.append(f"| in-process `predict` | {results['in_process_rows_per_s']:.0f} | 100% |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/throughput"))
+    parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="nonstop-bench-"))
+    demo.write_days(work / "data", 5)
+    registry = Registry(str(work / "registry"))
+    manifest = train(TrainOptions(data=str(work / "data"), model=MODEL, promote=True), registry).manifest
+    names = manifest.feature_names
+    body = json.dumps({"instances": [dict(zip(names, manifest.samples.inputs[0], strict=True))]})
+    big_rows = [manifest.samples.inputs[i % len(manifest.samples.inputs)] for i in range(1000)]
+    big_body = json.dumps({"instances": big_rows})
+    replicas = local.deployment_config(local.load_serve_config())["num_replicas"]
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "seconds_per_level": args.seconds,
+        "in_process_rows_per_s": in_process_rows_per_second(registry, big_rows),
+        "servers": {
+            "a. nonstop, HAProxy ingress": run_serve("haproxy", registry, body, big_body, args.seconds),
+            "b. nonstop, Serve proxy": run_serve("proxy", registry, body, big_body, args.seconds),
+            "c. uvicorn baseline": run_baseline(registry, body, big_body, args.seconds, replicas),
+        },
+    }
+    (args.out / "throughput.json").write_text(json.dumps(results, indent=2))
+    chart(results, args.out / "throughput.png")
+    text = f"Machine: {results['machine']}; {replicas} replicas / workers; {args.seconds:.0f}s per level.\n\n{table(results)}\n"
+    (args.out / "throughput.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
