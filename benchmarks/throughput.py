@@ -138,7 +138,7 @@ def run_baseline(registry: Registry, body: str, big_body: str, seconds: float, w
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.post(url, content=body, timeout=2).status_code == 200:
+                if httpx.post(url, json=json.loads(body), timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -206,18 +206,18 @@ def main() -> None:
     names = manifest.feature_names
     body = json.dumps({"instances": [dict(zip(names, manifest.samples.inputs[0], strict=True))]})
     big_rows = [manifest.samples.inputs[i % len(manifest.samples.inputs)] for i in range(1000)]
-    big_body = json.dumps({"instances": big_rows})
+    big_body = json.dumps({"instances": [dict(zip(names, row, strict=True)) for row in big_rows]})
     replicas = local.deployment_config(local.load_serve_config())["num_replicas"]
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "seconds_per_level": args.seconds,
         "in_process_rows_per_s": in_process_rows_per_second(registry, big_rows),
-        "servers": {
-            "a. nonstop, HAProxy ingress": run_serve("haproxy", registry, body, big_body, args.seconds),
-            "b. nonstop, Serve proxy": run_serve("proxy", registry, body, big_body, args.seconds),
-            "c. uvicorn baseline": run_baseline(registry, body, big_body, args.seconds, replicas),
-        },
+        "servers": {},
     }
+    baseline = run_baseline(registry, body, big_body, args.seconds, replicas)
+    results["servers"]["a. nonstop, HAProxy ingress"] = run_serve("haproxy", registry, body, big_body, args.seconds)
+    results["servers"]["b. nonstop, Serve proxy"] = run_serve("proxy", registry, body, big_body, args.seconds)
+    results["servers"]["c. uvicorn baseline"] = baseline
     (args.out / "throughput.json").write_text(json.dumps(results, indent=2))
     chart(results, args.out / "throughput.png")
     text = f"Machine: {results['machine']}; {replicas} replicas / workers; {args.seconds:.0f}s per level.\n\n{table(results)}\n"

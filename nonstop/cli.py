@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from nonstop import cluster as local
 from nonstop.config import Settings
 from nonstop.errors import NonstopError
+from nonstop.redact import public_uri
 from nonstop.registry import PRODUCTION, Registry
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -30,7 +31,8 @@ DEMO_DATA = Path("data/demo")
 
 
 def _registry(uri: str | None) -> Registry:
-    return Registry(Settings.from_env(registry=uri).registry)
+    settings = Settings.from_env(registry=uri)
+    return Registry(settings.registry, signing_key=settings.signing_key)
 
 
 def _cluster(http_port: int) -> local.LocalCluster:
@@ -108,7 +110,7 @@ def models(
         return
     names = [model] if model else reg.models()
     if not names:
-        typer.echo(f"no models in {reg.uri}")
+        typer.echo(f"no models in {public_uri(reg.uri)}")
     for name in names:
         aliases = reg.aliases(name)
         typer.echo(f"{name}: aliases " + (", ".join(f"{a}->v{r.version}" for a, r in aliases.items()) or "none"))
@@ -152,7 +154,7 @@ def up(
     serve_config = local.load_serve_config(config)
     target = local.deployment_config(serve_config)["user_config"]
     model = target["model"]
-    reg = Registry(settings.registry)
+    reg = Registry(settings.registry, signing_key=settings.signing_key)
     if not reg.versions(model):
         from training import demo
         from training.job import TrainOptions
@@ -160,9 +162,9 @@ def up(
 
         if not demo.existing_days(DEMO_DATA):
             demo.write_days(DEMO_DATA, 5)
-        typer.echo(f"registry {settings.registry} has no {model!r}: training a first version from {DEMO_DATA}")
+        typer.echo(f"registry {public_uri(settings.registry)} has no {model!r}: training a first version from {DEMO_DATA}")
         run_training(TrainOptions(data=str(DEMO_DATA), model=model, promote=True), reg)
-    typer.echo(f"starting Ray (registry {settings.registry}) ...")
+    typer.echo(f"starting Ray (registry {public_uri(settings.registry)}) ...")
     local.start(cluster, settings)
     local.deploy(cluster, serve_config)
     meta = local.wait_ready(cluster, model)

@@ -10,10 +10,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+
+from nonstop.errors import ConfigError
 
 DEFAULT_REGISTRY = "registry"
 REGISTRY_ENV = "NONSTOP_REGISTRY"
+SIGNING_KEY_ENV = "NONSTOP_SIGNING_KEY"
+MIN_SIGNING_KEY_CHARS = 32
 
 
 def normalize_registry_uri(uri: str) -> str:
@@ -24,14 +28,24 @@ def normalize_registry_uri(uri: str) -> str:
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # hide_input_in_errors: a validation error must never echo the signing key back
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, hide_input_in_errors=True)
 
     registry: str = DEFAULT_REGISTRY
+    signing_key: SecretStr | None = None
 
     @field_validator("registry")
     @classmethod
     def _absolute(cls, value: str) -> str:
         return normalize_registry_uri(value)
+
+    @field_validator("signing_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        """A short HMAC key can be guessed offline from any signed manifest."""
+        if value is not None and len(value.get_secret_value()) < MIN_SIGNING_KEY_CHARS:
+            raise ValueError(f"{SIGNING_KEY_ENV} must be at least {MIN_SIGNING_KEY_CHARS} characters")
+        return value
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: str | None) -> Settings:
@@ -39,5 +53,11 @@ class Settings(BaseModel):
         values: dict[str, str] = {}
         if env.get(REGISTRY_ENV):
             values["registry"] = env[REGISTRY_ENV]
+        if env.get(SIGNING_KEY_ENV):
+            values["signing_key"] = env[SIGNING_KEY_ENV]
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+            raise ConfigError(f"invalid settings: {problems}") from exc

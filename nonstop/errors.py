@@ -63,6 +63,13 @@ class ManifestError(ModelLoadError):
     reason = "manifest"
 
 
+class TamperedManifestError(ModelLoadError):
+    """The manifest is not what the registry published for this version: its signature is
+    missing or wrong, or it names another model or version (copied from elsewhere)."""
+
+    reason = "tampered_manifest"
+
+
 class UntrustedArtifactError(ModelLoadError):
     reason = "untrusted_types"
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from nonstop.errors import (
     ArtifactIntegrityError,
     ManifestError,
+    ModelLoadError,
     NonstopError,
     SampleMismatchError,
     SchemaMismatchError,
@@ -69,6 +70,8 @@ def load_version(registry: Registry, model: str, version: int, policy: TrustPoli
     started = time.perf_counter()
     try:
         manifest = registry.manifest(model, version)
+    except ModelLoadError:
+        raise  # already says why this version is refused
     except NonstopError as exc:
         raise ManifestError(model, version, exc.message) from exc
     data = registry.read_artifact(model, version)

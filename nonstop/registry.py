@@ -4,11 +4,15 @@ Layout under the registry URI::
 
     <model>/versions/<n>/model.skops     the artifact, written first
     <model>/versions/<n>/<extra>         optional files about it (model card, ...), next
+    <model>/versions/<n>/manifest.sig    HMAC of the manifest bytes, when a signing key is set
     <model>/versions/<n>/manifest.json   written last: a version exists once it is here
     <model>/aliases/<name>.json          target and history, replaced atomically
 
 Readers never see a half-published version because they only list versions that have
 a manifest, and every file is written under a temporary name and renamed into place.
+A registry opened with a signing key signs what it publishes and refuses, on reading, a
+manifest whose signature is missing or wrong; one opened without a key neither signs
+nor checks, so callers that have no key keep working against a signed registry.
 """
 
 from __future__ import annotations
@@ -19,16 +23,19 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from nonstop.errors import (
     AliasNotFound,
     ConfigError,
     ModelNotFound,
     RegistryError,
+    TamperedManifestError,
     VersionNotFound,
 )
 from nonstop.manifest import Manifest, ManifestDraft
+from nonstop.redact import public_uri
+from nonstop.signing import SIGNATURE_NAME, is_valid, sign
 from nonstop.storage import Storage, open_storage
 
 ARTIFACT_NAME = "model.skops"
@@ -74,9 +81,10 @@ def check_name(kind: str, name: str) -> str:
 
 
 class Registry:
-    def __init__(self, uri: str, storage: Storage | None = None) -> None:
+    def __init__(self, uri: str, storage: Storage | None = None, *, signing_key: SecretStr | None = None) -> None:
         self.uri = uri
         self._storage = storage or open_storage(uri)
+        self._signing_key = signing_key
 
     # --- reading ------------------------------------------------------------------
 
@@ -97,12 +105,33 @@ class Registry:
         path = self._version_path(model, version, MANIFEST_NAME)
         if not self._storage.exists(path):
             if not self.versions(model):
-                raise ModelNotFound(f"model {model!r} has no published version in {self.uri}")
+                raise ModelNotFound(f"model {model!r} has no published version in {public_uri(self.uri)}")
             raise VersionNotFound(f"model {model!r} has no version {version}")
+        data = self._storage.read_bytes(path)
+        if self._signing_key is not None:
+            self._check_signature(model, version, data)
         try:
-            return Manifest.model_validate_json(self._storage.read_bytes(path))
+            manifest = Manifest.model_validate_json(data)
         except ValidationError as exc:
             raise RegistryError(f"model {model!r} version {version}: unreadable manifest: {exc}") from exc
+        if (manifest.model, manifest.version) != (model, version):
+            # a signature covers the bytes, not where they lie: a copied manifest is caught here
+            raise TamperedManifestError(
+                model, version, f"the manifest describes {manifest.model!r} version {manifest.version}"
+            )
+        return manifest
+
+    def _check_signature(self, model: str, version: int, data: bytes) -> None:
+        assert self._signing_key is not None
+        path = self._version_path(model, version, SIGNATURE_NAME)
+        if not self._storage.exists(path):
+            raise TamperedManifestError(
+                model, version, "the manifest has no signature (published without a signing key?)"
+            )
+        if not is_valid(self._signing_key, data, self._storage.read_bytes(path)):
+            raise TamperedManifestError(
+                model, version, "the manifest's signature does not match (edited, or signed with another key)"
+            )
 
     def read_artifact(self, model: str, version: int) -> bytes:
         manifest = self.manifest(model, version)
@@ -130,10 +159,11 @@ class Registry:
     def publish(
         self, model: str, artifact: bytes, draft: ManifestDraft, extras: Mapping[str, bytes] | None = None
     ) -> Manifest:
-        """Claim the next version, write the artifact and extras, then the manifest that reveals it."""
+        """Claim the next version, write the artifact, extras and signature, then the manifest
+        that reveals it."""
         check_name("model", model)
         extras = extras or {}
-        reserved = sorted({check_name("extra", n) for n in extras} & {ARTIFACT_NAME, MANIFEST_NAME})
+        reserved = sorted({check_name("extra", n) for n in extras} & {ARTIFACT_NAME, MANIFEST_NAME, SIGNATURE_NAME})
         if reserved:
             raise ConfigError(f"extra file name(s) {', '.join(reserved)} are reserved by the registry")
         version = self._claim_version(model)
@@ -148,10 +178,10 @@ class Registry:
             artifact=ARTIFACT_NAME,
             sha256=hashlib.sha256(artifact).hexdigest(),
         )
-        self._storage.write_atomic(
-            self._version_path(model, version, MANIFEST_NAME),
-            manifest.model_dump_json(indent=2).encode(),
-        )
+        data = manifest.model_dump_json(indent=2).encode()
+        if self._signing_key is not None:
+            self._storage.write_atomic(self._version_path(model, version, SIGNATURE_NAME), sign(self._signing_key, data))
+        self._storage.write_atomic(self._version_path(model, version, MANIFEST_NAME), data)
         return manifest
 
     def _claim_version(self, model: str) -> int:

@@ -39,6 +39,7 @@ TITLES = {
     "rollback": "e. roll the alias back",
     "kill": "f. kill -9 of one replica process",
 }
+MAX_REQUESTS = 5_000_000  # the time bound (max_seconds) is the one that ends a run
 Outcome = tuple[float, float, str, list[str]]  # trigger time, done time, expected version, notes
 Step = Callable[[], Outcome]
 REFUSALS = {"refuse_corrupt": "integrity", "refuse_schema": "schema_mismatch", "refuse_samples": "sample_mismatch"}
@@ -140,7 +141,11 @@ class RolloutCheck:
         started = time.time()
         windows: list[tuple[str, float, float, float, str | None, list[str]]] = []
         with BackgroundLoad(
-            self.stack.predict_url, self.stack.sample_body(), concurrency=self.concurrency, max_seconds=self.max_seconds
+            self.stack.predict_url,
+            self.stack.sample_body(),
+            concurrency=self.concurrency,
+            max_requests=MAX_REQUESTS,
+            max_seconds=self.max_seconds,
         ) as load:
             for name in names:
                 go = getattr(self, f"_{name}")()

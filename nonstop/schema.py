@@ -20,12 +20,21 @@ def matrix_dtype(features: Sequence[FeatureSpec]) -> type:
 
 
 def rows_to_matrix(rows: Sequence[Sequence[Any]], features: Sequence[FeatureSpec]) -> np.ndarray:
-    return np.asarray(rows, dtype=matrix_dtype(features)).reshape(len(rows), len(features))
+    return _nan_for_missing(np.asarray(rows, dtype=matrix_dtype(features)).reshape(len(rows), len(features)))
 
 
 def frame_to_matrix(frame: pd.DataFrame, features: Sequence[FeatureSpec]) -> np.ndarray:
     columns = [f.name for f in features]
-    return frame[columns].to_numpy(dtype=matrix_dtype(features))
+    return _nan_for_missing(frame[columns].to_numpy(dtype=matrix_dtype(features)))
+
+
+def _nan_for_missing(matrix: np.ndarray) -> np.ndarray:
+    """JSON null (None) and pandas' NA become NaN, the one missing value the imputers
+    recognise: NA breaks them outright, and a None category would be encoded as unknown
+    instead of imputed."""
+    if matrix.dtype == object:
+        matrix[pd.isna(matrix)] = np.nan
+    return matrix
 
 
 def to_python(values: Any) -> list[Any]:

@@ -17,6 +17,7 @@ from typing import Protocol
 import pyarrow.fs as pafs
 
 from nonstop.errors import RegistryError
+from nonstop.redact import redact
 
 
 class Storage(Protocol):
@@ -126,5 +127,6 @@ def open_storage(uri: str) -> Storage:
     try:
         fs, root = pafs.FileSystem.from_uri(uri)
     except Exception as exc:  # pyarrow raises several types for a bad URI
-        raise RegistryError(f"cannot open registry {uri!r}: {exc}") from exc
+        # from None: the cause quotes the URI whole, credentials included
+        raise RegistryError(redact(f"cannot open registry {uri!r}: {exc}", uri)) from None
     return ArrowStorage(fs, root)

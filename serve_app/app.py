@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
+from pydantic import SecretStr
 from ray import serve
 from ray.serve import Application
+from ray.serve.schema import ReplicaRank
 
 from nonstop.config import Settings
 from nonstop.loading import LoadedModel, TrustPolicy
@@ -33,12 +35,14 @@ HEARTBEAT_S = 5.0
 @serve.deployment(num_replicas=2, health_check_period_s=5)
 @serve.ingress()
 class ModelServer:
-    def __init__(self, args: AppArgs) -> None:
+    def __init__(self, args: AppArgs, signing_key: SecretStr | None = None) -> None:
         assert args.registry is not None, "build_app resolves the registry"
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._board = board()
         self._metrics = ServingMetrics()
-        self._holder = ModelHolder(Registry(args.registry), TrustPolicy(extra_types=args.trusted_types), self._report)
+        self._holder = ModelHolder(
+            Registry(args.registry, signing_key=signing_key), TrustPolicy(extra_types=args.trusted_types), self._report
+        )
         self._plane = DataPlane(self._holder, args.limits, self._predict, self._metrics)
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -48,10 +52,11 @@ class ModelServer:
         api.state.plane = self._plane
         return api
 
-    async def reconfigure(self, config: dict[str, Any]) -> None:
+    async def reconfigure(self, config: dict[str, Any], rank: ReplicaRank | None = None) -> None:
         if self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._beat())
         target = ModelTarget.model_validate(config)
+        self._holder.rank = rank.rank if rank is not None else 0
         self._predict_batch.set_max_batch_size(target.max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(target.batch_wait_timeout_s)
         await self._holder.configure(target)
@@ -101,6 +106,8 @@ class ModelServer:
 def build_app(args: dict[str, Any]) -> Application:
     """Application builder named by serve_config.yaml's import_path."""
     parsed = AppArgs.model_validate(args or {})
+    settings = Settings.from_env()
     if parsed.registry is None:
-        parsed = parsed.model_copy(update={"registry": Settings.from_env().registry})
-    return ModelServer.bind(parsed)
+        parsed = parsed.model_copy(update={"registry": settings.registry})
+    # the signing key travels as an init argument, not in args: args show in the dashboard
+    return ModelServer.bind(parsed, settings.signing_key)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -149,13 +150,15 @@ class DataPlane:
     def _instances(self, body: bytes) -> list[Any]:
         try:
             payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except RecursionError as exc:
+            raise InvalidInput("request body is nested too deeply") from exc
+        except ValueError as exc:  # bad JSON or encoding, or an integer of over 4300 digits
             raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
         if not isinstance(payload, dict) or "instances" not in payload:
             raise InvalidInput('request body must be a JSON object with an "instances" list')
         unknown = sorted(set(payload) - {"instances"})
         if unknown:
-            raise InvalidInput(f"unknown request field(s): {', '.join(unknown)}")
+            raise InvalidInput(f"unknown request field(s): {', '.join(_clip(u) for u in unknown)}")
         instances = payload["instances"]
         if not isinstance(instances, list):
             raise InvalidInput('"instances" must be a list')
@@ -184,7 +187,7 @@ class DataPlane:
             if not values <= {float, int}:
                 return None
             matrix = np.asarray(rows, dtype=np.float64)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None
         if matrix.ndim != 2 or matrix.shape[1] != width or not np.isfinite(matrix).all():
             return None
@@ -201,7 +204,7 @@ class DataPlane:
                     raise InvalidInput(f"instance {index}: missing feature(s) {', '.join(missing)}")
                 if len(instance) != len(names):
                     extra = sorted(set(instance) - set(names))
-                    raise InvalidInput(f"instance {index}: unknown feature(s) {', '.join(extra)}")
+                    raise InvalidInput(f"instance {index}: unknown feature(s) {', '.join(_clip(e) for e in extra)}")
                 row = [instance[n] for n in names]
             elif isinstance(instance, list):
                 if len(instance) != len(names):
@@ -225,6 +228,8 @@ class DataPlane:
                     raise InvalidInput(f"instance {index}, feature {spec.name!r}: {value} is not a finite number")
                 return
             if type(value) is int:
+                if abs(value) > sys.float_info.max:
+                    raise InvalidInput(f"instance {index}, feature {spec.name!r}: {_short(value)} is too large for a float")
                 return
             raise InvalidInput(
                 f"instance {index}, feature {spec.name!r}: expected a number, got {type(value).__name__} {_short(value)}"
@@ -240,5 +245,9 @@ class DataPlane:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value)
+    return _clip(json.dumps(value))
+
+
+def _clip(text: str) -> str:
+    """Client text echoed in an error stays short, whatever the client sent."""
     return text if len(text) <= 40 else text[:37] + "..."

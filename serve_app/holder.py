@@ -48,6 +48,7 @@ class ModelHolder:
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._pending: asyncio.Task[None] | None = None
+        self.rank = 0
 
     @property
     def ready(self) -> bool:
@@ -79,6 +80,7 @@ class ModelHolder:
                     return
                 if version in self._refused:
                     return
+                await asyncio.sleep(self._stagger_s())
                 candidate = await asyncio.to_thread(load_version, self._registry, target.model, version, self._policy)
                 self._check_schema(target, candidate)
             except NonstopError as exc:
@@ -95,6 +97,14 @@ class ModelHolder:
                 candidate.load_seconds,
             )
         self._on_change()
+
+    def _stagger_s(self) -> float:
+        """Replicas load one after another, rank by rank, each waiting for the loads before
+        it to end (judged by its own last load time): loading costs CPU, and while one
+        replica loads, the others keep their full capacity."""
+        if self.current is None:
+            return 0.0
+        return self.rank * (self.current.load_seconds * 1.5 + 0.2)
 
     def _resolve(self, target: ModelTarget) -> int:
         if target.version is not None:

@@ -1,4 +1,4 @@
-"""Thin HTTP routes (KServe V1 shape) over the data plane, and the one error renderer."""
+"""Thin HTTP routes (KServe V1 shape) over the data plane, and the error renderers."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import json
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from nonstop.errors import NonstopError, PayloadTooLarge
+from serve_app import openapi
 from serve_app.dataplane import DataPlane
-
-VERSION_HEADER = "x-model-version"
+from serve_app.openapi import VERSION_HEADER
 
 
 def _plane(request: Request) -> DataPlane:
@@ -26,12 +27,19 @@ async def _render_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status_code)
 
 
+async def _render_http_error(_: Request, exc: Exception) -> JSONResponse:
+    """Routing's own refusals (no such path, wrong method) in the one error shape."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
 def create_api() -> FastAPI:
     """The app object; whoever hosts it sets `app.state.plane` before traffic arrives."""
     api = FastAPI(title="nonstop", summary="Predictions from the registry's current model version")
     api.add_exception_handler(NonstopError, _render_error)
+    api.add_exception_handler(HTTPException, _render_http_error)
 
-    @api.post("/v1/models/{model}:predict")
+    @api.post("/v1/models/{model}:predict", **openapi.PREDICT)
     async def predict(model: str, request: Request) -> Response:
         plane = _plane(request)
         declared = request.headers.get("content-length")
@@ -40,11 +48,11 @@ def create_api() -> FastAPI:
         result = await plane.infer(model, await request.body())
         return _json(result.body(), headers={VERSION_HEADER: str(result.version)})
 
-    @api.get("/v1/models/{model}")
+    @api.get("/v1/models/{model}", **openapi.METADATA)
     async def model_metadata(model: str, request: Request) -> Response:
         return _json(_plane(request).metadata(model))
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", **openapi.LISTING)
     async def list_models(request: Request) -> Response:
         served = _plane(request).served_model()
         return _json({"models": [served] if served else []})

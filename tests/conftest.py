@@ -25,5 +25,5 @@ def registry(tmp_path: Path) -> Registry:
     return Registry(str(tmp_path / "registry"))
 
 
-def train_into(registry: Registry, data: Path, *, promote: bool = True, model: str = MODEL) -> TrainResult:
+def train_into(registry: Registry, data: Path | str, *, promote: bool = True, model: str = MODEL) -> TrainResult:
     return train(TrainOptions(data=str(data), model=model, promote=promote), registry)

@@ -11,14 +11,19 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from nonstop.errors import DataValidationError
 from nonstop.manifest import DataFingerprint, FeatureSpec
+from nonstop.redact import public_uri, redact
 
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")
+MAX_DUPLICATE_FRACTION = 0.1
+# a text column this numeric is a number column with bad values, not a category
+NUMERIC_TEXT_FRACTION = 0.9
 
 
 def _open_fs(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -27,7 +32,8 @@ def _open_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except Exception as exc:  # pyarrow raises several types for a bad URI
-        raise DataValidationError(f"cannot open data location {uri!r}: {exc}") from exc
+        # from None: the cause quotes the URI whole, credentials included
+        raise DataValidationError(redact(f"cannot open data location {uri!r}: {exc}", uri)) from None
 
 
 def list_data_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
@@ -35,7 +41,7 @@ def list_data_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
     fs, path = _open_fs(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
-        raise DataValidationError(f"no data at {uri!r}")
+        raise DataValidationError(f"no data at {public_uri(uri)!r}")
     if info.type == pafs.FileType.File:
         return fs, [path]
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
@@ -43,7 +49,7 @@ def list_data_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
         i.path for i in infos if i.type == pafs.FileType.File and i.path.lower().endswith(DATA_SUFFIXES)
     )
     if not files:
-        raise DataValidationError(f"no CSV or Parquet files under {uri!r}")
+        raise DataValidationError(f"no CSV or Parquet files under {public_uri(uri)!r}")
     return fs, files
 
 
@@ -67,7 +73,7 @@ def read_data(uri: str) -> tuple[pd.DataFrame, DataFingerprint]:
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     digest.update(",".join(map(str, frame.columns)).encode())
-    return frame, DataFingerprint(rows=len(frame), sha256=digest.hexdigest(), source=uri)
+    return frame, DataFingerprint(rows=len(frame), sha256=digest.hexdigest(), source=public_uri(uri))
 
 
 def _kind(frame: pd.DataFrame, column: str) -> str:
@@ -110,6 +116,7 @@ def validate(
     rare = counts[counts < 2]
     if len(rare):
         raise DataValidationError(f"label column {label!r}: class {rare.index[0]!r} has fewer than 2 rows")
+    _check_duplicates(frame)
 
     features = [
         FeatureSpec(name=str(c), kind=_kind(frame, c), dtype=str(frame[c].dtype)) for c in frame.columns if c != label  # type: ignore[arg-type]
@@ -129,7 +136,36 @@ def validate(
                 f"column {spec.name!r} must be {spec.kind} as in production, "
                 f"but has dtype {got.dtype}{hint}"
             )
+    for spec in features:
+        _check_values(frame[spec.name], spec)
     return features
+
+
+def _check_duplicates(frame: pd.DataFrame) -> None:
+    """Rows repeated wholesale (a partition loaded twice, a fan-out join) weight training
+    towards them and land on both sides of the holdout split, flattering the metrics the
+    promotion decision rests on. A few repeats happen in real data; many mean a bug."""
+    repeated = int(frame.duplicated().sum())
+    if repeated > MAX_DUPLICATE_FRACTION * len(frame):
+        raise DataValidationError(
+            f"{repeated} of {len(frame)} rows repeat an earlier row exactly "
+            f"(more than {MAX_DUPLICATE_FRACTION:.0%}): is a partition loaded twice?"
+        )
+
+
+def _check_values(series: pd.Series, spec: FeatureSpec) -> None:
+    if spec.kind == "number":
+        infinite = int(np.isinf(series.to_numpy(dtype=np.float64, na_value=np.nan)).sum())
+        if infinite:
+            raise DataValidationError(f"column {spec.name!r} has {infinite} infinite value(s)")
+        return
+    present = int(series.notna().sum())
+    numbers = int(pd.to_numeric(series, errors="coerce").notna().sum())
+    if numbers < present and numbers >= NUMERIC_TEXT_FRACTION * present:
+        raise DataValidationError(
+            f"column {spec.name!r} looks numeric ({numbers} of {present} values are numbers) "
+            f"but holds text such as {_first_bad_value(series)!r}"
+        )
 
 
 def _first_bad_value(series: pd.Series) -> object | None:

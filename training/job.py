@@ -21,6 +21,7 @@ from sklearn.model_selection import train_test_split
 from nonstop.errors import DataValidationError, ModelLoadError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.manifest import Manifest, ManifestDraft, SampleSet
+from nonstop.redact import public_uri
 from nonstop.registry import PRODUCTION, Registry, check_name
 from nonstop.schema import frame_to_matrix, to_python
 from training.card import card_files
@@ -63,7 +64,7 @@ class TrainResult:
 
 def train(options: TrainOptions, registry: Registry) -> TrainResult:
     check_name("model", options.model)
-    with step(f"reading {options.data}"):
+    with step(f"reading {public_uri(options.data)}"):
         frame, fingerprint = read_data(options.data)
     production = _production(registry, options)
     required = production.manifest.features if production else ()
@@ -77,7 +78,7 @@ def train(options: TrainOptions, registry: Registry) -> TrainResult:
     with step(f"fitting on {len(train_frame)} rows"):
         try:
             pipeline.fit(frame_to_matrix(train_frame, features), train_labels)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:  # scikit-learn's ways of refusing data it was given
             raise DataValidationError(f"training failed on this data: {exc}") from exc
     with step(f"evaluating on {len(holdout_frame)} holdout rows"):
         holdout = frame_to_matrix(holdout_frame, features)

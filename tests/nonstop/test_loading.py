@@ -16,7 +16,7 @@ from nonstop.schema import rows_to_matrix
 from tests.conftest import MODEL, train_into
 
 
-def _draft_of(registry: Registry, version: int, **changes: object) -> ManifestDraft:
+def draft_of(registry: Registry, version: int, **changes: object) -> ManifestDraft:
     manifest = registry.manifest(MODEL, version)
     fields = manifest.model_dump(include=set(ManifestDraft.model_fields))
     fields.update(changes)
@@ -43,7 +43,7 @@ def test_a_corrupted_artifact_is_refused(registry: Registry, demo_data: Path, tm
 def test_an_artifact_that_would_run_code_is_refused(registry: Registry, demo_data: Path) -> None:
     good = train_into(registry, demo_data).manifest.version
     hostile = make_pipeline(FunctionTransformer(os.system))
-    published = registry.publish(MODEL, sio.dumps(hostile), _draft_of(registry, good))
+    published = registry.publish(MODEL, sio.dumps(hostile), draft_of(registry, good))
     with pytest.raises(UntrustedArtifactError, match="system"):
         load_version(registry, MODEL, published.version, TrustPolicy())
     # trusting it must be an explicit decision of the serving configuration
@@ -53,7 +53,7 @@ def test_an_artifact_that_would_run_code_is_refused(registry: Registry, demo_dat
 def test_wrong_sample_outputs_are_refused(registry: Registry, demo_data: Path) -> None:
     good = train_into(registry, demo_data).manifest
     flipped = good.samples.model_copy(update={"outputs": [1 - o for o in good.samples.outputs]})
-    published = registry.publish(MODEL, registry.read_artifact(MODEL, good.version), _draft_of(registry, good.version, samples=flipped))
+    published = registry.publish(MODEL, registry.read_artifact(MODEL, good.version), draft_of(registry, good.version, samples=flipped))
     with pytest.raises(SampleMismatchError, match="sample outputs differ"):
         load_version(registry, MODEL, published.version, TrustPolicy())
 
@@ -63,7 +63,7 @@ def test_a_manifest_schema_that_disagrees_with_the_estimator_is_refused(registry
     fewer = good.features[:-1]
     samples = good.samples.model_copy(update={"inputs": [row[:-1] for row in good.samples.inputs]})
     published = registry.publish(
-        MODEL, registry.read_artifact(MODEL, good.version), _draft_of(registry, good.version, features=fewer, samples=samples)
+        MODEL, registry.read_artifact(MODEL, good.version), draft_of(registry, good.version, features=fewer, samples=samples)
     )
     with pytest.raises(SchemaMismatchError, match="expects 30 features, manifest declares 29"):
         load_version(registry, MODEL, published.version, TrustPolicy())

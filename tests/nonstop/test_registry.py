@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -94,20 +96,25 @@ def test_bad_names_are_refused(registry: Registry, name: str) -> None:
 
 
 def _publish_many(uri: str, count: int, out: multiprocessing.Queue) -> None:
+    """One publisher process with `count` publishes in flight at once."""
     registry = Registry(uri)
-    for i in range(count):
-        out.put(registry.publish("m", f"payload-{i}".encode(), DRAFT).version)
+    payloads = [f"{os.getpid()}-{i}".encode() for i in range(count)]
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        for payload, manifest in zip(payloads, pool.map(lambda p: registry.publish("m", p, DRAFT), payloads), strict=True):
+            out.put((manifest.version, payload))
 
 
-def test_concurrent_publishers_get_unique_versions(registry: Registry) -> None:
-    queue: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
+def test_concurrent_publishers_get_unique_versions_and_none_is_lost(registry: Registry) -> None:
     ctx = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue = ctx.Queue()
     workers = [ctx.Process(target=_publish_many, args=(registry.uri, 5, queue)) for _ in range(4)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(timeout=120)
         assert worker.exitcode == 0
-    versions = sorted(queue.get(timeout=10) for _ in range(20))
-    assert versions == list(range(1, 21))
-    assert registry.versions("m") == versions
+    published = dict(queue.get(timeout=10) for _ in range(20))
+    assert sorted(published) == list(range(1, 21))  # 20 distinct numbers: no two publishes shared one
+    assert registry.versions("m") == sorted(published)
+    for version, payload in published.items():
+        assert registry.read_artifact("m", version) == payload  # each version holds what its publisher wrote

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import skops.io as sio
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 from nonstop.errors import ArtifactIntegrityError
 from nonstop.loading import TrustPolicy
 from nonstop.registry import Registry
-from serve_app.config import ModelTarget
+from serve_app.config import Limits, ModelTarget
+from serve_app.dataplane import DataPlane
 from serve_app.holder import ModelHolder
 from tests.conftest import MODEL, train_into
+from tests.nonstop.test_loading import draft_of
+from tests.nonstop.test_signing import KEY
 from training import demo
 
 FOLLOW = ModelTarget(model=MODEL, alias="production", poll_interval_s=3600)
@@ -118,3 +127,43 @@ def test_a_version_with_other_features_is_refused_unless_allowed(registry: Regis
 
     assert asyncio.run(scenario(ModelTarget(model=MODEL, version=2))) == (1, "schema_mismatch")
     assert asyncio.run(scenario(ModelTarget(model=MODEL, version=2, allow_schema_change=True))) == (2, None)
+
+
+def _publish_code_runner(registry: Registry, root: Path, data: Path) -> None:
+    """Properly published and signed, but unpickling it would call os.system."""
+    hostile = make_pipeline(FunctionTransformer(os.system))
+    registry.promote(MODEL, registry.publish(MODEL, sio.dumps(hostile), draft_of(registry, 1)).version)
+
+
+def _edit_a_published_manifest(registry: Registry, root: Path, data: Path) -> None:
+    train_into(registry, data)
+    path = root / MODEL / "versions" / "2" / "manifest.json"
+    path.write_text(path.read_text().replace('"parent_version": 1', '"parent_version": null'))
+
+
+@pytest.mark.parametrize(
+    ("attack", "reason"),
+    [(_publish_code_runner, "untrusted_types"), (_edit_a_published_manifest, "tampered_manifest")],
+)
+def test_an_unsafe_version_is_refused_and_the_old_one_keeps_answering(
+    tmp_path: Path, demo_data: Path, attack: Callable[[Registry, Path, Path], None], reason: str
+) -> None:
+    registry = Registry(str(tmp_path / "registry"), signing_key=KEY)
+    train_into(registry, demo_data)
+    body = json.dumps({"instances": registry.manifest(MODEL, 1).samples.inputs}).encode()
+
+    async def scenario() -> tuple[int, int, dict]:
+        holder = ModelHolder(registry, TrustPolicy())
+        await holder.configure(FOLLOW)
+        attack(registry, tmp_path / "registry", demo_data)
+        await holder.sync()
+        plane = DataPlane(holder, Limits())
+        answered = await plane.infer(MODEL, body)
+        await holder.close()
+        return holder.current.version, answered.version, plane.metadata(MODEL)
+
+    serving, answered, metadata = asyncio.run(scenario())
+    assert (serving, answered) == (1, 1)
+    assert metadata["last_error"]["version"] == 2
+    assert metadata["last_error"]["reason"] == reason
+    assert KEY.get_secret_value() not in metadata["last_error"]["message"]

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
+import skops.io as sio
 
-from nonstop.loading import TrustPolicy, load_version
+from nonstop.loading import TRUSTED_MODULE_PREFIXES, TrustPolicy, load_version
 from nonstop.registry import Registry
 from nonstop.schema import rows_to_matrix
 from serve_app.config import Limits, ModelTarget
@@ -19,6 +22,7 @@ from serve_app.dataplane import DataPlane
 from serve_app.holder import ModelHolder
 from serve_app.routes import create_api
 from tests.conftest import MODEL, train_into
+from training import demo
 
 PREDICT = f"/v1/models/{MODEL}:predict"
 
@@ -102,6 +106,14 @@ def test_bad_input_gets_a_4xx_naming_the_problem(served: Registry, body: Any, st
     assert re.search(message, response.json()["error"]), response.json()
 
 
+def test_routing_refusals_use_the_same_error_shape(served: Registry) -> None:
+    unknown = call(served, "GET", "/v1/models/a/b")
+    assert unknown.status_code == 404 and unknown.json() == {"error": "Not Found"}
+    wrong = call(served, "DELETE", "/v1/models")
+    assert wrong.status_code == 405 and wrong.json() == {"error": "Method Not Allowed"}
+    assert wrong.headers["allow"] == "GET"
+
+
 def test_null_is_a_missing_value_imputed_as_in_training(served: Registry) -> None:
     response = call(served, "POST", PREDICT, json={"instances": [_instance(served, mean_radius=None)]})
     assert response.status_code == 200
@@ -117,3 +129,26 @@ def test_unknown_model_is_404_and_limits_are_413(served: Registry) -> None:
     row = served.manifest(MODEL, 1).samples.inputs[0]
     many = call(served, "POST", PREDICT, limits=Limits(max_instances=2), json={"instances": [row] * 3})
     assert many.status_code == 413 and "3 instances exceed the limit of 2" in many.json()["error"]
+
+
+def test_a_schema_with_text_and_nullable_columns_trains_loads_and_serves(registry: Registry, tmp_path: Path) -> None:
+    """pandas' NA (nullable dtypes) in a mixed number-and-text schema; unseen and missing
+    categories at serving time are answered, not a 5xx."""
+    frame = demo.day_frame(0)
+    rng = np.random.default_rng(0)
+    frame["colour"] = pd.array(rng.choice(["red", "green", "blue"], len(frame)), dtype="string")
+    frame["visits"] = pd.array(rng.integers(0, 9, len(frame)), dtype="Int64")
+    frame.loc[::10, ["colour", "visits"]] = pd.NA
+    path = tmp_path / "mixed.parquet"
+    frame.to_parquet(path, index=False)
+    manifest = train_into(registry, path).manifest
+    assert {f.name: f.kind for f in manifest.features}["colour"] == "category"
+    assert all(t.startswith(TRUSTED_MODULE_PREFIXES) for t in sio.get_untrusted_types(data=registry.read_artifact(MODEL, 1)))
+
+    base = dict(zip(manifest.feature_names, manifest.samples.inputs[0], strict=True))
+    variants = [base, {**base, "colour": "purple"}, {**base, "colour": None}, {**base, "visits": None, "mean_radius": None}]
+    response = call(registry, "POST", PREDICT, json={"instances": variants})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 4 and set(response.json()["predictions"]) <= {0, 1}
+    wrong = call(registry, "POST", PREDICT, json={"instances": [{**base, "colour": 3}]})
+    assert wrong.status_code == 422 and "feature 'colour': expected a string, got int" in wrong.json()["error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -12,10 +13,12 @@ import pandas as pd
 import pytest
 from sklearn.dummy import DummyClassifier
 
+from nonstop.errors import DataValidationError
 from nonstop.loading import TrustPolicy, load_version
 from nonstop.registry import Registry
 from nonstop.schema import frame_to_matrix
 from tests.conftest import MODEL, train_into
+from tests.nonstop.test_signing import KEY
 from training import demo
 from training.job import _compare
 from training.pipeline import evaluate
@@ -102,3 +105,85 @@ def test_an_empty_file_and_a_missing_path_are_refused(registry: Registry, tmp_pa
     done = run_train(registry, tmp_path / "nowhere")
     assert done.returncode == 2 and "no data at" in done.stderr
     assert registry.models() == []
+
+
+def _header_only(path: Path) -> None:
+    _frame().head(0).to_csv(path, index=False)
+
+
+def _partition_loaded_twice(path: Path) -> None:
+    pd.concat([_frame(), _frame()], ignore_index=True).to_csv(path, index=False)
+
+
+def _text_in_a_number_column(path: Path) -> None:
+    _text_in_numbers(_frame()).to_csv(path, index=False)
+
+
+def _infinite_value(path: Path) -> None:
+    frame = _frame()
+    frame.loc[7, "mean_radius"] = np.inf
+    frame.to_csv(path, index=False)
+
+
+def _date_column(path: Path) -> None:
+    _frame().assign(seen_at=pd.Timestamp("2026-11-01")).to_parquet(path.with_suffix(".parquet"), index=False)
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (_header_only, "the data has no rows"),
+        (_partition_loaded_twice, "120 of 240 rows repeat an earlier row exactly \\(more than 10%\\)"),
+        (_text_in_a_number_column, "column 'mean_texture' looks numeric \\(119 of 120 values are numbers\\) but holds text such as 'abc'"),
+        (_infinite_value, "column 'mean_radius' has 1 infinite value\\(s\\)"),
+        (_date_column, "column 'seen_at' has unsupported dtype datetime64"),
+    ],
+)
+def test_bad_data_for_a_fresh_registry_is_refused_and_publishes_nothing(
+    registry: Registry, tmp_path: Path, write, message: str
+) -> None:
+    """In-process: the CLI turns this error into exit status 2, as the tests above show."""
+    path = tmp_path / "day.csv"
+    write(path)
+    with pytest.raises(DataValidationError, match=message):
+        train_into(registry, path if path.exists() else path.with_suffix(".parquet"))
+    assert not Path(registry.uri).exists()  # not even a claimed version folder
+
+
+def test_a_few_repeated_rows_are_accepted(registry: Registry, tmp_path: Path) -> None:
+    frame = _frame()
+    path = tmp_path / "day.csv"
+    pd.concat([frame, frame.head(12)], ignore_index=True).to_csv(path, index=False)  # 12 of 132: under 10%
+    assert train_into(registry, path).manifest.version == 1
+
+
+def test_a_fit_that_fails_midway_publishes_nothing(registry: Registry, tmp_path: Path) -> None:
+    """Values that pass validation but overflow the scaler: the fit itself raises."""
+    frame = _frame()
+    frame["mean_radius"] = np.where(frame.index % 2 == 0, 1e300, -1e300)
+    path = tmp_path / "day.csv"
+    frame.to_csv(path, index=False)
+    done = run_train(registry, path, "--promote")
+    assert done.returncode == 2
+    assert "error: training failed on this data: Input X contains NaN" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not Path(registry.uri).exists()
+
+
+def test_no_credential_reaches_the_registry_logs_or_errors(
+    tmp_path: Path, demo_data: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A signing key and a token in the data URI: neither is written, logged or shown."""
+    token, key = "data-token-3c9f1e", KEY.get_secret_value()
+    registry = Registry(str(tmp_path / "registry"), signing_key=KEY)
+    path = tmp_path / "day.csv"
+    _frame().to_csv(path, index=False)
+    caplog.set_level(logging.DEBUG)
+    manifest = train_into(registry, f"file://{path}?token={token}").manifest
+    assert manifest.data.source == f"file://{path}?token=***"
+    with pytest.raises(DataValidationError, match="cannot open data location") as refused:
+        train_into(registry, f"file://reader:{token}@{path}")
+    out, err = capfd.readouterr()
+    shown = [out, err, caplog.text, str(refused.value)]
+    shown += [p.read_bytes().decode(errors="replace") for p in (tmp_path / "registry").rglob("*") if p.is_file()]
+    assert not [text for text in shown if token in text or key in text]

@@ -1,0 +1,86 @@
+"""The HTTP contract, as OpenAPI: what clients may send and every answer they may get.
+
+The predict route reads the raw body so that it can name the first problem precisely,
+which leaves FastAPI nothing to infer a request schema from; it is declared here instead.
+The schema is what the fuzz tests generate requests from and check answers against, so
+an answer that strays from it (a 5xx, an undeclared status, another body) fails them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nonstop.manifest import FeatureSpec, Scalar
+
+Value = float | str | None
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[dict[str, Value] | list[Value]] = Field(
+        min_length=1,
+        description="objects keyed by feature name, or lists of values in schema order; "
+        "null is a missing value, imputed as in training; NaN and Infinity are refused",
+    )
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Scalar]
+    model_version: str
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what is wrong, in words")
+
+
+class LoadFailureBody(BaseModel):
+    version: int | None
+    reason: str
+    message: str
+    at: str
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    ready: bool
+    version: str | None
+    target: str | None
+    loaded_at: str | None
+    load_seconds: float | None
+    features: list[FeatureSpec]
+    classes: list[Scalar]
+    metrics: dict[str, float]
+    created_at: str | None
+    last_error: LoadFailureBody | None
+
+
+class ModelList(BaseModel):
+    models: list[str]
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+VERSION_HEADER = "x-model-version"
+
+PREDICT: dict[str, Any] = {
+    "responses": {
+        200: {
+            "model": PredictResponse,
+            "headers": {VERSION_HEADER: {"description": "the version that answered", "schema": {"type": "string"}}},
+        },
+        **_errors(404, 413, 422, 503),
+    },
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+        }
+    },
+}
+METADATA: dict[str, Any] = {"response_model": None, "responses": {200: {"model": ModelMetadata}, **_errors(404)}}
+LISTING: dict[str, Any] = {"response_model": None, "responses": {200: {"model": ModelList}}}
