@@ -90,10 +90,16 @@ class Stack:
         return httpx.get(f"{self.cluster.http_url}/v1/models/{self.model}", timeout=10).json()
 
     def deploy(self, runtime_env: dict[str, Any] | None = None, **user_config: Any) -> None:
+        """`serve deploy` of the stack's config with user_config overrides for this deploy.
+
+        A runtime_env change is a code update and stays part of the stack's config, so a
+        later model pin does not silently undo it (and restart every replica again).
+        """
+        if runtime_env is not None:
+            self.config = copy.deepcopy(self.config)
+            self.config["applications"][0]["runtime_env"] = runtime_env
         config = copy.deepcopy(self.config)
         local.deployment_config(config)["user_config"].update(user_config)
-        if runtime_env is not None:
-            config["applications"][0]["runtime_env"] = runtime_env
         local.deploy(self.cluster, config)
 
 
