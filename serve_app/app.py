@@ -31,7 +31,6 @@ from serve_app.status_board import board
 HEARTBEAT_S = 5.0
 
 
-
 @serve.deployment(num_replicas=2, health_check_period_s=5)
 @serve.ingress()
 class ModelServer:

@@ -21,6 +21,14 @@ from tests.conftest import MODEL, train_into
 
 TEST_CLUSTER = local.LocalCluster.isolated(46000, "nonstop-test")
 POLL_INTERVAL_S = 0.5
+SLACK_S = 30.0  # a busy 2-core machine: scheduling, Ray's own work, the load driver
+
+
+def swap_bound(served: Stack) -> float:
+    """Poll interval, then the replicas load one after another (ModelHolder._stagger_s)."""
+    load = max(served.metadata()["load_seconds"] for _ in range(4))
+    stagger = (len(served.replicas()) - 1) * (load * 1.5 + 0.2)
+    return POLL_INTERVAL_S + load + stagger + SLACK_S
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> float:

@@ -9,8 +9,7 @@ import pytest
 
 from tests.conftest import MODEL, train_into
 from nonstop.rollout import Stack
-from tests.integration.conftest import wait_for
-from tests.integration.test_serving import bound
+from tests.integration.conftest import swap_bound, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +24,7 @@ def _series(served: Stack, name: str) -> list[tuple[dict[str, str], float]]:
 
 def test_promotion_shows_up_in_prometheus_by_version_and_replica(served: Stack, demo_data, client) -> None:
     new = train_into(served.registry, demo_data).manifest.version
-    wait_for(lambda: served.serving_everywhere(new), bound(served), f"every replica serving v{new}")
+    wait_for(lambda: served.serving_everywhere(new), swap_bound(served), f"every replica serving v{new}")
     body = served.sample_body()
     for _ in range(20):
         assert client.post(served.predict_url, json=body).status_code == 200

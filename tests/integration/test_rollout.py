@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 
 from nonstop.rollout import REFUSALS, SCENARIOS, RolloutCheck, RolloutResult, Stack
-from tests.conftest import MODEL, train_into
-from tests.integration.conftest import POLL_INTERVAL_S
+from tests.conftest import train_into
+from tests.integration.conftest import swap_bound
 
 pytestmark = pytest.mark.integration
 CONCURRENCY = 4
-SLACK_S = 30.0
 RESTART_BOUND_S = 180.0
 
 
@@ -30,12 +29,6 @@ def _report(result: RolloutResult, name: str):
     return next(r for r in result.reports if r.name == name)
 
 
-def _swap_bound(served: Stack) -> float:
-    """Poll interval + the slowest replica's load time + slack for a busy 2-core machine."""
-    loads = [r["load_seconds"] for r in [served.metadata() for _ in range(4)]]
-    return POLL_INTERVAL_S + max(loads) + SLACK_S
-
-
 @pytest.mark.parametrize("name", [n for n in SCENARIOS if n != "kill"])
 def test_no_request_fails_during_an_upgrade(rollout: RolloutResult, name: str) -> None:
     report = _report(rollout, name)
@@ -48,7 +41,7 @@ def test_no_request_fails_during_an_upgrade(rollout: RolloutResult, name: str) -
 def test_swaps_converge_within_poll_plus_load_plus_slack(rollout: RolloutResult, served: Stack, name: str) -> None:
     report = _report(rollout, name)
     assert report.converged_s is not None, report
-    assert report.converged_s <= _swap_bound(served)
+    assert report.converged_s <= swap_bound(served)
     assert len(report.versions) == 2  # old before, new after
 
 

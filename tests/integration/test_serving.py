@@ -18,19 +18,10 @@ from nonstop.loadgen import BackgroundLoad
 from nonstop.schema import rows_to_matrix
 from tests.conftest import MODEL, train_into
 from nonstop.rollout import Stack
-from tests.integration.conftest import POLL_INTERVAL_S, wait_for
+from tests.integration.conftest import swap_bound, wait_for
 from training import demo
 
 pytestmark = pytest.mark.integration
-SLACK_S = 30.0
-
-
-def bound(served: Stack) -> float:
-    """Poll interval plus the slowest replica's last load time plus slack for a busy 2-core box."""
-    loads = [
-        httpx.get(f"{served.cluster.http_url}/v1/models/{MODEL}", timeout=10).json()["load_seconds"] for _ in range(4)
-    ]
-    return POLL_INTERVAL_S + max(loads) + SLACK_S
 
 
 def versions_answering(served: Stack, client: httpx.Client, count: int = 20) -> set[str]:
@@ -56,7 +47,7 @@ def test_predict_returns_the_registry_models_answers(served: Stack, client: http
 def test_train_promote_swaps_every_replica_in_place_under_load(served: Stack, demo_data: Path) -> None:
     before = served.replicas()
     old = served.registry.resolve(MODEL, "production")
-    limit = bound(served)
+    limit = swap_bound(served)
     with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=4, max_seconds=limit + 30) as load:
         command = [sys.executable, "-m", "nonstop", "train", "--data", str(demo_data), "--model", MODEL, "--promote", "--registry", served.registry.uri]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
@@ -91,7 +82,7 @@ def test_a_bad_version_is_refused_and_the_old_one_keeps_serving(
     try:
         wait_for(
             lambda: all(f"version {bad} refused ({reason})" in (r.get("last_error") or "") for r in served.board().values()),
-            bound(served),
+            swap_bound(served),
             f"every replica refusing v{bad}",
         )
         assert versions_answering(served, client) == {str(old)}
@@ -107,10 +98,10 @@ def test_pinning_a_version_by_serve_deploy_applies_in_place(served: Stack, clien
     before = served.replicas()
     served.deploy(version=1, alias=None)
     try:
-        wait_for(lambda: served.serving_everywhere(1), bound(served), "every replica pinned to v1")
+        wait_for(lambda: served.serving_everywhere(1), swap_bound(served), "every replica pinned to v1")
         assert versions_answering(served, client) == {"1"}
         assert served.replicas() == before
     finally:
         served.deploy()
         current = served.registry.resolve(MODEL, "production")
-        wait_for(lambda: served.serving_everywhere(current), bound(served), "back on the alias")
+        wait_for(lambda: served.serving_everywhere(current), swap_bound(served), "back on the alias")
