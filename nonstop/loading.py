@@ -74,7 +74,7 @@ def load_version(registry: Registry, model: str, version: int, policy: TrustPoli
         raise  # already says why this version is refused
     except NonstopError as exc:
         raise ManifestError(model, version, exc.message) from exc
-    data = registry.read_artifact(model, version)
+    data = registry.read_artifact(model, version, manifest)
     digest = hashlib.sha256(data).hexdigest()
     if digest != manifest.sha256:
         raise ArtifactIntegrityError(

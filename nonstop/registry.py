@@ -133,8 +133,9 @@ class Registry:
                 model, version, "the manifest's signature does not match (edited, or signed with another key)"
             )
 
-    def read_artifact(self, model: str, version: int) -> bytes:
-        manifest = self.manifest(model, version)
+    def read_artifact(self, model: str, version: int, manifest: Manifest | None = None) -> bytes:
+        """Pass the manifest already read (and verified) to spare reading it again."""
+        manifest = manifest or self.manifest(model, version)
         return self._storage.read_bytes(self._version_path(model, version, manifest.artifact))
 
     def read_extra(self, model: str, version: int, name: str) -> bytes | None:

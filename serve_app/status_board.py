@@ -23,9 +23,6 @@ class StatusBoard:
     def report(self, replica_id: str, status: dict[str, Any]) -> None:
         self._replicas[replica_id] = status
 
-    def forget(self, replica_id: str) -> None:
-        self._replicas.pop(replica_id, None)
-
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return dict(self._replicas)
 
