@@ -52,8 +52,11 @@ def _check(registry: Registry, versions: list[int]) -> None:
     for version in versions:
         manifest = registry.manifest("m", version)
         assert hashlib.sha256(registry.read_artifact("m", version)).hexdigest() == manifest.sha256, version
+    # Aliases first: a promote always follows its version's manifest, so every target
+    # read here is listed below even if a publisher moves the alias in between.
+    aliases = registry.aliases("m")
     listed = registry.versions("m")
-    for name, record in registry.aliases("m").items():
+    for name, record in aliases.items():
         assert record.version in listed, f"alias {name} points at missing v{record.version}"
 
 
