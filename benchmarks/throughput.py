@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import matplotlib
 import numpy as np
+import pyarrow as pa
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -39,12 +40,26 @@ from nonstop.loading import TrustPolicy, load_version  # noqa: E402
 from nonstop.loadgen import run_load  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
 from nonstop.schema import rows_to_matrix  # noqa: E402
+from serve_app.arrow_input import ARROW_STREAM  # noqa: E402
 from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
 
 MODEL = "breast_cancer"
+Payload = tuple[bytes, str]  # body and its content type
 CONCURRENCIES = (1, 16, 64)
 BASELINE_PORT = 28100
+
+
+def _json_payload(instances: list[Any]) -> Payload:
+    return json.dumps({"instances": instances}).encode(), "application/json"
+
+
+def _arrow_payload(names: list[str], rows: list[list[Any]]) -> Payload:
+    table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes(), ARROW_STREAM
 
 
 def _cluster(ingress: str) -> local.LocalCluster:
@@ -53,14 +68,19 @@ def _cluster(ingress: str) -> local.LocalCluster:
     )
 
 
-def _wrk(url: str, body: str, concurrency: int, seconds: float) -> dict[str, Any]:
-    script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    script.write_text(f'wrk.method="POST"\nwrk.headers["Content-Type"]="application/json"\nwrk.body=[[{body}]]\n')
+def _wrk(url: str, payload: Payload, concurrency: int, seconds: float) -> dict[str, Any]:
+    body, content_type = payload
+    folder = Path(tempfile.mkdtemp(prefix="nonstop-wrk-"))
+    (folder / "body").write_bytes(body)  # read by the script: binary bodies do not fit in Lua source
+    (folder / "post.lua").write_text(
+        f'local f = io.open("{folder / "body"}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{content_type}"\n'
+    )
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:.0f}s", "--latency", "-s", str(script), url],
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:.0f}s", "--latency", "-s", str(folder / "post.lua"), url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    script.unlink()
+    shutil.rmtree(folder)
 
     def ms(label: str) -> float:
         value, unit = re.search(rf"^\s+{label}%\s+([\d.]+)(\w+)", out, re.MULTILINE).groups()  # type: ignore[union-attr]
@@ -78,8 +98,11 @@ def _wrk(url: str, body: str, concurrency: int, seconds: float) -> dict[str, Any
     }
 
 
-def _driver(url: str, body: str, concurrency: int, seconds: float) -> dict[str, Any]:
-    result = asyncio.run(run_load(url, json.loads(body), concurrency=concurrency, max_requests=10**7, max_seconds=seconds))
+def _driver(url: str, payload: Payload, concurrency: int, seconds: float) -> dict[str, Any]:
+    body, content_type = payload
+    result = asyncio.run(
+        run_load(url, body, concurrency=concurrency, max_requests=10**7, max_seconds=seconds, content_type=content_type)
+    )
     latencies = np.array([s.latency_s for s in result.samples if s.ok]) * 1000
     return {
         "rps": len(latencies) / seconds,
@@ -91,16 +114,16 @@ def _driver(url: str, body: str, concurrency: int, seconds: float) -> dict[str, 
     }
 
 
-def measure(url: str, body: str, seconds: float) -> dict[int, dict[str, Any]]:
+def measure(url: str, payload: Payload, seconds: float) -> dict[int, dict[str, Any]]:
     client = _wrk if shutil.which("wrk") else _driver
-    client(url, body, 4, 2)  # warm-up
-    return {c: client(url, body, c, seconds) for c in CONCURRENCIES}
+    client(url, payload, 4, 2)  # warm-up
+    return {c: client(url, payload, c, seconds) for c in CONCURRENCIES}
 
 
-def rows_per_second(url: str, body: str, seconds: float) -> float:
-    """1,000-row requests from 2 concurrent clients: rows answered per second."""
+def rows_per_second(url: str, payloads: dict[str, Payload], seconds: float) -> dict[str, float]:
+    """1,000-row requests from 2 concurrent clients, per body format: rows answered per second."""
     client = _wrk if shutil.which("wrk") else _driver
-    return client(url, body, 2, seconds)["rps"] * 1000
+    return {name: client(url, payload, 2, seconds)["rps"] * 1000 for name, payload in payloads.items()}
 
 
 def in_process_rows_per_second(registry: Registry, rows: list[list[float]]) -> dict[str, float]:
@@ -118,7 +141,7 @@ def in_process_rows_per_second(registry: Registry, rows: list[list[float]]) -> d
     return {"served_path": rate(loaded.predict), "sklearn": rate(loaded.estimator.predict)}
 
 
-def run_serve(ingress: str, registry: Registry, body: str, big_body: str, seconds: float) -> dict[str, Any]:
+def run_serve(ingress: str, registry: Registry, body: Payload, big: dict[str, Payload], seconds: float) -> dict[str, Any]:
     cluster = _cluster(ingress)
     local.stop(cluster)
     local.start(cluster, Settings(registry=registry.uri))
@@ -126,12 +149,13 @@ def run_serve(ingress: str, registry: Registry, body: str, big_body: str, second
         local.deploy(cluster, local.load_serve_config())
         local.wait_ready(cluster, MODEL)
         url = f"{cluster.http_url}/v1/models/{MODEL}:predict"
-        return {"by_concurrency": measure(url, body, seconds), "rows_per_s_1000": rows_per_second(url, big_body, seconds)}
+        return {"by_concurrency": measure(url, body, seconds), "rows_per_s_1000": rows_per_second(url, big, seconds)}
     finally:
         local.stop(cluster)
 
 
-def run_baseline(registry: Registry, body: str, big_body: str, seconds: float, workers: int) -> dict[str, Any]:
+def run_baseline(registry: Registry, body: Payload, big: dict[str, Payload], seconds: float, workers: int) -> dict[str, Any]:
+    """The classic server reads JSON only."""
     env = {**os.environ, "BASELINE_REGISTRY": registry.uri, "BASELINE_MODEL": MODEL}
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "benchmarks.baseline_server:app", "--host", "127.0.0.1",
@@ -143,14 +167,15 @@ def run_baseline(registry: Registry, body: str, big_body: str, seconds: float, w
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.post(url, json=json.loads(body), timeout=2).status_code == 200:
+                if httpx.post(url, content=body[0], headers={"content-type": body[1]}, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("baseline server did not answer")
             time.sleep(0.3)
-        return {"by_concurrency": measure(url, body, seconds), "rows_per_s_1000": rows_per_second(url, big_body, seconds)}
+        json_only = {"json": big["json"]}
+        return {"by_concurrency": measure(url, body, seconds), "rows_per_s_1000": rows_per_second(url, json_only, seconds)}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -194,14 +219,16 @@ def table(results: dict[str, Any]) -> str:
     limit = results["in_process_rows_per_s"]
     lines += [
         "",
-        "| server | rows/s, 1,000-row requests | share of in-process served path | share of in-process sklearn predict |",
-        "|---|---:|---:|---:|",
+        "| server | body | rows/s, 1,000-row requests | share of in-process served path | share of in-process sklearn predict |",
+        "|---|---|---:|---:|---:|",
     ]
     for name, run in results["servers"].items():
-        rows = run["rows_per_s_1000"]
-        lines.append(f"| {name} | {rows:.0f} | {rows / limit['served_path']:.1%} | {rows / limit['sklearn']:.0%} |")
-    lines.append(f"| in-process, served path (numpy) | {limit['served_path']:.0f} | 100% | |")
-    lines.append(f"| in-process, sklearn `predict` | {limit['sklearn']:.0f} | | 100% |")
+        for body, rows in run["rows_per_s_1000"].items():
+            lines.append(
+                f"| {name} | {body} | {rows:.0f} | {rows / limit['served_path']:.1%} | {rows / limit['sklearn']:.0%} |"
+            )
+    lines.append(f"| in-process, served path (numpy) | | {limit['served_path']:.0f} | 100% | |")
+    lines.append(f"| in-process, sklearn `predict` | | {limit['sklearn']:.0f} | | 100% |")
     return "\n".join(lines)
 
 
@@ -216,9 +243,12 @@ def main() -> None:
     registry = Registry(str(work / "registry"))
     manifest = train(TrainOptions(data=str(work / "data"), model=MODEL, promote=True), registry).manifest
     names = manifest.feature_names
-    body = json.dumps({"instances": [dict(zip(names, manifest.samples.inputs[0], strict=True))]})
+    body = _json_payload([dict(zip(names, manifest.samples.inputs[0], strict=True))])
     big_rows = [manifest.samples.inputs[i % len(manifest.samples.inputs)] for i in range(1000)]
-    big_body = json.dumps({"instances": [dict(zip(names, row, strict=True)) for row in big_rows]})
+    big = {
+        "json": _json_payload([dict(zip(names, row, strict=True)) for row in big_rows]),
+        "arrow": _arrow_payload(names, big_rows),
+    }
     replicas = local.deployment_config(local.load_serve_config())["num_replicas"]
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -226,9 +256,9 @@ def main() -> None:
         "in_process_rows_per_s": in_process_rows_per_second(registry, big_rows),
         "servers": {},
     }
-    baseline = run_baseline(registry, body, big_body, args.seconds, replicas)
-    results["servers"]["a. nonstop, HAProxy ingress"] = run_serve("haproxy", registry, body, big_body, args.seconds)
-    results["servers"]["b. nonstop, Serve proxy"] = run_serve("proxy", registry, body, big_body, args.seconds)
+    baseline = run_baseline(registry, body, big, args.seconds, replicas)
+    results["servers"]["a. nonstop, HAProxy ingress"] = run_serve("haproxy", registry, body, big, args.seconds)
+    results["servers"]["b. nonstop, Serve proxy"] = run_serve("proxy", registry, body, big, args.seconds)
     results["servers"]["c. uvicorn baseline"] = baseline
     (args.out / "throughput.json").write_text(json.dumps(results, indent=2))
     chart(results, args.out / "throughput.png")

@@ -93,6 +93,11 @@ class InvalidInput(NonstopError):
     status_code = 422
 
 
+def clip(text: str, limit: int = 40) -> str:
+    """Client text echoed in an error stays short, whatever the client sent."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class PayloadTooLarge(NonstopError):
     status_code = 413
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -60,14 +61,18 @@ def check_loopback(url: str) -> None:
 
 async def run_load(
     url: str,
-    body: dict[str, Any],
+    body: dict[str, Any] | bytes,
     *,
     concurrency: int,
     max_requests: int,
     max_seconds: float,
     stop: threading.Event | None = None,
+    content_type: str = "application/json",
 ) -> LoadResult:
+    """`body` is sent as JSON, or as it is (bytes) with `content_type`."""
     check_loopback(url)
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"content-type": content_type}
     result = LoadResult()
     deadline = time.monotonic() + max_seconds
     budget = iter(range(max_requests))
@@ -80,7 +85,7 @@ async def run_load(
                 sent = time.time()
                 started = time.perf_counter()
                 try:
-                    response = await client.post(url, json=body)
+                    response = await client.post(url, content=content, headers=headers)
                     result.samples.append(
                         Sample(sent, time.perf_counter() - started, response.status_code, response.headers.get(VERSION_HEADER))
                     )

@@ -23,6 +23,16 @@ def rows_to_matrix(rows: Sequence[Sequence[Any]], features: Sequence[FeatureSpec
     return _nan_for_missing(np.asarray(rows, dtype=matrix_dtype(features)).reshape(len(rows), len(features)))
 
 
+def columns_to_matrix(columns: Sequence[np.ndarray], features: Sequence[FeatureSpec]) -> np.ndarray:
+    """One array per feature, in schema order (binary requests arrive by column)."""
+    if matrix_dtype(features) is np.float64:
+        return np.column_stack(columns)
+    matrix = np.empty((len(columns[0]), len(columns)), dtype=object)
+    for position, column in enumerate(columns):
+        matrix[:, position] = column
+    return _nan_for_missing(matrix)
+
+
 def frame_to_matrix(frame: pd.DataFrame, features: Sequence[FeatureSpec]) -> np.ndarray:
     columns = [f.name for f in features]
     return _nan_for_missing(frame[columns].to_numpy(dtype=matrix_dtype(features)))

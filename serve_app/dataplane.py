@@ -23,10 +23,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nonstop.errors import InvalidInput, ModelNotReady, NonstopError, PayloadTooLarge, UnknownModel
+from nonstop.errors import InvalidInput, ModelNotReady, NonstopError, PayloadTooLarge, UnknownModel, clip
 from nonstop.loading import LoadedModel
 from nonstop.manifest import FeatureSpec
 from nonstop.schema import rows_to_matrix
+from serve_app.arrow_input import ARROW_STREAM, arrow_matrix, is_arrow
 from serve_app.config import Limits
 from serve_app.holder import ModelHolder
 
@@ -123,24 +124,29 @@ class DataPlane:
             else {"version": error.version, "reason": error.reason, "message": error.message, "at": error.at.isoformat()},
         }
 
-    async def infer(self, model: str, body: bytes) -> Prediction:
+    async def infer(self, model: str, body: bytes, content_type: str | None = None) -> Prediction:
+        """`body` is JSON `{"instances": [...]}`, or an Arrow IPC stream when the content
+        type says so; anything else is read as JSON, as clients that omit it expect."""
         try:
-            prediction = await self._infer(model, body)
+            prediction = await self._infer(model, body, content_type)
         except NonstopError as exc:
             self._observer.refused(model, type(exc).__name__)
             raise
         self._observer.predicted(model, prediction.version, len(prediction.predictions))
         return prediction
 
-    async def _infer(self, model: str, body: bytes) -> Prediction:
+    async def _infer(self, model: str, body: bytes, content_type: str | None) -> Prediction:
         loaded = self.model_for(model)
         if len(body) > self.limits.max_body_bytes:
             raise PayloadTooLarge(f"request body of {len(body)} bytes exceeds the limit of {self.limits.max_body_bytes}")
-        instances = self._instances(body)
         features = loaded.manifest.features
-        matrix = self._fast_matrix(instances, features)
-        if matrix is None:
-            matrix = self.to_matrix(instances, features)
+        if is_arrow(content_type):
+            matrix = arrow_matrix(body, features, self.limits)
+        else:
+            instances = self._instances(body)
+            matrix = self._fast_matrix(instances, features)
+            if matrix is None:
+                matrix = self.to_matrix(instances, features)
         if self._batched is None:
             predictions = loaded.predict(matrix)
         else:
@@ -153,12 +159,14 @@ class DataPlane:
         except RecursionError as exc:
             raise InvalidInput("request body is nested too deeply") from exc
         except ValueError as exc:  # bad JSON or encoding, or an integer of over 4300 digits
-            raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+            raise InvalidInput(
+                f"request body is not valid JSON: {exc} (binary instances go as Content-Type: {ARROW_STREAM})"
+            ) from exc
         if not isinstance(payload, dict) or "instances" not in payload:
             raise InvalidInput('request body must be a JSON object with an "instances" list')
         unknown = sorted(set(payload) - {"instances"})
         if unknown:
-            raise InvalidInput(f"unknown request field(s): {', '.join(_clip(u) for u in unknown)}")
+            raise InvalidInput(f"unknown request field(s): {', '.join(clip(u) for u in unknown)}")
         instances = payload["instances"]
         if not isinstance(instances, list):
             raise InvalidInput('"instances" must be a list')
@@ -204,7 +212,7 @@ class DataPlane:
                     raise InvalidInput(f"instance {index}: missing feature(s) {', '.join(missing)}")
                 if len(instance) != len(names):
                     extra = sorted(set(instance) - set(names))
-                    raise InvalidInput(f"instance {index}: unknown feature(s) {', '.join(_clip(e) for e in extra)}")
+                    raise InvalidInput(f"instance {index}: unknown feature(s) {', '.join(clip(e) for e in extra)}")
                 row = [instance[n] for n in names]
             elif isinstance(instance, list):
                 if len(instance) != len(names):
@@ -245,9 +253,4 @@ class DataPlane:
 
 
 def _short(value: Any) -> str:
-    return _clip(json.dumps(value))
-
-
-def _clip(text: str) -> str:
-    """Client text echoed in an error stays short, whatever the client sent."""
-    return text if len(text) <= 40 else text[:37] + "..."
+    return clip(json.dumps(value))

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from nonstop.manifest import FeatureSpec, Scalar
+from serve_app.arrow_input import ARROW_STREAM
 
 Value = float | str | None
 
@@ -78,7 +79,17 @@ PREDICT: dict[str, Any] = {
     "openapi_extra": {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            "content": {
+                "application/json": {"schema": PredictRequest.model_json_schema()},
+                ARROW_STREAM: {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "an Arrow IPC stream with one column per feature, named as in the schema; "
+                        "null is a missing value; NaN and infinities are refused",
+                    }
+                },
+            },
         }
     },
 }

@@ -45,7 +45,7 @@ def create_api() -> FastAPI:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > plane.limits.max_body_bytes:
             raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {plane.limits.max_body_bytes}")
-        result = await plane.infer(model, await request.body())
+        result = await plane.infer(model, await request.body(), request.headers.get("content-type"))
         return _json(result.body(), headers={VERSION_HEADER: str(result.version)})
 
     @api.get("/v1/models/{model}", **openapi.METADATA)

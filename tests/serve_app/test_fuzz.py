@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
 import pytest
 import schemathesis
 import uvicorn
@@ -33,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
 
 from nonstop.loading import TrustPolicy
 from nonstop.registry import Registry
+from serve_app.arrow_input import ARROW_STREAM
 from serve_app.config import Limits, ModelTarget
 from serve_app.dataplane import DataPlane
 from serve_app.holder import ModelHolder
@@ -155,7 +157,11 @@ def test_one_hostile_value_in_a_good_row_never_gets_a_5xx(base_url: str, registr
 def test_a_good_prediction_conforms_too(schema: schemathesis.BaseSchema, base_url: str, registry: Registry) -> None:
     """Generated bodies almost never hold 30 valid features; this one does, for the 200."""
     operation = schema["/v1/models/{model}:predict"]["POST"]
-    case = operation.Case(path_parameters={"model": MODEL}, body={"instances": registry.manifest(MODEL, 1).samples.inputs})
+    case = operation.Case(
+        path_parameters={"model": MODEL},
+        body={"instances": registry.manifest(MODEL, 1).samples.inputs},
+        media_type="application/json",
+    )
     assert case.call_and_validate(base_url=base_url, checks=CHECKS).status_code == 200
 
 
@@ -186,3 +192,35 @@ def test_nan_and_infinity_literals_are_refused_naming_the_feature(
 def test_json_that_breaks_the_parser_is_a_422_not_a_crash(base_url: str, body: bytes, message: str) -> None:
     response = httpx.post(f"{base_url}/v1/models/{MODEL}:predict", content=body, timeout=10)
     assert response.status_code == 422 and message in response.json()["error"], response.text
+
+
+def test_corrupted_arrow_streams_get_a_4xx_never_a_crash(base_url: str, registry: Registry) -> None:
+    """A valid stream of the served features, then bytes flipped, cut or inserted where
+    Hypothesis chooses: the decoder must refuse cleanly, and the server stay up."""
+    manifest = registry.manifest(MODEL, 1)
+    table = pa.table({n: [row[i] for row in manifest.samples.inputs] for i, n in enumerate(manifest.feature_names)})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    valid = sink.getvalue().to_pybytes()
+
+    def corrupt(cuts: list[tuple[int, int, bytes]]) -> bytes:
+        body = bytearray(valid)
+        for position, length, junk in cuts:
+            at = position % len(body)
+            body[at : at + length] = junk
+        return bytes(body)
+
+    edits = st.lists(st.tuples(st.integers(0, len(valid)), st.integers(0, 8), st.binary(max_size=8)), min_size=1, max_size=4)
+
+    @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=edits.map(corrupt) | st.binary(max_size=512))
+    def run(body: bytes) -> None:
+        response = httpx.post(
+            f"{base_url}/v1/models/{MODEL}:predict", content=body, headers={"content-type": ARROW_STREAM}, timeout=10
+        )
+        assert response.status_code in (200, 413, 422), response.text
+        assert set(response.json()) == ({"predictions", "model_version"} if response.status_code == 200 else {"error"})
+
+    run()
+    assert httpx.post(f"{base_url}/v1/models/{MODEL}:predict", content=valid, headers={"content-type": ARROW_STREAM}).status_code == 200

@@ -2,50 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-import httpx
-import numpy as np
-import pandas as pd
 import pytest
 import skops.io as sio
 
 from nonstop.loading import TRUSTED_MODULE_PREFIXES, TrustPolicy, load_version
 from nonstop.registry import Registry
 from nonstop.schema import rows_to_matrix
-from serve_app.config import Limits, ModelTarget
-from serve_app.dataplane import DataPlane
-from serve_app.holder import ModelHolder
-from serve_app.routes import create_api
-from tests.conftest import MODEL, train_into
-from training import demo
-
-PREDICT = f"/v1/models/{MODEL}:predict"
-
-
-@pytest.fixture
-def served(registry: Registry, demo_data: Path) -> Registry:
-    train_into(registry, demo_data)
-    return registry
-
-
-def call(registry: Registry, method: str, path: str, limits: Limits = Limits(), **kwargs: Any) -> httpx.Response:
-    async def go() -> httpx.Response:
-        holder = ModelHolder(registry, TrustPolicy())
-        await holder.configure(ModelTarget(model=MODEL, poll_interval_s=3600))
-        api = create_api()
-        api.state.plane = DataPlane(holder, limits)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://test") as client:
-            response = await client.request(method, path, **kwargs)
-        await holder.close()
-        return response
-
-    return asyncio.run(go())
-
+from serve_app.config import Limits
+from tests.conftest import MODEL
+from tests.serve_app.inprocess import PREDICT, call, train_mixed
 
 def test_predict_matches_the_registry_model_in_both_instance_shapes(served: Registry) -> None:
     manifest = served.manifest(MODEL, 1)
@@ -134,14 +104,7 @@ def test_unknown_model_is_404_and_limits_are_413(served: Registry) -> None:
 def test_a_schema_with_text_and_nullable_columns_trains_loads_and_serves(registry: Registry, tmp_path: Path) -> None:
     """pandas' NA (nullable dtypes) in a mixed number-and-text schema; unseen and missing
     categories at serving time are answered, not a 5xx."""
-    frame = demo.day_frame(0)
-    rng = np.random.default_rng(0)
-    frame["colour"] = pd.array(rng.choice(["red", "green", "blue"], len(frame)), dtype="string")
-    frame["visits"] = pd.array(rng.integers(0, 9, len(frame)), dtype="Int64")
-    frame.loc[::10, ["colour", "visits"]] = pd.NA
-    path = tmp_path / "mixed.parquet"
-    frame.to_parquet(path, index=False)
-    manifest = train_into(registry, path).manifest
+    manifest = train_mixed(registry, tmp_path)
     assert {f.name: f.kind for f in manifest.features}["colour"] == "category"
     assert all(t.startswith(TRUSTED_MODULE_PREFIXES) for t in sio.get_untrusted_types(data=registry.read_artifact(MODEL, 1)))
 

@@ -1,0 +1,94 @@
+"""Instances as an Arrow IPC stream: the binary request body for large batches.
+
+Decoding JSON costs microseconds per number, so a 1,000-row request of 30 features
+spends about a hundred times longer parsing than predicting. An Arrow stream holding one
+column per feature decodes in a fraction of a millisecond, a copy per column at most.
+The rules are JSON's: every feature present by name and nothing else, numbers finite,
+null a missing value imputed as in training, strings within the length limit. Reading a
+stream never runs code: extension types that would unpickle are not loaded by pyarrow,
+and the columns are read as plain arrays, never through pandas metadata.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from nonstop.errors import InvalidInput, PayloadTooLarge, clip
+from nonstop.manifest import FeatureSpec
+from nonstop.schema import columns_to_matrix
+from serve_app.config import Limits
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+def is_arrow(content_type: str | None) -> bool:
+    return content_type is not None and content_type.split(";")[0].strip().lower() == ARROW_STREAM
+
+
+def arrow_matrix(body: bytes, features: list[FeatureSpec], limits: Limits) -> np.ndarray:
+    table = _read(body)
+    if table.num_rows == 0:
+        raise InvalidInput("the Arrow stream has no rows: send at least one instance")
+    if table.num_rows > limits.max_instances:
+        raise PayloadTooLarge(f"{table.num_rows} instances exceed the limit of {limits.max_instances} per request")
+    _check_columns(table, features)
+    columns = [
+        _numbers(table.column(f.name), f.name) if f.kind == "number" else _strings(table.column(f.name), f.name, limits)
+        for f in features
+    ]
+    return columns_to_matrix(columns, features)
+
+
+def _read(body: bytes) -> pa.Table:
+    try:
+        return pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InvalidInput(f"request body is not a readable Arrow IPC stream: {clip(str(exc), 120)}") from exc
+
+
+def _check_columns(table: pa.Table, features: list[FeatureSpec]) -> None:
+    names = [f.name for f in features]
+    repeated = sorted(name for name, count in Counter(table.column_names).items() if count > 1)
+    if repeated:
+        raise InvalidInput(f"column(s) given more than once: {', '.join(clip(r) for r in repeated)}")
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise InvalidInput(f"missing feature column(s) {', '.join(missing)}")
+    unknown = sorted(set(table.column_names) - set(names))
+    if unknown:
+        raise InvalidInput(f"unknown column(s) {', '.join(clip(u) for u in unknown)}")
+
+
+def _numbers(column: pa.ChunkedArray, name: str) -> np.ndarray:
+    kind = column.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)):
+        raise InvalidInput(f"column {name!r}: expected numbers, got Arrow type {kind}")
+    if kind != pa.float64():
+        column = column.cast(pa.float64(), safe=False)  # as JSON integers become floats
+    values = column.to_numpy(zero_copy_only=False)  # nulls become NaN: imputed
+    bad = ~np.isfinite(values)
+    if column.null_count:
+        bad &= ~column.is_null().to_numpy(zero_copy_only=False)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InvalidInput(f"instance {row}, feature {name!r}: {values[row]} is not a finite number")
+    return values
+
+
+def _strings(column: pa.ChunkedArray, name: str, limits: Limits) -> np.ndarray:
+    kind = column.type
+    text = kind.value_type if pa.types.is_dictionary(kind) else kind
+    if not (pa.types.is_string(text) or pa.types.is_large_string(text) or pa.types.is_string_view(text)):
+        if not pa.types.is_null(kind):
+            raise InvalidInput(f"column {name!r}: expected strings, got Arrow type {kind}")
+    elif kind != pa.string():
+        column = column.cast(pa.string())
+    if column.null_count < len(column):
+        longest = pc.max(pc.utf8_length(column)).as_py()
+        if longest > limits.max_string_length:
+            raise InvalidInput(f"column {name!r}: string longer than {limits.max_string_length} characters")
+    return column.to_numpy(zero_copy_only=False)

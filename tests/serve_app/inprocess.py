@@ -1,0 +1,49 @@
+"""The routes in-process: httpx over ASGI to the real app, data plane, holder and registry."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from nonstop.loading import TrustPolicy
+from nonstop.manifest import Manifest
+from nonstop.registry import Registry
+from serve_app.config import Limits, ModelTarget
+from serve_app.dataplane import DataPlane
+from serve_app.holder import ModelHolder
+from serve_app.routes import create_api
+from tests.conftest import MODEL, train_into
+from training import demo
+
+PREDICT = f"/v1/models/{MODEL}:predict"
+
+
+def call(registry: Registry, method: str, path: str, limits: Limits = Limits(), **kwargs: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        holder = ModelHolder(registry, TrustPolicy())
+        await holder.configure(ModelTarget(model=MODEL, poll_interval_s=3600))
+        api = create_api()
+        api.state.plane = DataPlane(holder, limits)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://test") as client:
+            response = await client.request(method, path, **kwargs)
+        await holder.close()
+        return response
+
+    return asyncio.run(go())
+
+
+def train_mixed(registry: Registry, tmp_path: Path) -> Manifest:
+    """The demo data plus a text column and a nullable integer column, NA in both."""
+    frame = demo.day_frame(0)
+    rng = np.random.default_rng(0)
+    frame["colour"] = pd.array(rng.choice(["red", "green", "blue"], len(frame)), dtype="string")
+    frame["visits"] = pd.array(rng.integers(0, 9, len(frame)), dtype="Int64")
+    frame.loc[::10, ["colour", "visits"]] = pd.NA
+    path = tmp_path / "mixed.parquet"
+    frame.to_parquet(path, index=False)
+    return train_into(registry, path).manifest

@@ -1,0 +1,176 @@
+"""Binary instances (Arrow IPC stream) through the routes in-process: the same answers as
+JSON for the same rows, and the same refusals, each naming the problem."""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from nonstop.registry import Registry
+from serve_app.arrow_input import ARROW_STREAM
+from serve_app.config import Limits
+from tests.serve_app.inprocess import PREDICT, call, train_mixed
+
+
+def stream(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def columns(registry: Registry, rows: int = 5) -> dict[str, list[Any]]:
+    manifest = registry.manifest("breast_cancer", 1)
+    samples = manifest.samples.inputs[:rows]
+    return {name: [row[i] for row in samples] for i, name in enumerate(manifest.feature_names)}
+
+
+def post(
+    registry: Registry,
+    body: bytes,
+    content_type: str = ARROW_STREAM,
+    limits: Limits = Limits(),
+) -> Any:
+    return call(
+        registry,
+        "POST",
+        PREDICT,
+        limits=limits,
+        content=body,
+        headers={"content-type": content_type},
+    )
+
+
+def test_arrow_and_json_get_the_same_predictions_nulls_included(
+    served: Registry,
+) -> None:
+    data = columns(served)
+    data["mean_radius"][1] = None
+    data["worst_area"][2] = None
+    rows = [list(r) for r in zip(*data.values(), strict=True)]
+    as_json = call(served, "POST", PREDICT, json={"instances": rows})
+    as_arrow = post(served, stream(pa.table(data)))
+    assert as_json.status_code == as_arrow.status_code == 200, as_arrow.text
+    assert as_arrow.json() == as_json.json()
+    assert as_arrow.headers["x-model-version"] == "1"
+
+
+def test_column_order_integer_columns_and_content_type_parameters_do_not_matter(
+    served: Registry,
+) -> None:
+    data = columns(served)
+    expected = post(served, stream(pa.table(data))).json()
+    shuffled = dict(reversed(list(data.items())))
+    shuffled["mean_radius"] = [round(v) for v in shuffled["mean_radius"]]
+    rounded = {**data, "mean_radius": [float(round(v)) for v in data["mean_radius"]]}
+    assert post(served, stream(pa.table(shuffled)), f"{ARROW_STREAM.upper()}; charset=binary").json() == (
+        post(served, stream(pa.table(rounded))).json()
+    )
+    chunked = pa.concat_tables([pa.table(data).slice(0, 2), pa.table(data).slice(2)])
+    assert post(served, stream(chunked)).json() == expected
+
+
+def _refusal(served: Registry, change: str) -> bytes:
+    data: dict[str, Any] = columns(served)
+    match change:
+        case "garbage":
+            return b"\xff\xff\xff\xff" + b"not arrow at all" * 4
+        case "no-rows":
+            return stream(pa.table(data).slice(0, 0))
+        case "missing":
+            del data["mean_radius"]
+        case "unknown":
+            data["colour"] = ["red"] * 5
+        case "text":
+            data["mean_radius"] = ["12.5"] * 5
+        case "bool":
+            data["mean_radius"] = [True] * 5
+        case "nan":
+            data["mean_radius"][3] = float("nan")
+        case "inf":
+            data["worst_area"][0] = float("-inf")
+    return stream(pa.table(data))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("garbage", "request body is not a readable Arrow IPC stream"),
+        ("no-rows", "the Arrow stream has no rows"),
+        ("missing", "missing feature column\\(s\\) mean_radius"),
+        ("unknown", "unknown column\\(s\\) colour"),
+        ("text", "column 'mean_radius': expected numbers, got Arrow type string"),
+        ("bool", "column 'mean_radius': expected numbers, got Arrow type bool"),
+        ("nan", "instance 3, feature 'mean_radius': nan is not a finite number"),
+        ("inf", "instance 0, feature 'worst_area': -inf is not a finite number"),
+    ],
+)
+def test_bad_arrow_input_gets_a_422_naming_the_problem(served: Registry, change: str, message: str) -> None:
+    response = post(served, _refusal(served, change))
+    assert response.status_code == 422
+    assert re.search(message, response.json()["error"]), response.json()
+
+
+def test_repeated_columns_and_row_limits(served: Registry) -> None:
+    data = columns(served)
+    table = pa.table(data).append_column("mean_radius", pa.array(data["mean_radius"]))
+    repeated = post(served, stream(table))
+    assert repeated.status_code == 422 and "given more than once: mean_radius" in repeated.json()["error"]
+    many = post(served, stream(pa.table(data)), limits=Limits(max_instances=4))
+    assert many.status_code == 413 and "5 instances exceed the limit of 4" in many.json()["error"]
+    small = Limits(max_body_bytes=1024)
+    big = post(served, stream(pa.table(data)), limits=small)
+    assert big.status_code == 413 and "exceeds the limit of 1024" in big.json()["error"]
+
+
+def test_a_mixed_schema_by_arrow_matches_json_and_checks_strings(registry: Registry, tmp_path: Path) -> None:
+    manifest = train_mixed(registry, tmp_path)
+    rows = [list(r) for r in manifest.samples.inputs[:4]]
+    names = manifest.feature_names
+    colour, visits = names.index("colour"), names.index("visits")
+    rows[1][colour], rows[2][visits], rows[3][colour] = None, None, "purple"
+    data = {name: [row[i] for row in rows] for i, name in enumerate(names)}
+    table = pa.table({**data, "colour": pa.array(data["colour"]).dictionary_encode()})
+    as_arrow = post(registry, stream(table))
+    assert as_arrow.status_code == 200, as_arrow.text
+    assert as_arrow.json() == call(registry, "POST", PREDICT, json={"instances": rows}).json()
+
+    numbers = post(registry, stream(pa.table({**data, "colour": [1, 2, 3, 4]})))
+    assert (
+        numbers.status_code == 422
+        and "column 'colour': expected strings, got Arrow type int64" in numbers.json()["error"]
+    )
+    long = post(registry, stream(pa.table({**data, "colour": ["x" * 300] * 4})))
+    assert long.status_code == 422 and "column 'colour': string longer than 256 characters" in long.json()["error"]
+
+
+class _Marker:
+    """Unpickling this touches a file: proof that a reader ran code from the request."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.path.touch, ())
+
+
+def test_a_pickled_extension_type_in_the_stream_is_never_unpickled(served: Registry, tmp_path: Path) -> None:
+    """pyarrow once unpickled `arrow.py_extension_type` metadata on read (CVE-2023-47248)."""
+    marker = tmp_path / "ran"
+    data = columns(served)
+    table = pa.table(data)
+    metadata = {
+        b"ARROW:extension:name": b"arrow.py_extension_type",
+        b"ARROW:extension:metadata": pickle.dumps(_Marker(marker)),
+    }
+    index = table.schema.get_field_index("mean_radius")
+    table = table.cast(table.schema.set(index, table.schema.field(index).with_metadata(metadata)))
+    response = post(served, stream(table))
+    assert not marker.exists(), "the request body ran code on the server"
+    assert response.status_code == 200, response.text
+    assert response.json() == post(served, stream(pa.table(data))).json()
