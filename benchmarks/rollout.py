@@ -46,7 +46,12 @@ def markdown(result: RolloutResult, args: argparse.Namespace) -> str:
         f"Machine: {platform.machine()}, {_cpus()} cores, Python {platform.python_version()}, ray {ray.__version__}; "
         f"2 replicas behind the HAProxy ingress; model: random forest of {args.trees} trees "
         f"(load and verify: {result.model_load_s.get('load_seconds', 0):.2f}s); "
-        f"{args.concurrency} concurrent clients; {args.settle:.0f}s before and after each trigger.",
+        + (
+            f"{args.rate:.0f} requests/s offered on a fixed schedule, at most {args.concurrency} in flight; "
+            if args.rate
+            else f"{args.concurrency} concurrent clients, each sending when answered; "
+        )
+        + f"{args.settle:.0f}s before and after each trigger.",
         "",
         "| scenario | sent | failed | req/s before / during / after | p50 ms before / during / after | p99 ms before / during / after | all on target after (s) | two versions answered (s) |",
         "|---|---:|---:|---|---|---|---:|---:|",
@@ -118,7 +123,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/rollout"))
     parser.add_argument("--trees", type=int, default=1000, help="forest size: how long a version takes to load")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds measured before and after each trigger")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8, help="clients; with --rate, requests in flight at most")
+    parser.add_argument("--rate", type=float, help="requests per second on a fixed schedule (default: closed loop)")
     parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), choices=SCENARIOS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +146,9 @@ def main() -> None:
         meta = local.wait_ready(CLUSTER, MODEL)
         ray.init(address=CLUSTER.address, logging_level="ERROR", log_to_driver=False)
         stack = Stack(CLUSTER, registry, config, MODEL)
-        check = RolloutCheck(stack, data, settle_s=args.settle, train=fit, concurrency=args.concurrency)
+        check = RolloutCheck(
+            stack, data, settle_s=args.settle, train=fit, concurrency=args.concurrency, rate=args.rate
+        )
         began = time.time()
         result = check.run(tuple(args.scenarios))
         result.model_load_s = {"load_seconds": meta["load_seconds"]}
@@ -152,6 +160,7 @@ def main() -> None:
             {
                 "trees": args.trees,
                 "concurrency": args.concurrency,
+                "rate": args.rate,
                 "settle_s": args.settle,
                 "duration_s": time.time() - began,
                 "model_load_s": result.model_load_s,

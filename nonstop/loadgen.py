@@ -68,20 +68,35 @@ async def run_load(
     max_seconds: float,
     stop: threading.Event | None = None,
     content_type: str = "application/json",
+    rate: float | None = None,
 ) -> LoadResult:
-    """`body` is sent as JSON, or as it is (bytes) with `content_type`."""
+    """`body` is sent as JSON, or as it is (bytes) with `content_type`.
+
+    Without `rate`, each client sends its next request when the last one is answered, so
+    the load follows the server's capacity. With `rate`, requests are due on a fixed
+    schedule (open loop, `concurrency` at most in flight): a server that keeps up
+    answers `rate` per second whatever else it is doing, and one that falls behind shows
+    it as latency and as a rate below the offer."""
     check_loopback(url)
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"content-type": content_type}
     result = LoadResult()
-    deadline = time.monotonic() + max_seconds
+    began = time.monotonic()
+    deadline = began + max_seconds
     budget = iter(range(max_requests))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
 
         async def worker() -> None:
-            while time.monotonic() < deadline and not (stop and stop.is_set()) and next(budget, None) is not None:
+            while time.monotonic() < deadline and not (stop and stop.is_set()) and (turn := next(budget, None)) is not None:
+                due = began + turn / rate if rate is not None else 0.0
+                if due > deadline:
+                    break
+                if (wait := due - time.monotonic()) > 0:
+                    await asyncio.sleep(wait)
+                    if stop and stop.is_set():
+                        break
                 sent = time.time()
                 started = time.perf_counter()
                 try:
@@ -99,12 +114,21 @@ async def run_load(
 class BackgroundLoad:
     """Load in a thread of its own while a test or a scenario triggers an upgrade."""
 
-    def __init__(self, url: str, body: dict[str, Any], *, concurrency: int = 4, max_requests: int = 50_000, max_seconds: float = 120) -> None:
+    def __init__(
+        self,
+        url: str,
+        body: dict[str, Any],
+        *,
+        concurrency: int = 4,
+        max_requests: int = 50_000,
+        max_seconds: float = 120,
+        rate: float | None = None,
+    ) -> None:
         check_loopback(url)
         self._stop = threading.Event()
         self._result: LoadResult | None = None
         self._args = (url, body)
-        self._kwargs = {"concurrency": concurrency, "max_requests": max_requests, "max_seconds": max_seconds}
+        self._kwargs = {"concurrency": concurrency, "max_requests": max_requests, "max_seconds": max_seconds, "rate": rate}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:

@@ -131,6 +131,7 @@ class RolloutCheck:
         timeout_s: float = 180.0,
         train: Callable[[Path, bool], int],
         concurrency: int = 8,
+        rate: float | None = None,
         max_seconds: float = 1800.0,
     ) -> None:
         self.stack = stack
@@ -139,6 +140,7 @@ class RolloutCheck:
         self.timeout_s = timeout_s
         self._train = train
         self.concurrency = concurrency
+        self.rate = rate
         self.max_seconds = max_seconds
         self.events: list[Event] = []
         self._revision = 0
@@ -150,6 +152,7 @@ class RolloutCheck:
             self.stack.predict_url,
             self.stack.sample_body(),
             concurrency=self.concurrency,
+            rate=self.rate,
             max_requests=MAX_REQUESTS,
             max_seconds=self.max_seconds,
         ) as load:

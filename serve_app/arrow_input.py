@@ -23,6 +23,7 @@ from nonstop.schema import columns_to_matrix
 from serve_app.config import Limits
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+FLOAT64 = pa.float64()
 
 
 def is_arrow(content_type: str | None) -> bool:
@@ -36,11 +37,24 @@ def arrow_matrix(body: bytes, features: list[FeatureSpec], limits: Limits) -> np
     if table.num_rows > limits.max_instances:
         raise PayloadTooLarge(f"{table.num_rows} instances exceed the limit of {limits.max_instances} per request")
     _check_columns(table, features)
+    fast = _fast_matrix(table, features)
+    if fast is not None:
+        return fast
     columns = [
         _numbers(table.column(f.name), f.name) if f.kind == "number" else _strings(table.column(f.name), f.name, limits)
         for f in features
     ]
     return columns_to_matrix(columns, features)
+
+
+def _fast_matrix(table: pa.Table, features: list[FeatureSpec]) -> np.ndarray | None:
+    """The common case in one pass: float64 columns without nulls, all finite. Anything
+    else goes column by column, where the first problem gets its name."""
+    columns = [table.column(f.name) for f in features]
+    if not all(f.kind == "number" and c.type == FLOAT64 and c.null_count == 0 for f, c in zip(features, columns, strict=True)):
+        return None
+    matrix = np.column_stack([c.to_numpy() for c in columns])
+    return matrix if np.isfinite(matrix).all() else None
 
 
 def _read(body: bytes) -> pa.Table:
@@ -51,14 +65,16 @@ def _read(body: bytes) -> pa.Table:
 
 
 def _check_columns(table: pa.Table, features: list[FeatureSpec]) -> None:
-    names = [f.name for f in features]
-    repeated = sorted(name for name, count in Counter(table.column_names).items() if count > 1)
+    given = table.column_names
+    repeated = sorted(name for name, count in Counter(given).items() if count > 1)
     if repeated:
         raise InvalidInput(f"column(s) given more than once: {', '.join(clip(r) for r in repeated)}")
-    missing = [n for n in names if n not in table.column_names]
+    names = [f.name for f in features]
+    present = set(given)
+    missing = [n for n in names if n not in present]
     if missing:
         raise InvalidInput(f"missing feature column(s) {', '.join(missing)}")
-    unknown = sorted(set(table.column_names) - set(names))
+    unknown = sorted(present - set(names))
     if unknown:
         raise InvalidInput(f"unknown column(s) {', '.join(clip(u) for u in unknown)}")
 
@@ -67,8 +83,8 @@ def _numbers(column: pa.ChunkedArray, name: str) -> np.ndarray:
     kind = column.type
     if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)):
         raise InvalidInput(f"column {name!r}: expected numbers, got Arrow type {kind}")
-    if kind != pa.float64():
-        column = column.cast(pa.float64(), safe=False)  # as JSON integers become floats
+    if kind != FLOAT64:
+        column = column.cast(FLOAT64, safe=False)  # as JSON integers become floats
     values = column.to_numpy(zero_copy_only=False)  # nulls become NaN: imputed
     bad = ~np.isfinite(values)
     if column.null_count:

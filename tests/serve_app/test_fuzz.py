@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,6 @@ import httpx
 import pyarrow as pa
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -40,6 +37,7 @@ from serve_app.dataplane import DataPlane
 from serve_app.holder import ModelHolder
 from serve_app.routes import create_api
 from tests.conftest import MODEL, train_into
+from tests.loopback import serve_in_thread
 
 CHECKS = [
     not_a_server_error,
@@ -66,19 +64,8 @@ def base_url(registry: Registry) -> Iterator[str]:
     asyncio.run(holder.configure(ModelTarget(model=MODEL, version=1)))  # pinned: no poller to outlive the loop
     api = create_api()
     api.state.plane = DataPlane(holder, Limits(max_instances=64))
-    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(api) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
