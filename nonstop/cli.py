@@ -143,6 +143,16 @@ def rollback(model: ModelOpt, alias: AliasOpt = PRODUCTION, registry: RegistryOp
 
 
 @app.command()
+def sign(model: ModelOpt, registry: RegistryOpt = None) -> None:
+    """Sign the versions and aliases written before NONSTOP_SIGNING_KEY was set.
+
+    Run once when turning signing on: afterwards replicas with the key refuse anything
+    unsigned. A version is signed only if its artifact still matches its digest."""
+    signed = _registry(registry).sign_unsigned(model)
+    typer.echo(f"signed: {', '.join(signed)}" if signed else f"{model}: everything was already signed")
+
+
+@app.command()
 def up(
     registry: RegistryOpt = None,
     http_port: HttpPortOpt = 8000,

@@ -39,6 +39,11 @@ class RegistryError(NonstopError):
     status_code = 500
 
 
+class TamperedAliasError(RegistryError):
+    """An alias file whose signature is missing or wrong: it was not written by a holder
+    of the signing key, so it may point anywhere, an old refused version included."""
+
+
 # --- loading and verification (a refused version) -----------------------------------
 
 

@@ -6,12 +6,12 @@ Layout under the registry URI::
     <model>/versions/<n>/<extra>         optional files about it (model card, ...), next
     <model>/versions/<n>/manifest.sig    HMAC of the manifest bytes, when a signing key is set
     <model>/versions/<n>/manifest.json   written last: a version exists once it is here
-    <model>/aliases/<name>.json          target and history, replaced atomically
+    <model>/aliases/<name>.json          target and history (signed, with a key), replaced atomically
 
 Readers never see a half-published version because they only list versions that have
 a manifest, and every file is written under a temporary name and renamed into place.
 A registry opened with a signing key signs what it publishes and refuses, on reading, a
-manifest whose signature is missing or wrong; one opened without a key neither signs
+manifest or alias whose signature is missing or wrong; one opened without a key neither signs
 nor checks, so callers that have no key keep working against a signed registry.
 """
 
@@ -23,13 +23,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from nonstop.errors import (
     AliasNotFound,
     ConfigError,
     ModelNotFound,
     RegistryError,
+    TamperedAliasError,
     TamperedManifestError,
     VersionNotFound,
 )
@@ -59,6 +60,10 @@ class AliasRecord(BaseModel):
     alias: str
     version: int
     history: list[AliasEvent]
+    signature: str | None = Field(default=None, description="HMAC of the model name and this record without it")
+
+    def signed_bytes(self, model: str) -> bytes:
+        return f"{model}\n".encode() + self.model_dump_json(exclude={"signature"}).encode()
 
     def lineage(self) -> list[int]:
         """Targets still in force: a promote pushes, a rollback pops."""
@@ -198,18 +203,31 @@ class Registry:
     # --- aliases ----------------------------------------------------------------------
 
     def aliases(self, model: str) -> dict[str, AliasRecord]:
+        return {name: self.alias(model, name) for name in self._alias_names(model)}
+
+    def _alias_names(self, model: str) -> list[str]:
         folder = self._storage.join(check_name("model", model), "aliases")
-        names = [e.removesuffix(".json") for e in self._storage.list_dir(folder) if e.endswith(".json") and not e.startswith(".")]
-        return {name: self.alias(model, name) for name in names}
+        return sorted(e.removesuffix(".json") for e in self._storage.list_dir(folder) if e.endswith(".json") and not e.startswith("."))
 
     def alias(self, model: str, alias: str) -> AliasRecord:
         path = self._alias_path(model, alias)
         if not self._storage.exists(path):
             raise AliasNotFound(f"model {model!r} has no alias {alias!r}")
         try:
-            return AliasRecord.model_validate_json(self._storage.read_bytes(path))
+            record = AliasRecord.model_validate_json(self._storage.read_bytes(path))
         except ValidationError as exc:
             raise RegistryError(f"alias {alias!r} of {model!r} is unreadable: {exc}") from exc
+        if self._signing_key is not None:
+            self._check_alias_signature(model, record)
+        return record
+
+    def _check_alias_signature(self, model: str, record: AliasRecord) -> None:
+        assert self._signing_key is not None
+        where = f"alias {record.alias!r} of {model!r} (pointing at v{record.version})"
+        if record.signature is None:
+            raise TamperedAliasError(f"{where} has no signature (written without a signing key?); see `nonstop sign`")
+        if not is_valid(self._signing_key, record.signed_bytes(model), record.signature.encode()):
+            raise TamperedAliasError(f"{where}: the signature does not match (edited, copied, or another key)")
 
     def resolve(self, model: str, alias: str) -> int | None:
         """The alias's version, or None if the alias was never set."""
@@ -236,9 +254,11 @@ class Registry:
         return self._write_alias(model, alias, target, [*record.history, self._event(target, "rollback")])
 
     def _history(self, model: str, alias: str) -> list[AliasEvent]:
+        """A forged alias's history is not carried on: a promote by a key holder takes the
+        alias back and starts it afresh (a rollback, which needs that history, refuses)."""
         try:
             return list(self.alias(model, alias).history)
-        except AliasNotFound:
+        except (AliasNotFound, TamperedAliasError):
             return []
 
     @staticmethod
@@ -247,8 +267,43 @@ class Registry:
 
     def _write_alias(self, model: str, alias: str, version: int, history: list[AliasEvent]) -> AliasRecord:
         record = AliasRecord(alias=alias, version=version, history=history)
+        if self._signing_key is not None:
+            record = record.model_copy(update={"signature": sign(self._signing_key, record.signed_bytes(model)).decode()})
         self._storage.write_atomic(self._alias_path(model, alias), record.model_dump_json(indent=2).encode())
         return record
+
+    # --- turning signing on -------------------------------------------------------------
+
+    def sign_unsigned(self, model: str) -> list[str]:
+        """Sign the versions and aliases written before a key was set, as the operator
+        vouches for them: a version only if its artifact still matches its manifest's
+        digest, an alias only if it points at a published version. Anything signed with
+        another key or edited since is refused, not re-signed."""
+        key = self._signing_key
+        if key is None:
+            raise ConfigError("no signing key: set NONSTOP_SIGNING_KEY to sign a registry")
+        signed = []
+        for version in self.versions(model):
+            path = self._version_path(model, version, SIGNATURE_NAME)
+            if self._storage.exists(path):
+                self.manifest(model, version)  # a signature that exists must be valid
+                continue
+            data = self._storage.read_bytes(self._version_path(model, version, MANIFEST_NAME))
+            manifest = Manifest.model_validate_json(data)
+            artifact = self._storage.read_bytes(self._version_path(model, version, manifest.artifact))
+            if (manifest.model, manifest.version) != (model, version) or hashlib.sha256(artifact).hexdigest() != manifest.sha256:
+                raise TamperedManifestError(model, version, "its manifest does not match its place or its artifact; not signed")
+            self._storage.write_atomic(path, sign(key, data))
+            signed.append(f"v{version}")
+        for name in self._alias_names(model):
+            record = AliasRecord.model_validate_json(self._storage.read_bytes(self._alias_path(model, name)))
+            if record.signature is not None:
+                self._check_alias_signature(model, record)
+                continue
+            self.manifest(model, record.version)
+            self._write_alias(model, name, record.version, record.history)
+            signed.append(f"alias {name} -> v{record.version}")
+        return signed
 
     # --- paths ------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """HMAC-SHA256 over the exact manifest bytes, with a key shared by training and serving.
 
 The manifest carries the artifact's sha256, so a valid signature vouches for the artifact
-too. Without a key, anyone who can write to the registry can rewrite a manifest (digest,
+too. Aliases carry their own signature (over the model name and the record), so that
+whoever can write files cannot point `production` at a version of their choosing either. Without a key, anyone who can write to the registry can rewrite a manifest (digest,
 samples and all) and the loader cannot tell; the skops trust list still stops code
 execution, but not a substituted model. The key itself lives only in `Settings`: it is
 never written next to what it signs, logged, or put in a message.

@@ -132,9 +132,13 @@ class ModelHolder:
         )
 
     def _fail(self, exc: NonstopError) -> None:
+        """Record why; a failure that repeats at every poll (a forged alias, say) is
+        reported once, with the time it was first seen."""
         version = exc.version if isinstance(exc, ModelLoadError) and exc.version else None
         if version is not None:
             self._refused.add(version)
+        if self.last_error is not None and self.last_error.message == exc.message:
+            return
         self.last_error = LoadFailure(
             version=version,
             reason=getattr(exc, "reason", type(exc).__name__),
