@@ -11,6 +11,7 @@ and the columns are read as plain arrays, never through pandas metadata.
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 
 import numpy as np
@@ -31,11 +32,12 @@ def is_arrow(content_type: str | None) -> bool:
 
 
 def arrow_matrix(body: bytes, features: list[FeatureSpec], limits: Limits) -> np.ndarray:
+    rows = _preflight(body)
+    if rows > limits.max_instances:
+        raise PayloadTooLarge(f"{rows} instances exceed the limit of {limits.max_instances} per request")
     table = _read(body)
     if table.num_rows == 0:
         raise InvalidInput("the Arrow stream has no rows: send at least one instance")
-    if table.num_rows > limits.max_instances:
-        raise PayloadTooLarge(f"{table.num_rows} instances exceed the limit of {limits.max_instances} per request")
     _check_columns(table, features)
     fast = _fast_matrix(table, features)
     if fast is not None:
@@ -55,6 +57,57 @@ def _fast_matrix(table: pa.Table, features: list[FeatureSpec]) -> np.ndarray | N
         return None
     matrix = np.column_stack([c.to_numpy() for c in columns])
     return matrix if np.isfinite(matrix).all() else None
+
+
+def _preflight(body: bytes) -> int:
+    """Rows declared by the stream's batches, read from their metadata before any body is
+    decoded. Compressed batches are refused: a few kilobytes of zstd can declare gigabytes,
+    which decoding would allocate before any row count could be checked."""
+    rows = 0
+    try:
+        for message in pa.ipc.MessageReader.open_stream(pa.py_buffer(body)):
+            if message.type in ("record batch", "dictionary"):
+                length, compressed = _batch_header(message.metadata.to_pybytes(), message.type == "dictionary")
+                if compressed:
+                    raise InvalidInput("compressed Arrow streams are not accepted: send uncompressed buffers")
+                rows += length if message.type == "record batch" else 0
+    except (pa.ArrowException, OSError, ValueError, struct.error, IndexError) as exc:
+        raise InvalidInput(f"request body is not a readable Arrow IPC stream: {clip(str(exc), 120)}") from exc
+    return rows
+
+
+def _batch_header(metadata: bytes, dictionary: bool) -> tuple[int, bool]:
+    """(length, compressed) of the RecordBatch in a Message flatbuffer (Arrow's
+    Message.fbs: Message.header is field 2; DictionaryBatch.data field 1; RecordBatch
+    .length field 0 and .compression field 3). pyarrow verifies the flatbuffer when it
+    decodes; this reads the two fields it must know first, and any garbage ends in an
+    error rather than a wrong answer that pyarrow would then accept."""
+    header = _deref(metadata, _field(metadata, _deref(metadata, 0), 2))
+    if dictionary:
+        header = _deref(metadata, _field(metadata, header, 1))
+    length_at = _field(metadata, header, 0)
+    length = struct.unpack_from("<q", metadata, length_at)[0] if length_at else 0
+    if length < 0:
+        raise ValueError("negative batch length")
+    return length, _field(metadata, header, 3) is not None
+
+
+def _field(buffer: bytes, table: int, index: int) -> int | None:
+    """Where field `index` of the flatbuffer table at `table` lies, None if absent."""
+    vtable = table - struct.unpack_from("<i", buffer, table)[0]
+    if not 0 <= vtable < len(buffer):
+        raise ValueError("flatbuffer vtable out of bounds")
+    slot = 4 + 2 * index
+    if slot >= struct.unpack_from("<H", buffer, vtable)[0]:
+        return None
+    offset = struct.unpack_from("<H", buffer, vtable + slot)[0]
+    return table + offset if offset else None
+
+
+def _deref(buffer: bytes, at: int | None) -> int:
+    if at is None:
+        raise ValueError("flatbuffer field missing")
+    return at + struct.unpack_from("<I", buffer, at)[0]
 
 
 def _read(body: bytes) -> pa.Table:

@@ -174,3 +174,23 @@ def test_a_pickled_extension_type_in_the_stream_is_never_unpickled(served: Regis
     assert not marker.exists(), "the request body ran code on the server"
     assert response.status_code == 200, response.text
     assert response.json() == post(served, stream(pa.table(data))).json()
+
+
+def test_compressed_streams_are_refused_before_anything_is_decoded(served: Registry) -> None:
+    """A few kilobytes of zstd can declare gigabytes; the server never inflates them."""
+    sink = pa.BufferOutputStream()
+    table = pa.table(columns(served))
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(table)
+    response = post(served, sink.getvalue().to_pybytes())
+    assert response.status_code == 422
+    assert "compressed Arrow streams are not accepted" in response.json()["error"]
+
+
+def test_a_billion_declared_rows_get_a_413_from_a_few_hundred_bytes(served: Registry) -> None:
+    """Null-typed columns carry no buffers, so a tiny stream can claim any row count."""
+    names = served.manifest("breast_cancer", 1).feature_names
+    body = stream(pa.table({name: pa.nulls(10**9) for name in names}))
+    assert len(body) < 20_000
+    response = post(served, body)
+    assert response.status_code == 413 and "1000000000 instances exceed the limit" in response.json()["error"]
