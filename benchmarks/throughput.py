@@ -40,7 +40,7 @@ from nonstop.loading import TrustPolicy, load_version  # noqa: E402
 from nonstop.loadgen import run_load  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
 from nonstop.schema import rows_to_matrix  # noqa: E402
-from serve_app.arrow_input import ARROW_STREAM  # noqa: E402
+from serve_app.arrow_input import ARROW_STREAM, arrow_stream  # noqa: E402
 from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
 
@@ -56,10 +56,7 @@ def _json_payload(instances: list[Any]) -> Payload:
 
 def _arrow_payload(names: list[str], rows: list[list[Any]]) -> Payload:
     table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes(), ARROW_STREAM
+    return arrow_stream(table), ARROW_STREAM
 
 
 def _cluster(ingress: str) -> local.LocalCluster:

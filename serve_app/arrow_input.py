@@ -27,6 +27,14 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 FLOAT64 = pa.float64()
 
 
+def arrow_stream(table: pa.Table) -> bytes:
+    """The client side: a table, one column per feature, as the body to send."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
 def is_arrow(content_type: str | None) -> bool:
     return content_type is not None and content_type.split(";")[0].strip().lower() == ARROW_STREAM
 

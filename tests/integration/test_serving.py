@@ -17,7 +17,7 @@ import pytest
 from nonstop.loading import TrustPolicy, load_version
 from nonstop.loadgen import BackgroundLoad
 from nonstop.schema import rows_to_matrix
-from serve_app.arrow_input import ARROW_STREAM
+from serve_app.arrow_input import ARROW_STREAM, arrow_stream
 from tests.conftest import MODEL, train_into
 from nonstop.rollout import Stack
 from tests.integration.conftest import swap_bound, wait_for
@@ -46,10 +46,7 @@ def test_predict_returns_the_registry_models_answers(served: Stack, client: http
     assert bad.status_code == 422 and "not valid JSON" in bad.json()["error"]
 
     table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(manifest.feature_names)})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    arrow = client.post(served.predict_url, content=sink.getvalue().to_pybytes(), headers={"content-type": ARROW_STREAM})
+    arrow = client.post(served.predict_url, content=arrow_stream(table), headers={"content-type": ARROW_STREAM})
     assert arrow.status_code == 200, arrow.text
     assert arrow.json() == response.json() and arrow.headers["x-model-version"] == str(version)
 

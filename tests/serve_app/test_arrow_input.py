@@ -12,16 +12,9 @@ import pyarrow as pa
 import pytest
 
 from nonstop.registry import Registry
-from serve_app.arrow_input import ARROW_STREAM
+from serve_app.arrow_input import ARROW_STREAM, arrow_stream
 from serve_app.config import Limits
 from tests.serve_app.inprocess import PREDICT, call, train_mixed
-
-
-def stream(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 def columns(registry: Registry, rows: int = 5) -> dict[str, list[Any]]:
@@ -54,7 +47,7 @@ def test_arrow_and_json_get_the_same_predictions_nulls_included(
     data["worst_area"][2] = None
     rows = [list(r) for r in zip(*data.values(), strict=True)]
     as_json = call(served, "POST", PREDICT, json={"instances": rows})
-    as_arrow = post(served, stream(pa.table(data)))
+    as_arrow = post(served, arrow_stream(pa.table(data)))
     assert as_json.status_code == as_arrow.status_code == 200, as_arrow.text
     assert as_arrow.json() == as_json.json()
     assert as_arrow.headers["x-model-version"] == "1"
@@ -64,15 +57,15 @@ def test_column_order_integer_columns_and_content_type_parameters_do_not_matter(
     served: Registry,
 ) -> None:
     data = columns(served)
-    expected = post(served, stream(pa.table(data))).json()
+    expected = post(served, arrow_stream(pa.table(data))).json()
     shuffled = dict(reversed(list(data.items())))
     shuffled["mean_radius"] = [round(v) for v in shuffled["mean_radius"]]
     rounded = {**data, "mean_radius": [float(round(v)) for v in data["mean_radius"]]}
-    assert post(served, stream(pa.table(shuffled)), f"{ARROW_STREAM.upper()}; charset=binary").json() == (
-        post(served, stream(pa.table(rounded))).json()
+    assert post(served, arrow_stream(pa.table(shuffled)), f"{ARROW_STREAM.upper()}; charset=binary").json() == (
+        post(served, arrow_stream(pa.table(rounded))).json()
     )
     chunked = pa.concat_tables([pa.table(data).slice(0, 2), pa.table(data).slice(2)])
-    assert post(served, stream(chunked)).json() == expected
+    assert post(served, arrow_stream(chunked)).json() == expected
 
 
 def _refusal(served: Registry, change: str) -> bytes:
@@ -81,7 +74,7 @@ def _refusal(served: Registry, change: str) -> bytes:
         case "garbage":
             return b"\xff\xff\xff\xff" + b"not arrow at all" * 4
         case "no-rows":
-            return stream(pa.table(data).slice(0, 0))
+            return arrow_stream(pa.table(data).slice(0, 0))
         case "missing":
             del data["mean_radius"]
         case "unknown":
@@ -94,7 +87,7 @@ def _refusal(served: Registry, change: str) -> bytes:
             data["mean_radius"][3] = float("nan")
         case "inf":
             data["worst_area"][0] = float("-inf")
-    return stream(pa.table(data))
+    return arrow_stream(pa.table(data))
 
 
 @pytest.mark.parametrize(
@@ -119,12 +112,12 @@ def test_bad_arrow_input_gets_a_422_naming_the_problem(served: Registry, change:
 def test_repeated_columns_and_row_limits(served: Registry) -> None:
     data = columns(served)
     table = pa.table(data).append_column("mean_radius", pa.array(data["mean_radius"]))
-    repeated = post(served, stream(table))
+    repeated = post(served, arrow_stream(table))
     assert repeated.status_code == 422 and "given more than once: mean_radius" in repeated.json()["error"]
-    many = post(served, stream(pa.table(data)), limits=Limits(max_instances=4))
+    many = post(served, arrow_stream(pa.table(data)), limits=Limits(max_instances=4))
     assert many.status_code == 413 and "5 instances exceed the limit of 4" in many.json()["error"]
     small = Limits(max_body_bytes=1024)
-    big = post(served, stream(pa.table(data)), limits=small)
+    big = post(served, arrow_stream(pa.table(data)), limits=small)
     assert big.status_code == 413 and "exceeds the limit of 1024" in big.json()["error"]
 
 
@@ -136,16 +129,16 @@ def test_a_mixed_schema_by_arrow_matches_json_and_checks_strings(registry: Regis
     rows[1][colour], rows[2][visits], rows[3][colour] = None, None, "purple"
     data = {name: [row[i] for row in rows] for i, name in enumerate(names)}
     table = pa.table({**data, "colour": pa.array(data["colour"]).dictionary_encode()})
-    as_arrow = post(registry, stream(table))
+    as_arrow = post(registry, arrow_stream(table))
     assert as_arrow.status_code == 200, as_arrow.text
     assert as_arrow.json() == call(registry, "POST", PREDICT, json={"instances": rows}).json()
 
-    numbers = post(registry, stream(pa.table({**data, "colour": [1, 2, 3, 4]})))
+    numbers = post(registry, arrow_stream(pa.table({**data, "colour": [1, 2, 3, 4]})))
     assert (
         numbers.status_code == 422
         and "column 'colour': expected strings, got Arrow type int64" in numbers.json()["error"]
     )
-    long = post(registry, stream(pa.table({**data, "colour": ["x" * 300] * 4})))
+    long = post(registry, arrow_stream(pa.table({**data, "colour": ["x" * 300] * 4})))
     assert long.status_code == 422 and "column 'colour': string longer than 256 characters" in long.json()["error"]
 
 
@@ -170,10 +163,10 @@ def test_a_pickled_extension_type_in_the_stream_is_never_unpickled(served: Regis
     }
     index = table.schema.get_field_index("mean_radius")
     table = table.cast(table.schema.set(index, table.schema.field(index).with_metadata(metadata)))
-    response = post(served, stream(table))
+    response = post(served, arrow_stream(table))
     assert not marker.exists(), "the request body ran code on the server"
     assert response.status_code == 200, response.text
-    assert response.json() == post(served, stream(pa.table(data))).json()
+    assert response.json() == post(served, arrow_stream(pa.table(data))).json()
 
 
 def test_compressed_streams_are_refused_before_anything_is_decoded(served: Registry) -> None:
@@ -190,7 +183,7 @@ def test_compressed_streams_are_refused_before_anything_is_decoded(served: Regis
 def test_a_billion_declared_rows_get_a_413_from_a_few_hundred_bytes(served: Registry) -> None:
     """Null-typed columns carry no buffers, so a tiny stream can claim any row count."""
     names = served.manifest("breast_cancer", 1).feature_names
-    body = stream(pa.table({name: pa.nulls(10**9) for name in names}))
+    body = arrow_stream(pa.table({name: pa.nulls(10**9) for name in names}))
     assert len(body) < 20_000
     response = post(served, body)
     assert response.status_code == 413 and "1000000000 instances exceed the limit" in response.json()["error"]

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 
 from nonstop.loading import TrustPolicy
 from nonstop.registry import Registry
-from serve_app.arrow_input import ARROW_STREAM
+from serve_app.arrow_input import ARROW_STREAM, arrow_stream
 from serve_app.config import Limits, ModelTarget
 from serve_app.dataplane import DataPlane
 from serve_app.holder import ModelHolder
@@ -186,10 +186,7 @@ def test_corrupted_arrow_streams_get_a_4xx_never_a_crash(base_url: str, registry
     Hypothesis chooses: the decoder must refuse cleanly, and the server stay up."""
     manifest = registry.manifest(MODEL, 1)
     table = pa.table({n: [row[i] for row in manifest.samples.inputs] for i, n in enumerate(manifest.feature_names)})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    valid = sink.getvalue().to_pybytes()
+    valid = arrow_stream(table)
 
     def corrupt(cuts: list[tuple[int, int, bytes]]) -> bytes:
         body = bytearray(valid)
