@@ -1,6 +1,6 @@
 """The rollout report: every kind of upgrade under continuous load, measured as a client.
 
-Starts its own local cluster (ports 38xxx, its own registry), serves a random forest big
+Starts its own local cluster (ports 36xxx, its own registry), serves a random forest big
 enough to take seconds to load, runs the scenarios of nonstop.rollout with traffic
 flowing, and writes report.json, report.md and timeline.png:
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -43,7 +44,7 @@ def markdown(result: RolloutResult, args: argparse.Namespace) -> str:
     lines = [
         "# Rollout report",
         "",
-        f"Machine: {platform.machine()}, {_cpus()} cores, Python {platform.python_version()}, ray {ray.__version__}; "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, ray {ray.__version__}; "
         f"2 replicas behind the HAProxy ingress; model: random forest of {args.trees} trees "
         f"(load and verify: {result.model_load_s.get('load_seconds', 0):.2f}s); "
         + (
@@ -71,12 +72,6 @@ def markdown(result: RolloutResult, args: argparse.Namespace) -> str:
     failures = Counter((s.status, (s.error or "")[:60]) for s in result.samples if not s.ok)
     lines += ["", f"Failures by kind: {dict(failures) or 'none'}", ""]
     return "\n".join(lines)
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 0
 
 
 def timeline(result: RolloutResult, path: Path) -> None:

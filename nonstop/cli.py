@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from nonstop import cluster as local
 from nonstop.config import Settings
-from nonstop.errors import NonstopError
+from nonstop.errors import NonstopError, validation_problems
 from nonstop.redact import public_uri
 from nonstop.registry import PRODUCTION, Registry
 
@@ -31,7 +31,10 @@ DEMO_DATA = Path("data/demo")
 
 
 def _registry(uri: str | None) -> Registry:
-    settings = Settings.from_env(registry=uri)
+    return _open_registry(Settings.from_env(registry=uri))
+
+
+def _open_registry(settings: Settings) -> Registry:
     return Registry(settings.registry, signing_key=settings.signing_key)
 
 
@@ -164,7 +167,7 @@ def up(
     serve_config = local.load_serve_config(config)
     target = local.deployment_config(serve_config)["user_config"]
     model = target["model"]
-    reg = Registry(settings.registry, signing_key=settings.signing_key)
+    reg = _open_registry(settings)
     if not reg.versions(model):
         from training import demo
         from training.job import TrainOptions
@@ -268,6 +271,5 @@ def main() -> None:
         typer.echo(f"error: {exc.message}", err=True)
         sys.exit(2)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        typer.echo(f"error: invalid {exc.title}: {problems}", err=True)
+        typer.echo(f"error: invalid {exc.title}: {validation_problems(exc)}", err=True)
         sys.exit(2)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 
-from nonstop.errors import ConfigError
+from nonstop.errors import ConfigError, validation_problems
 
 DEFAULT_REGISTRY = "registry"
 REGISTRY_ENV = "NONSTOP_REGISTRY"
@@ -59,5 +59,4 @@ class Settings(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-            raise ConfigError(f"invalid settings: {problems}") from exc
+            raise ConfigError(f"invalid settings: {validation_problems(exc)}") from exc

@@ -7,6 +7,11 @@ non-zero exit, without either side knowing the other's transport.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class NonstopError(Exception):
     """Base of every error this project raises on purpose."""
@@ -96,6 +101,14 @@ class UnknownModel(NonstopError):
 
 class InvalidInput(NonstopError):
     status_code = 422
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """pydantic's errors on one line, `field: message` each, never the refused input
+    (which may be a secret)."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or exc.title}: {str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors()
+    )
 
 
 def clip(text: str, limit: int = 40) -> str:

@@ -107,14 +107,21 @@ class Registry:
         return sorted(found)
 
     def manifest(self, model: str, version: int) -> Manifest:
+        data = self._manifest_bytes(model, version)
+        if self._signing_key is not None:
+            self._check_signature(model, version, data)
+        return self._parse_manifest(model, version, data)
+
+    def _manifest_bytes(self, model: str, version: int) -> bytes:
         path = self._version_path(model, version, MANIFEST_NAME)
         if not self._storage.exists(path):
             if not self.versions(model):
                 raise ModelNotFound(f"model {model!r} has no published version in {public_uri(self.uri)}")
             raise VersionNotFound(f"model {model!r} has no version {version}")
-        data = self._storage.read_bytes(path)
-        if self._signing_key is not None:
-            self._check_signature(model, version, data)
+        return self._storage.read_bytes(path)
+
+    @staticmethod
+    def _parse_manifest(model: str, version: int, data: bytes) -> Manifest:
         try:
             manifest = Manifest.model_validate_json(data)
         except ValidationError as exc:
@@ -210,16 +217,19 @@ class Registry:
         return sorted(e.removesuffix(".json") for e in self._storage.list_dir(folder) if e.endswith(".json") and not e.startswith("."))
 
     def alias(self, model: str, alias: str) -> AliasRecord:
+        record = self._read_alias(model, alias)
+        if self._signing_key is not None:
+            self._check_alias_signature(model, record)
+        return record
+
+    def _read_alias(self, model: str, alias: str) -> AliasRecord:
         path = self._alias_path(model, alias)
         if not self._storage.exists(path):
             raise AliasNotFound(f"model {model!r} has no alias {alias!r}")
         try:
-            record = AliasRecord.model_validate_json(self._storage.read_bytes(path))
+            return AliasRecord.model_validate_json(self._storage.read_bytes(path))
         except ValidationError as exc:
             raise RegistryError(f"alias {alias!r} of {model!r} is unreadable: {exc}") from exc
-        if self._signing_key is not None:
-            self._check_alias_signature(model, record)
-        return record
 
     def _check_alias_signature(self, model: str, record: AliasRecord) -> None:
         assert self._signing_key is not None
@@ -288,15 +298,14 @@ class Registry:
             if self._storage.exists(path):
                 self.manifest(model, version)  # a signature that exists must be valid
                 continue
-            data = self._storage.read_bytes(self._version_path(model, version, MANIFEST_NAME))
-            manifest = Manifest.model_validate_json(data)
-            artifact = self._storage.read_bytes(self._version_path(model, version, manifest.artifact))
-            if (manifest.model, manifest.version) != (model, version) or hashlib.sha256(artifact).hexdigest() != manifest.sha256:
-                raise TamperedManifestError(model, version, "its manifest does not match its place or its artifact; not signed")
+            data = self._manifest_bytes(model, version)
+            manifest = self._parse_manifest(model, version, data)
+            if hashlib.sha256(self.read_artifact(model, version, manifest)).hexdigest() != manifest.sha256:
+                raise TamperedManifestError(model, version, "its artifact does not match its manifest's digest; not signed")
             self._storage.write_atomic(path, sign(key, data))
             signed.append(f"v{version}")
         for name in self._alias_names(model):
-            record = AliasRecord.model_validate_json(self._storage.read_bytes(self._alias_path(model, name)))
+            record = self._read_alias(model, name)
             if record.signature is not None:
                 self._check_alias_signature(model, record)
                 continue

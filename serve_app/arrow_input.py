@@ -63,7 +63,7 @@ def _fast_matrix(table: pa.Table, features: list[FeatureSpec]) -> np.ndarray | N
     columns = [table.column(f.name) for f in features]
     if not all(f.kind == "number" and c.type == FLOAT64 and c.null_count == 0 for f, c in zip(features, columns, strict=True)):
         return None
-    matrix = np.column_stack([c.to_numpy() for c in columns])
+    matrix = columns_to_matrix([c.to_numpy() for c in columns], features)
     return matrix if np.isfinite(matrix).all() else None
 
 

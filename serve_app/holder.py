@@ -23,6 +23,13 @@ from serve_app.config import ModelTarget
 log = logging.getLogger("nonstop.holder")
 
 
+def stagger_s(rank: int, load_seconds: float) -> float:
+    """Replicas load one after another, rank by rank, each waiting for the loads before it
+    to end (judged by its own last load time): loading costs CPU, and while one replica
+    loads, the others keep their full capacity."""
+    return rank * (load_seconds * 1.5 + 0.2)
+
+
 @dataclass(frozen=True)
 class LoadFailure:
     version: int | None
@@ -99,12 +106,7 @@ class ModelHolder:
         self._on_change()
 
     def _stagger_s(self) -> float:
-        """Replicas load one after another, rank by rank, each waiting for the loads before
-        it to end (judged by its own last load time): loading costs CPU, and while one
-        replica loads, the others keep their full capacity."""
-        if self.current is None:
-            return 0.0
-        return self.rank * (self.current.load_seconds * 1.5 + 0.2)
+        return 0.0 if self.current is None else stagger_s(self.rank, self.current.load_seconds)
 
     def _resolve(self, target: ModelTarget) -> int:
         if target.version is not None:

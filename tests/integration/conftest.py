@@ -6,8 +6,7 @@ the tests' traffic; note that stopping Ray (`ray stop`) stops every local cluste
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 import httpx
 import pytest
@@ -17,6 +16,7 @@ from nonstop import cluster as local
 from nonstop.config import Settings
 from nonstop.registry import Registry
 from nonstop.rollout import Stack
+from serve_app.holder import stagger_s
 from tests.conftest import MODEL, train_into
 
 TEST_CLUSTER = local.LocalCluster.isolated(46000, "nonstop-test")
@@ -25,20 +25,9 @@ SLACK_S = 30.0  # a busy 2-core machine: scheduling, Ray's own work, the load dr
 
 
 def swap_bound(served: Stack) -> float:
-    """Poll interval, then the replicas load one after another (ModelHolder._stagger_s)."""
+    """Poll interval, then the replicas load one after another, the last by the highest rank."""
     load = max(served.metadata()["load_seconds"] for _ in range(4))
-    stagger = (len(served.replicas()) - 1) * (load * 1.5 + 0.2)
-    return POLL_INTERVAL_S + load + stagger + SLACK_S
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
-    """Seconds until `condition` held; fails the test past the bound."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            pytest.fail(f"{what}: not within {timeout_s:.1f}s")
-        time.sleep(0.1)
-    return time.monotonic() - started
+    return POLL_INTERVAL_S + load + stagger_s(len(served.replicas()) - 1, load) + SLACK_S
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from tests.conftest import MODEL, train_into
-from nonstop.rollout import Stack
-from tests.integration.conftest import swap_bound, wait_for
+from nonstop.rollout import Stack, wait_until
+from tests.integration.conftest import swap_bound
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ def _series(served: Stack, name: str) -> list[tuple[dict[str, str], float]]:
 
 def test_promotion_shows_up_in_prometheus_by_version_and_replica(served: Stack, demo_data, client) -> None:
     new = train_into(served.registry, demo_data).manifest.version
-    wait_for(lambda: served.serving_everywhere(new), swap_bound(served), f"every replica serving v{new}")
+    wait_until(lambda: served.serving_everywhere(new), swap_bound(served), f"every replica serving v{new}")
     body = served.sample_body()
     for _ in range(20):
         assert client.post(served.predict_url, json=body).status_code == 200
@@ -43,4 +43,4 @@ def test_promotion_shows_up_in_prometheus_by_version_and_replica(served: Stack, 
         batches = _series(served, "ray_nonstop_batch_size_count")
         return {r.split("#")[-1] for r in serving} >= {r.split("#")[-1] for r in replicas} and sum(predicted) >= 20 and bool(refused and swaps and batches)
 
-    wait_for(exported, 60, "metrics for the new version on the Prometheus endpoint")
+    wait_until(exported, 60, "metrics for the new version on the Prometheus endpoint")

@@ -19,8 +19,8 @@ from nonstop.loadgen import BackgroundLoad
 from nonstop.schema import rows_to_matrix
 from serve_app.arrow_input import ARROW_STREAM, arrow_stream
 from tests.conftest import MODEL, train_into
-from nonstop.rollout import Stack
-from tests.integration.conftest import swap_bound, wait_for
+from nonstop.rollout import Stack, wait_until
+from tests.integration.conftest import swap_bound
 from training import demo
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,7 @@ def test_train_promote_swaps_every_replica_in_place_under_load(served: Stack, de
         assert done.returncode == 0, done.stderr
         new = served.registry.resolve(MODEL, "production")
         assert new == served.registry.latest(MODEL) and new != old, done.stdout
-        wait_for(lambda: served.serving_everywhere(new), limit, f"every replica serving v{new}")
+        wait_until(lambda: served.serving_everywhere(new), limit, f"every replica serving v{new}")
         result = load.stop()
     assert result.failed == [], result.failed[:5]
     assert len(result.samples) > 50
@@ -87,11 +87,7 @@ def test_a_bad_version_is_refused_and_the_old_one_keeps_serving(
     before = served.replicas()
     served.registry.promote(MODEL, bad)
     try:
-        wait_for(
-            lambda: all(f"version {bad} refused ({reason})" in (r.get("last_error") or "") for r in served.board().values()),
-            swap_bound(served),
-            f"every replica refusing v{bad}",
-        )
+        wait_until(lambda: served.refusing_everywhere(bad, reason), swap_bound(served), f"every replica refusing v{bad}")
         assert versions_answering(served, client) == {str(old)}
         assert all(r["version"] == old for r in served.board().values())
         meta = client.get(f"{served.cluster.http_url}/v1/models/{MODEL}").json()
@@ -105,10 +101,10 @@ def test_pinning_a_version_by_serve_deploy_applies_in_place(served: Stack, clien
     before = served.replicas()
     served.deploy(version=1, alias=None)
     try:
-        wait_for(lambda: served.serving_everywhere(1), swap_bound(served), "every replica pinned to v1")
+        wait_until(lambda: served.serving_everywhere(1), swap_bound(served), "every replica pinned to v1")
         assert versions_answering(served, client) == {"1"}
         assert served.replicas() == before
     finally:
         served.deploy()
         current = served.registry.resolve(MODEL, "production")
-        wait_for(lambda: served.serving_everywhere(current), swap_bound(served), "back on the alias")
+        wait_until(lambda: served.serving_everywhere(current), swap_bound(served), "back on the alias")
