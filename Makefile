@@ -24,11 +24,13 @@ down: install
 ## the whole suite: unit, in-process HTTP, integration against a real local Ray Serve, and
 ## the Kubernetes manifests (kubectl: $$KUBECTL, else the one on PATH, else Debian's, installed)
 test: install
+	$(BIN)/lint-imports
 	KUBECTL="$${KUBECTL:-$$(command -v kubectl || bash .ci/install-kubectl.sh)}" \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## unit and in-process tiers only (no Ray cluster)
 test-fast: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration"
 
 clean:

@@ -1,7 +1,7 @@
 """The rollout report: every kind of upgrade under continuous load, measured as a client.
 
 Starts its own local cluster (ports 36xxx, its own registry), serves a random forest big
-enough to take seconds to load, runs the scenarios of nonstop.rollout with traffic
+enough to take seconds to load, runs the scenarios of tests.harness.rollout with traffic
 flowing, and writes report.json, report.md and timeline.png:
 
     .venv/bin/python benchmarks/rollout.py --out benchmarks/out/rollout
@@ -24,10 +24,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import ray  # noqa: E402
 
-from nonstop import cluster as local  # noqa: E402
+from nonstop_ops import cluster as local  # noqa: E402
 from nonstop.config import Settings  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
-from nonstop.rollout import SCENARIOS, RolloutCheck, RolloutResult, Stack  # noqa: E402
+from tests.harness.rollout import SCENARIOS, RolloutCheck, RolloutResult, Stack  # noqa: E402
 from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
 

@@ -34,10 +34,10 @@ import pyarrow as pa
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from nonstop import cluster as local  # noqa: E402
+from nonstop_ops import cluster as local  # noqa: E402
 from nonstop.config import Settings  # noqa: E402
 from nonstop.loading import TrustPolicy, load_version  # noqa: E402
-from nonstop.loadgen import run_load  # noqa: E402
+from tests.harness.loadgen import run_load  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
 from nonstop.schema import rows_to_matrix  # noqa: E402
 from serve_app.arrow_input import ARROW_STREAM, arrow_stream  # noqa: E402
@@ -107,7 +107,7 @@ def _driver(url: str, payload: Payload, concurrency: int, seconds: float) -> dic
         "p90_ms": float(np.percentile(latencies, 90)),
         "p99_ms": float(np.percentile(latencies, 99)),
         "errors": len(result.failed),
-        "client": "nonstop.loadgen",
+        "client": "tests.harness.loadgen",
     }
 
 

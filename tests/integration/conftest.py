@@ -1,25 +1,29 @@
 """One real local Ray cluster and Serve app for the whole integration tier.
 
 Ports differ from `nonstop up`'s defaults so a developer's running stack is not hit by
-the tests' traffic; note that stopping Ray (`ray stop`) stops every local cluster.
+the tests' traffic. NONSTOP_TEST_PORT_BASE moves the whole cluster (ports, Ray temp and
+haproxy folders), so two checkouts can run the tier side by side; stopping a cluster ends
+only its own processes.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 import httpx
 import pytest
 import ray
 
-from nonstop import cluster as local
+from nonstop_ops import cluster as local
 from nonstop.config import Settings
 from nonstop.registry import Registry
-from nonstop.rollout import Stack
+from tests.harness.rollout import Stack
 from serve_app.holder import stagger_s
 from tests.conftest import MODEL, train_into
 
-TEST_CLUSTER = local.LocalCluster.isolated(46000, "nonstop-test")
+PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "46000"))
+TEST_CLUSTER = local.LocalCluster.isolated(PORT_BASE, f"nst-{PORT_BASE}")
 POLL_INTERVAL_S = 0.5
 SLACK_S = 30.0  # a busy 2-core machine: scheduling, Ray's own work, the load driver
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nonstop.rollout import Stack
+from tests.harness.rollout import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pytest
 
 from nonstop.loading import TrustPolicy, load_version
-from nonstop.loadgen import BackgroundLoad
+from tests.harness.loadgen import BackgroundLoad
 from nonstop.schema import rows_to_matrix
 from serve_app.arrow_input import ARROW_STREAM, arrow_stream
 from tests.conftest import MODEL, train_into
-from nonstop.rollout import Stack, wait_until
+from tests.harness.rollout import Stack, wait_until
 from tests.integration.conftest import swap_bound
 from training import demo
 
@@ -56,7 +56,7 @@ def test_train_promote_swaps_every_replica_in_place_under_load(served: Stack, de
     old = served.registry.resolve(MODEL, "production")
     limit = swap_bound(served)
     with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=4, max_seconds=limit + 30) as load:
-        command = [sys.executable, "-m", "nonstop", "train", "--data", str(demo_data), "--model", MODEL, "--promote", "--registry", served.registry.uri]
+        command = [sys.executable, "-m", "nonstop_ops", "train", "--data", str(demo_data), "--model", MODEL, "--promote", "--registry", served.registry.uri]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr
         new = served.registry.resolve(MODEL, "production")

@@ -1,7 +1,7 @@
 """serve_app/serve_config.yaml stays the one source of truth, and versions agree everywhere.
 
 The expected Kubernetes patches are spelled out here rather than imported from
-nonstop/kube.py, so this test checks the renderer instead of repeating it.
+nonstop_ops/kube.py, so this test checks the renderer instead of repeating it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from nonstop import kube
-from nonstop.cluster import SERVE_CONFIG, load_serve_config
+from nonstop_ops import kube
+from nonstop_ops.cluster import SERVE_CONFIG_NAME, load_serve_config
 from nonstop.registry import PRODUCTION
 from serve_app.config import ModelTarget
 from tests.kuberay.manifests import (
@@ -50,9 +50,9 @@ def serve_config_of(build: Build) -> dict[str, Any]:
 
 
 def test_generated_serve_config_patch_is_current() -> None:
-    assert kube.is_current(), (
-        f"{kube.GENERATED.relative_to(kube.REPO_ROOT)} does not match {SERVE_CONFIG.name}: "
-        "run `python -m nonstop.kube` and commit the result"
+    assert kube.is_current(KUBERAY), (
+        f"{kube.generated_path(KUBERAY)} does not match {SERVE_CONFIG_NAME}: "
+        "run `python -m nonstop_ops.kube` and commit the result"
     )
 
 

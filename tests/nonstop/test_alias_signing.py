@@ -109,7 +109,7 @@ def _nonstop(*args: str, registry: Path, key: str | None) -> subprocess.Complete
     env = {k: v for k, v in os.environ.items() if k != SIGNING_KEY_ENV}
     if key is not None:
         env[SIGNING_KEY_ENV] = key
-    command = [sys.executable, "-m", "nonstop", *args, "--registry", str(registry)]
+    command = [sys.executable, "-m", "nonstop_ops", *args, "--registry", str(registry)]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
 
 

@@ -133,7 +133,7 @@ def test_a_parent_without_a_profile_still_gets_a_card(registry: Registry, demo_d
 def test_models_show_prints_the_card(registry: Registry, demo_data: Path) -> None:
     train_into(registry, demo_data)
     train_into(registry, demo_data)
-    command = [sys.executable, "-m", "nonstop", "models", "--show", "2", "--model", MODEL, "--registry", registry.uri]
+    command = [sys.executable, "-m", "nonstop_ops", "models", "--show", "2", "--model", MODEL, "--registry", registry.uri]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"# Model card: {MODEL}")

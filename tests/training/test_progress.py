@@ -16,7 +16,7 @@ STEPS = ("reading", "fitting on", "evaluating on", "writing the model card", "pu
 
 
 def _command(registry: Registry, data: Path) -> list[str]:
-    return [sys.executable, "-m", "nonstop", "train", "--data", str(data), "--model", MODEL, "--registry", registry.uri]
+    return [sys.executable, "-m", "nonstop_ops", "train", "--data", str(data), "--model", MODEL, "--registry", registry.uri]
 
 
 def _run_on_terminal(command: list[str]) -> str:

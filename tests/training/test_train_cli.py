@@ -25,7 +25,7 @@ from training.pipeline import evaluate
 
 
 def run_train(registry: Registry, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "nonstop", "train", "--data", str(data), "--model", MODEL, "--registry", registry.uri, *extra]
+    command = [sys.executable, "-m", "nonstop_ops", "train", "--data", str(data), "--model", MODEL, "--registry", registry.uri, *extra]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 

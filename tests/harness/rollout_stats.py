@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from nonstop.loadgen import Sample
+from tests.harness.loadgen import Sample
 
 
 @dataclass(frozen=True)

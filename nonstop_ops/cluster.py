@@ -1,15 +1,16 @@
 """The one way this project starts, deploys to, and stops a local Ray cluster.
 
 The CLI (`nonstop up/down`) and the test fixtures both come through here, so the
-HAProxy ingress, loopback binding and the stale-haproxy clean-up are done the same way
-everywhere. Ray 2.60's `ray stop --force` leaves Serve's haproxy alive and bound to the
-HTTP port, and the next cluster's traffic would reach it: `stop` kills it by pid and
-checks that the port is free.
+HAProxy ingress, loopback binding and the clean-up are done the same way everywhere.
+Each cluster has its own Ray temp folder, and `stop` ends that cluster's processes by pid
+(Ray's own and Serve's haproxy, which `ray stop --force` would leave bound to the HTTP
+port), never every Ray process on the machine: two clusters can run side by side.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import os
 import secrets
 import signal
@@ -21,13 +22,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+import psutil
 import yaml
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from nonstop.config import REGISTRY_ENV, Settings
 from nonstop.errors import NonstopError
 
-SERVE_CONFIG = Path(__file__).resolve().parent.parent / "serve_app" / "serve_config.yaml"
+SERVE_CONFIG_PACKAGE = "serve_app"
+SERVE_CONFIG_NAME = "serve_config.yaml"
 LOOPBACK = "127.0.0.1"
 
 
@@ -49,6 +52,8 @@ class LocalCluster(BaseModel):
     haproxy_stats_port: int = 8404
     haproxy_metrics_port: int = 9101
     haproxy_dir: str = "/tmp/haproxy-serve"
+    ray_temp_dir: str = "/tmp/nonstop-ray"
+    object_store_bytes: int | None = None
     ingress: Literal["haproxy", "proxy"] = "haproxy"
     throughput_optimized: bool = True
     num_cpus: int | None = None
@@ -74,7 +79,16 @@ class LocalCluster(BaseModel):
             "haproxy_stats_port": base + 404,
             "http_port": base + 800,
         }
-        return cls.model_validate({**ports, "haproxy_dir": folder, "auth_token_path": f"{folder}/auth_token", **overrides})
+        return cls.model_validate(
+            {
+                **ports,
+                "haproxy_dir": folder,
+                "ray_temp_dir": f"{folder}-ray",
+                "auth_token_path": f"{folder}/auth_token",
+                "object_store_bytes": 256 * 1024 * 1024,
+                **overrides,
+            }
+        )
 
     @field_validator("haproxy_dir")
     @classmethod
@@ -82,6 +96,15 @@ class LocalCluster(BaseModel):
         # Serve adds a 56-character hashed folder and HAProxy refuses socket paths over 97.
         if len(str(Path(value).resolve())) > 26:
             raise ValueError(f"haproxy_dir {value!r} is too long for HAProxy's socket paths (26 characters at most)")
+        return value
+
+    @field_validator("ray_temp_dir")
+    @classmethod
+    def _short_temp(cls, value: str) -> str:
+        # Ray puts sockets under <temp>/session_<date>_<pid>/sockets/ (about 70 characters);
+        # Unix socket paths stop at 107.
+        if len(str(Path(value).resolve())) > 36:
+            raise ValueError(f"ray_temp_dir {value!r} is too long for Ray's socket paths (36 characters at most)")
         return value
 
     @property
@@ -186,11 +209,14 @@ def start(cluster: LocalCluster, settings: Settings) -> None:
         f"--ray-client-server-port={cluster.client_server_port}",
         f"--dashboard-agent-listen-port={cluster.dashboard_agent_port}",
         f"--metrics-export-port={cluster.metrics_export_port}",
+        f"--temp-dir={cluster.ray_temp_dir}",
         "--include-dashboard=true",
         "--disable-usage-stats",
     ]  # fmt: skip
     if cluster.num_cpus is not None:
         command.append(f"--num-cpus={cluster.num_cpus}")
+    if cluster.object_store_bytes is not None:
+        command.append(f"--object-store-memory={cluster.object_store_bytes}")
     env = {**os.environ, **cluster.environment(settings)}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -198,50 +224,69 @@ def start(cluster: LocalCluster, settings: Settings) -> None:
 
 
 def stop(cluster: LocalCluster, timeout_s: float = 30.0) -> None:
-    subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, check=False)
-    for pid in haproxy_pids(cluster):
-        _kill(pid)
+    """End this cluster's processes, children first, and wait for its HTTP port to close."""
+    _end(cluster_pids(cluster))
     deadline = time.monotonic() + timeout_s
-    while port_open(cluster.http_port):
+    while port_open(cluster.http_port) or port_open(cluster.gcs_port):
         if time.monotonic() > deadline:
-            raise ClusterError(f"port {cluster.http_port} is still served after stopping the cluster")
+            raise ClusterError(f"ports {cluster.http_port}/{cluster.gcs_port} still open after stopping the cluster")
         time.sleep(0.2)
 
 
-def haproxy_pids(cluster: LocalCluster) -> list[int]:
-    """haproxy processes whose config lies under this cluster's haproxy folder.
+def cluster_pids(cluster: LocalCluster) -> list[int]:
+    """Every process of this cluster, deepest descendants first.
 
-    Serve puts each cluster's config in a hashed subfolder of that folder, so the match
-    is on the folder prefix.
+    The roots are the processes whose command line names this cluster's Ray temp folder
+    (GCS, raylet, dashboard, log monitor) or haproxy folder (Serve puts each config in a
+    hashed subfolder of it); workers and the replicas are their descendants.
     """
-    prefix = str(Path(cluster.haproxy_dir).resolve()).encode() + b"/"
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    prefixes = [str(Path(folder).resolve()) + "/" for folder in (cluster.ray_temp_dir, cluster.haproxy_dir)]
+    prefixes += [f"={p}" for p in prefixes]
+    me = os.getpid()
+    roots: list[psutil.Process] = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if proc.info["pid"] != me and any(any(p in arg or arg == p[:-1] for p in prefixes) for arg in cmdline):
+            roots.append(proc)
+    ordered: list[int] = []
+    for root in roots:
         try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            family = root.children(recursive=True)
+        except psutil.Error:
+            family = []
+        ordered += [child.pid for child in reversed(family) if child.pid != me]
+        ordered.append(root.pid)
+    return list(dict.fromkeys(ordered))
+
+
+def _end(pids: list[int], grace_s: float = 5.0) -> None:
+    """SIGTERM to all, then SIGKILL to whatever is still alive after the grace period."""
+    procs = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            proc.terminate()
+            procs.append(proc)
+        except psutil.Error:
             continue
-        if cmdline and cmdline[0].endswith(b"haproxy") and any(a.startswith(prefix) for a in cmdline):
-            pids.append(int(entry.name))
-    return pids
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(25):
-            time.sleep(0.1)
-            os.kill(pid, 0)
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
+def serve_config_text() -> str:
+    """The packaged serve_config.yaml, wherever serve_app is installed."""
+    return importlib.resources.files(SERVE_CONFIG_PACKAGE).joinpath(SERVE_CONFIG_NAME).read_text()
 
 
-def load_serve_config(path: Path = SERVE_CONFIG) -> dict[str, Any]:
-    with open(path) as handle:
-        return yaml.safe_load(handle)
+def load_serve_config(path: Path | None = None) -> dict[str, Any]:
+    """An operator's Serve config file, or the packaged one."""
+    text = serve_config_text() if path is None else path.read_text()
+    return yaml.safe_load(text)
 
 
 def deployment_config(config: dict[str, Any], app: str = "nonstop", deployment: str = "ModelServer") -> dict[str, Any]:

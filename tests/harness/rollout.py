@@ -20,11 +20,11 @@ from typing import Any
 
 import httpx
 
-from nonstop import cluster as local
-from nonstop.loadgen import BackgroundLoad, Sample
+from nonstop_ops import cluster as local
+from tests.harness.loadgen import BackgroundLoad, Sample
 from nonstop.manifest import ManifestDraft
 from nonstop.registry import Registry
-from nonstop.rollout_stats import Event, ScenarioReport, report
+from tests.harness.rollout_stats import Event, ScenarioReport, report
 from serve_app.status_board import read_board
 from training.data import read_data
 

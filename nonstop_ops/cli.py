@@ -15,7 +15,7 @@ import httpx
 import typer
 from pydantic import ValidationError
 
-from nonstop import cluster as local
+from nonstop_ops import cluster as local
 from nonstop.config import Settings
 from nonstop.errors import NonstopError, validation_problems
 from nonstop.redact import public_uri
@@ -159,7 +159,7 @@ def sign(model: ModelOpt, registry: RegistryOpt = None) -> None:
 def up(
     registry: RegistryOpt = None,
     http_port: HttpPortOpt = 8000,
-    config: Annotated[Path, typer.Option("--config", help="Serve config")] = local.SERVE_CONFIG,
+    config: Annotated[Path | None, typer.Option("--config", help="Serve config (default: the packaged serve_config.yaml)")] = None,
 ) -> None:
     """Start a local Ray head (if none), train a first version if needed, deploy, wait."""
     settings = Settings.from_env(registry=registry)
@@ -247,11 +247,14 @@ def status(
 @app.command("kube-render")
 def kube_render(
     check: Annotated[bool, typer.Option("--check", help="exit 1 if the generated file is stale; write nothing")] = False,
+    kuberay_dir: Annotated[Path, typer.Option("--kuberay-dir", help="the kustomize tree to write into")] = Path("kuberay"),
+    config: Annotated[Path | None, typer.Option("--config", help="Serve config (default: the packaged one)")] = None,
 ) -> None:
-    """Render serve_app/serve_config.yaml into kuberay/'s RayService (serveConfigV2)."""
-    from nonstop import kube
+    """Render serve_config.yaml into kuberay/'s RayService (serveConfigV2)."""
+    from nonstop_ops import kube
 
-    raise typer.Exit(kube.main(["--check"] if check else []))
+    argv = ["--kuberay-dir", str(kuberay_dir)] + (["--config", str(config)] if config else []) + (["--check"] if check else [])
+    raise typer.Exit(kube.main(argv))
 
 
 def _status_report(details: dict[str, Any], board: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -1,3 +1,0 @@
-from nonstop.cli import main
-
-main()

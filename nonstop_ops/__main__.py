@@ -1,0 +1,3 @@
+from nonstop_ops.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Load generators and rollout scenarios for the tests and benchmarks; never installed."""
