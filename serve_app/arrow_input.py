@@ -4,9 +4,16 @@ Decoding JSON costs microseconds per number, so a 1,000-row request of 30 featur
 spends about a hundred times longer parsing than predicting. An Arrow stream holding one
 column per feature decodes in a fraction of a millisecond, a copy per column at most.
 The rules are JSON's: every feature present by name and nothing else, numbers finite,
-null a missing value imputed as in training, strings within the length limit. Reading a
-stream never runs code: extension types that would unpickle are not loaded by pyarrow,
-and the columns are read as plain arrays, never through pandas metadata.
+null a missing value imputed as in training, strings within the length limit.
+
+The body is untrusted bytes, so it is decoded only by pyarrow's IPC reader, and nothing
+computes on it before pyarrow has fully validated it: the schema must hold exactly the
+plain types a feature's kind allows (no extension, view, nested or unregistered types),
+and every record batch, dictionaries included, passes `validate(full=True)` (offsets
+within their buffers, UTF-8, null counts, dictionary indices). pyarrow's compute
+kernels trust their input; an unvalidated string column whose offsets point past its
+buffer crashes the process. Reading never runs code: extension metadata is refused, not
+interpreted, and the columns are read as plain arrays, never through pandas metadata.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nonstop.errors import InvalidInput, PayloadTooLarge, clip
-from nonstop.manifest import FeatureSpec
+from nonstop.manifest import FeatureKind, FeatureSpec
 from nonstop.schema import columns_to_matrix
 from serve_app.config import Limits
 
@@ -43,10 +50,9 @@ def arrow_matrix(body: bytes, features: list[FeatureSpec], limits: Limits) -> np
     rows = _preflight(body)
     if rows > limits.max_instances:
         raise PayloadTooLarge(f"{rows} instances exceed the limit of {limits.max_instances} per request")
-    table = _read(body)
+    table = _read(body, features)
     if table.num_rows == 0:
         raise InvalidInput("the Arrow stream has no rows: send at least one instance")
-    _check_columns(table, features)
     fast = _fast_matrix(table, features)
     if fast is not None:
         return fast
@@ -87,9 +93,10 @@ def _preflight(body: bytes) -> int:
 def _batch_header(metadata: bytes, dictionary: bool) -> tuple[int, bool]:
     """(length, compressed) of the RecordBatch in a Message flatbuffer (Arrow's
     Message.fbs: Message.header is field 2; DictionaryBatch.data field 1; RecordBatch
-    .length field 0 and .compression field 3). pyarrow verifies the flatbuffer when it
-    decodes; this reads the two fields it must know first, and any garbage ends in an
-    error rather than a wrong answer that pyarrow would then accept."""
+    .length field 0 and .compression field 3). pyarrow's MessageReader has already run
+    the flatbuffers verifier over these bytes (a message that fails it never reaches
+    here), so this reads two fields of verified metadata, sizes only, in pure Python: a
+    bad offset raises, it cannot crash (tests/fuzz fuzzes it)."""
     header = _deref(metadata, _field(metadata, _deref(metadata, 0), 2))
     if dictionary:
         header = _deref(metadata, _field(metadata, header, 1))
@@ -118,18 +125,26 @@ def _deref(buffer: bytes, at: int | None) -> int:
     return at + struct.unpack_from("<I", buffer, at)[0]
 
 
-def _read(body: bytes) -> pa.Table:
+def _read(body: bytes, features: list[FeatureSpec]) -> pa.Table:
+    """The stream's batches, each fully validated by pyarrow before anything reads a value.
+    The schema is checked first, so a refused type never reaches a batch at all."""
     try:
-        return pa.ipc.open_stream(pa.py_buffer(body)).read_all()
-    except (pa.ArrowException, OSError, ValueError) as exc:
+        reader = pa.ipc.open_stream(pa.py_buffer(body))
+        _check_schema(reader.schema, features)
+        batches = []
+        for batch in reader:
+            batch.validate(full=True)
+            batches.append(batch)
+        return pa.Table.from_batches(batches, reader.schema)
+    except (pa.ArrowException, OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidInput(f"request body is not a readable Arrow IPC stream: {clip(str(exc), 120)}") from exc
 
 
-def _check_columns(table: pa.Table, features: list[FeatureSpec]) -> None:
-    given = table.column_names
+def _check_schema(schema: pa.Schema, features: list[FeatureSpec]) -> None:
+    given = schema.names
     repeated = sorted(name for name, count in Counter(given).items() if count > 1)
     if repeated:
-        raise InvalidInput(f"column(s) given more than once: {', '.join(clip(r) for r in repeated)}")
+        raise InvalidInput(f"column(s) given more than once: {_names(repeated)}")
     names = [f.name for f in features]
     present = set(given)
     missing = [n for n in names if n not in present]
@@ -137,14 +152,47 @@ def _check_columns(table: pa.Table, features: list[FeatureSpec]) -> None:
         raise InvalidInput(f"missing feature column(s) {', '.join(missing)}")
     unknown = sorted(present - set(names))
     if unknown:
-        raise InvalidInput(f"unknown column(s) {', '.join(clip(u) for u in unknown)}")
+        raise InvalidInput(f"unknown column(s) {_names(unknown)}")
+    for spec in features:
+        field = schema.field(spec.name)
+        if field.metadata and any(key.startswith(b"ARROW:extension") for key in field.metadata):
+            raise InvalidInput(f"column {spec.name!r}: extension types are not accepted: send a plain Arrow type")
+        if not _accepted(field.type, spec.kind):
+            raise InvalidInput(f"column {spec.name!r}: expected {_EXPECTED[spec.kind]}, got Arrow type {clip(str(field.type), 80)}")
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    """A few client-given names, each clipped: the echo stays short whatever was sent."""
+    listed = ", ".join(clip(n) for n in names[:shown])
+    return listed if len(names) <= shown else f"{listed} and {len(names) - shown} more"
+
+
+_NUMBER_TYPES = frozenset(
+    [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()]
+    + [pa.float32(), pa.float64(), pa.null()]
+)
+_TEXT_TYPES = frozenset([pa.string(), pa.large_string()])
+_INDEX_TYPES = frozenset([pa.int8(), pa.int16(), pa.int32(), pa.int64()])
+_EXPECTED: dict[FeatureKind, str] = {
+    "number": "numbers",
+    "category": "strings",
+}
+
+
+def _accepted(kind: pa.DataType, feature: FeatureKind) -> bool:
+    """Exact types, never families: a view, nested, decimal or extension type is refused
+    here rather than trusted to behave like its plain relative."""
+    if isinstance(kind, pa.ExtensionType):
+        return False
+    if feature == "number":
+        return kind in _NUMBER_TYPES
+    if pa.types.is_dictionary(kind):
+        return kind.index_type in _INDEX_TYPES and kind.value_type in _TEXT_TYPES
+    return kind in _TEXT_TYPES or kind == pa.null()
 
 
 def _numbers(column: pa.ChunkedArray, name: str) -> np.ndarray:
-    kind = column.type
-    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)):
-        raise InvalidInput(f"column {name!r}: expected numbers, got Arrow type {kind}")
-    if kind != FLOAT64:
+    if column.type != FLOAT64:
         column = column.cast(FLOAT64, safe=False)  # as JSON integers become floats
     values = column.to_numpy(zero_copy_only=False)  # nulls become NaN: imputed
     bad = ~np.isfinite(values)
@@ -157,12 +205,7 @@ def _numbers(column: pa.ChunkedArray, name: str) -> np.ndarray:
 
 
 def _strings(column: pa.ChunkedArray, name: str, limits: Limits) -> np.ndarray:
-    kind = column.type
-    text = kind.value_type if pa.types.is_dictionary(kind) else kind
-    if not (pa.types.is_string(text) or pa.types.is_large_string(text) or pa.types.is_string_view(text)):
-        if not pa.types.is_null(kind):
-            raise InvalidInput(f"column {name!r}: expected strings, got Arrow type {kind}")
-    elif kind != pa.string():
+    if column.type != pa.string():
         column = column.cast(pa.string())
     if column.null_count < len(column):
         longest = pc.max(pc.utf8_length(column)).as_py()

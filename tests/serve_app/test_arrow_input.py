@@ -4,6 +4,7 @@ JSON for the same rows, and the same refusals, each naming the problem."""
 from __future__ import annotations
 
 import pickle
+import struct
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from nonstop.registry import Registry
 from serve_app.arrow_input import ARROW_STREAM, arrow_stream
 from serve_app.config import Limits
+from tests.conftest import MODEL
 from tests.serve_app.inprocess import PREDICT, call, train_mixed
 
 
@@ -152,8 +154,9 @@ class _Marker:
         return (self.path.touch, ())
 
 
-def test_a_pickled_extension_type_in_the_stream_is_never_unpickled(served: Registry, tmp_path: Path) -> None:
-    """pyarrow once unpickled `arrow.py_extension_type` metadata on read (CVE-2023-47248)."""
+def test_a_pickled_extension_type_in_the_stream_is_refused_never_unpickled(served: Registry, tmp_path: Path) -> None:
+    """pyarrow once unpickled `arrow.py_extension_type` metadata on read (CVE-2023-47248);
+    extension types are refused outright, not read as their storage type."""
     marker = tmp_path / "ran"
     data = columns(served)
     table = pa.table(data)
@@ -165,8 +168,8 @@ def test_a_pickled_extension_type_in_the_stream_is_never_unpickled(served: Regis
     table = table.cast(table.schema.set(index, table.schema.field(index).with_metadata(metadata)))
     response = post(served, arrow_stream(table))
     assert not marker.exists(), "the request body ran code on the server"
-    assert response.status_code == 200, response.text
-    assert response.json() == post(served, arrow_stream(pa.table(data))).json()
+    assert response.status_code == 422, response.text
+    assert "column 'mean_radius': extension types are not accepted" in response.json()["error"]
 
 
 def test_compressed_streams_are_refused_before_anything_is_decoded(served: Registry) -> None:
@@ -187,3 +190,76 @@ def test_a_billion_declared_rows_get_a_413_from_a_few_hundred_bytes(served: Regi
     assert len(body) < 20_000
     response = post(served, body)
     assert response.status_code == 413 and "1000000000 instances exceed the limit" in response.json()["error"]
+
+
+# --- hostile streams: each once crashed the replica or got a 500 -------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    """A model with a text feature: string columns are where unvalidated offsets bite."""
+    folder = tmp_path_factory.mktemp("mixed")
+    registry = Registry(str(folder / "registry"))
+    train_mixed(registry, folder)
+    return registry
+
+
+def _unchecked(kind: pa.DataType, length: int, buffers: list[pa.Buffer | None], null_count: int = -1) -> pa.Array:
+    """An array built from raw buffers, as an attacker writes one: nothing validates it."""
+    return pa.Array.from_buffers(kind, length, buffers, null_count=null_count)
+
+
+def _offsets(*values: int) -> pa.Buffer:
+    return pa.py_buffer(struct.pack(f"<{len(values)}i", *values))
+
+
+def _hostile(registry: Registry, attack: str) -> bytes:
+    manifest = registry.manifest(MODEL, 1)
+    rows = manifest.samples.inputs[:3]
+    data: dict[str, Any] = {name: [row[i] for row in rows] for i, name in enumerate(manifest.feature_names)}
+    colour: Any
+    match attack:
+        case "offsets-past-buffer":
+            colour = _unchecked(pa.string(), 3, [None, _offsets(0, 1 << 30, 1 << 31 - 1, 5), pa.py_buffer(b"abcde")])
+        case "invalid-utf8-value":
+            colour = _unchecked(pa.string(), 3, [None, _offsets(0, 2, 3, 4), pa.py_buffer(b"\xff\xfeab")])
+        case "dictionary-offsets-past-buffer":
+            words = _unchecked(pa.string(), 2, [None, _offsets(0, 1 << 30, 5), pa.py_buffer(b"abcde")])
+            colour = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()), words)
+        case "dictionary-index-out-of-range":
+            indices = pa.array([0, 7, 0], pa.int32())
+            colour = pa.DictionaryArray.from_buffers(
+                pa.dictionary(pa.int32(), pa.string()), 3, [None, indices.buffers()[1]], pa.array(["red", "blue"])
+            )
+        case "string-view-dictionary":
+            colour = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()), pa.array(["red", "blue"], pa.string_view()))
+        case "string-view":
+            colour = pa.array(["red", "blue", "red"], pa.string_view())
+        case "wrong-null-count":
+            valid = pa.py_buffer(bytes([0b001]))  # one valid value, two nulls
+            colour = _unchecked(pa.string(), 3, [valid, _offsets(0, 3, 3, 3), pa.py_buffer(b"red")], null_count=1)
+        case "invalid-utf8-name":
+            body = arrow_stream(pa.table({**data, "colour_X": data["colour"]}))
+            return body.replace(b"colour_X", b"colour\xff\xfe")
+    return arrow_stream(pa.table({**data, "colour": colour}))
+
+
+@pytest.mark.parametrize(
+    ("attack", "message"),
+    [
+        ("offsets-past-buffer", "not a readable Arrow IPC stream: .*[Oo]ffset"),
+        ("invalid-utf8-value", "not a readable Arrow IPC stream: .*UTF8"),
+        ("dictionary-offsets-past-buffer", "not a readable Arrow IPC stream: .*Dictionary array invalid"),
+        ("dictionary-index-out-of-range", "not a readable Arrow IPC stream: .*out of bounds"),
+        ("string-view-dictionary", "column 'colour': expected strings, got Arrow type dictionary<values=string_view"),
+        ("string-view", "column 'colour': expected strings, got Arrow type string_view"),
+        ("wrong-null-count", "not a readable Arrow IPC stream: .*null_count"),
+        ("invalid-utf8-name", "not a readable Arrow IPC stream: .*utf-8"),
+    ],
+)
+def test_hostile_streams_get_a_422_and_never_reach_compute(mixed: Registry, attack: str, message: str) -> None:
+    """Before full validation, the first of these crashed the process (a segfault in
+    pyarrow's UTF-8 kernels) and the others gave 500s or crashes."""
+    response = post(mixed, _hostile(mixed, attack))
+    assert response.status_code == 422, response.text
+    assert re.search(message, response.json()["error"]), response.json()
