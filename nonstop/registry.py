@@ -34,6 +34,7 @@ from nonstop.errors import (
     TamperedManifestError,
     VersionNotFound,
 )
+from nonstop.ledger import EntryDraft, Ledger, default_actor
 from nonstop.manifest import Manifest, ManifestDraft
 from nonstop.redact import public_uri
 from nonstop.signing import SIGNATURE_NAME, is_valid, sign
@@ -246,12 +247,27 @@ class Registry:
         except AliasNotFound:
             return None
 
-    def promote(self, model: str, version: int, alias: str = PRODUCTION) -> AliasRecord:
+    def ledger(self, model: str) -> Ledger:
+        """The model's promotion ledger (nonstop/ledger.py): every alias move is appended."""
+        return Ledger(self._storage, check_name("model", model), self._signing_key)
+
+    def promote(
+        self, model: str, version: int, alias: str = PRODUCTION, *, actor: str | None = None, reason: str = ""
+    ) -> AliasRecord:
         self.manifest(model, version)  # the target must exist: an alias never dangles
         previous = self._history(model, alias)
-        return self._write_alias(model, alias, version, [*previous, self._event(version, "promote")])
+        record = self._write_alias(model, alias, version, [*previous, self._event(version, "promote")])
+        self._record_move(model, record, "promote", actor, reason)
+        return record
 
-    def rollback(self, model: str, alias: str = PRODUCTION) -> AliasRecord:
+    def _record_move(self, model: str, record: AliasRecord, action: str, actor: str | None, reason: str) -> None:
+        draft = EntryDraft(
+            kind="alias_move", action=action, alias=record.alias, version=record.version,
+            actor=actor or default_actor(), reason=reason, weight=0.0,
+        )  # fmt: skip
+        self.ledger(model).append(draft)
+
+    def rollback(self, model: str, alias: str = PRODUCTION, *, actor: str | None = None, reason: str = "") -> AliasRecord:
         record = self.alias(model, alias)
         lineage = record.lineage()
         if len(lineage) < 2:
@@ -261,7 +277,9 @@ class Registry:
             )
         target = lineage[-2]
         self.manifest(model, target)
-        return self._write_alias(model, alias, target, [*record.history, self._event(target, "rollback")])
+        moved = self._write_alias(model, alias, target, [*record.history, self._event(target, "rollback")])
+        self._record_move(model, moved, "rollback", actor, reason)
+        return moved
 
     def _history(self, model: str, alias: str) -> list[AliasEvent]:
         """A forged alias's history is not carried on: a promote by a key holder takes the

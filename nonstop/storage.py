@@ -26,6 +26,7 @@ class Storage(Protocol):
     def exists(self, path: str) -> bool: ...
     def list_dir(self, path: str) -> list[str]: ...
     def claim_dir(self, path: str) -> bool: ...
+    def create_new(self, path: str, data: bytes) -> bool: ...
     def join(self, *parts: str) -> str: ...
 
 
@@ -74,6 +75,25 @@ class LocalStorage:
         _fsync_dir(os.path.dirname(path))
         return True
 
+    def create_new(self, path: str, data: bytes) -> bool:
+        """Write `data` under `path` whole, unless `path` exists: False then, nothing written.
+        A hard link is both exclusive and atomic, so a reader never sees a partial file."""
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+        with open(tmp, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(folder)
+        return True
+
 
 class ArrowStorage:
     """Object stores (s3://, gs://, ...): each object appears whole when its upload ends.
@@ -110,6 +130,14 @@ class ArrowStorage:
             return False
         self.write_atomic(marker, uuid.uuid4().hex.encode())
         return True
+
+    def create_new(self, path: str, data: bytes) -> bool:
+        """Best effort, as `claim_dir`: refuses a path that exists, and reads the object back
+        so that of two writers racing on the same path, at most the last one is told True."""
+        if self.exists(path):
+            return False
+        self.write_atomic(path, data)
+        return self.read_bytes(path) == data
 
 
 def _fsync_dir(folder: str) -> None:

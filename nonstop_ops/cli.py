@@ -6,7 +6,9 @@ raises on purpose end as one line on stderr and exit status 2, never a traceback
 
 from __future__ import annotations
 
+import getpass
 import json
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +28,7 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_comp
 RegistryOpt = Annotated[str | None, typer.Option("--registry", help="registry URI (default: $NONSTOP_REGISTRY or ./registry)")]
 ModelOpt = Annotated[str, typer.Option("--model", help="model name")]
 AliasOpt = Annotated[str, typer.Option("--alias", help="alias to move")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="why, for the promotion ledger (`nonstop history`)")]
 HttpPortOpt = Annotated[int, typer.Option("--http-port", help="Serve HTTP port on 127.0.0.1")]
 DEMO_DATA = Path("data/demo")
 
@@ -36,6 +39,11 @@ def _registry(uri: str | None) -> Registry:
 
 def _open_registry(settings: Settings) -> Registry:
     return Registry(settings.registry, signing_key=settings.signing_key)
+
+
+def _actor(command: str) -> str:
+    """Who moved an alias, as the ledger records it: the operating-system user at the CLI."""
+    return f"{getpass.getuser()} (nonstop {command} on {socket.gethostname()})"
 
 
 def _cluster(http_port: int) -> local.LocalCluster:
@@ -132,16 +140,17 @@ def promote_cmd(
     model: ModelOpt,
     alias: AliasOpt = PRODUCTION,
     registry: RegistryOpt = None,
+    reason: ReasonOpt = "",
 ) -> None:
     """Point an alias at a version; replicas following it swap within their poll interval."""
-    record = _registry(registry).promote(model, version, alias)
+    record = _registry(registry).promote(model, version, alias, actor=_actor("promote"), reason=reason)
     typer.echo(f"{model}@{alias} -> v{record.version}")
 
 
 @app.command()
-def rollback(model: ModelOpt, alias: AliasOpt = PRODUCTION, registry: RegistryOpt = None) -> None:
+def rollback(model: ModelOpt, alias: AliasOpt = PRODUCTION, registry: RegistryOpt = None, reason: ReasonOpt = "") -> None:
     """Point an alias back at its previous target."""
-    record = _registry(registry).rollback(model, alias)
+    record = _registry(registry).rollback(model, alias, actor=_actor("rollback"), reason=reason)
     typer.echo(f"{model}@{alias} -> v{record.version} (rolled back)")
 
 
@@ -276,3 +285,6 @@ def main() -> None:
     except ValidationError as exc:
         typer.echo(f"error: invalid {exc.title}: {validation_problems(exc)}", err=True)
         sys.exit(2)
+
+
+from nonstop_ops import cli_history  # noqa: E402, F401  (registers `nonstop history`; it needs `app` above)

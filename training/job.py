@@ -105,7 +105,7 @@ def train(options: TrainOptions, registry: Registry) -> TrainResult:
         manifest = registry.publish(options.model, sio.dumps(pipeline), draft, extras)
     promoted = options.promote and comparison.not_worse
     if promoted:
-        registry.promote(options.model, manifest.version, options.alias)
+        registry.promote(options.model, manifest.version, options.alias, actor="nonstop train --promote", reason=comparison.reason)
     return TrainResult(manifest=manifest, comparison=comparison, promoted=promoted)
 
 
