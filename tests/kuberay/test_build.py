@@ -17,7 +17,7 @@ def test_every_kustomization_builds(builds: dict[str, Build]) -> None:
 def test_overlays_hold_the_whole_app(builds: dict[str, Build]) -> None:
     for name in OVERLAYS:
         build = builds[name]
-        for kind in ("RayService", "RayJob", "RayCronJob", "ServiceAccount", "PodDisruptionBudget", "Namespace"):
+        for kind in ("RayService", "RayJob", "CronJob", "ServiceAccount", "PodDisruptionBudget", "Namespace"):
             build.one(kind)
         assert len(build.of_kind("NetworkPolicy")) >= 2, f"{name}: client and internal NetworkPolicies"
         namespaces = {o["metadata"].get("namespace") for o in build.objects if o["kind"] != "Namespace"}
@@ -52,7 +52,7 @@ def test_generated_config_map_name_reaches_every_ray_object(builds: dict[str, Bu
     """kustomize only renames references it knows; base/kustomizeconfig.yaml teaches it ours."""
     for build in builds.values():
         (config,) = [c for c in build.of_kind("ConfigMap") if c["metadata"]["name"].startswith("nonstop-config")]
-        for kind in ("RayService", "RayJob", "RayCronJob"):
+        for kind in ("RayService", "RayJob", "CronJob"):
             text = str(build.one(kind))
             assert config["metadata"]["name"] in text, f"{build.name}: {kind} misses {config['metadata']['name']}"
             assert "'nonstop-config'" not in text, f"{build.name}: {kind} names the ConfigMap without its hash"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 import sys
 from importlib.metadata import version as package_version
 from typing import Any
@@ -26,8 +27,8 @@ from tests.kuberay.manifests import (
     cluster_spec,
     entrypoint_commands,
     images,
-    job_spec,
     option,
+    training_entrypoints,
 )
 
 IMAGE = "ghcr.io/example/nonstop"
@@ -97,10 +98,8 @@ def serve_user_config() -> dict[str, Any]:
 def test_training_trains_and_promotes_the_model_serving_follows(builds: dict[str, Build]) -> None:
     target = ModelTarget.model_validate(serve_user_config())
     for build in builds.values():
-        for kind in ("RayJob", "RayCronJob"):
-            job = job_spec(build.one(kind))
-            assert job, kind
-            commands = entrypoint_commands(job["entrypoint"])
+        for kind, entrypoint in training_entrypoints(build).items():
+            commands = entrypoint_commands(entrypoint)
             (train,) = [c for c in commands if c[:2] == ["nonstop", "train"]]
             assert option(train, "--model") == target.model, f"{build.name} {kind}"
             assert "--promote" in train, f"{build.name} {kind}: trains without promoting"
@@ -108,9 +107,33 @@ def test_training_trains_and_promotes_the_model_serving_follows(builds: dict[str
                 assert (option(train, "--alias") or PRODUCTION) == target.followed_alias, f"{build.name} {kind}"
 
 
-def test_one_off_job_is_the_scheduled_job(builds: dict[str, Build]) -> None:
+def test_one_off_job_runs_what_the_schedule_runs(builds: dict[str, Build]) -> None:
+    """The RayJob's head container is the CronJob's container but for Ray's ports; both
+    train the same way (the entrypoint, the command)."""
     for build in builds.values():
-        assert build.one("RayJob")["spec"] == build.one("RayCronJob")["spec"]["jobTemplate"], build.name
+        cron = build.one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        head = build.one("RayJob")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        for key in ("image", "imagePullPolicy", "envFrom", "volumeMounts", "resources", "securityContext"):
+            assert cron.get(key) == head.get(key), f"{build.name}: {key} differs"
+        entrypoints = training_entrypoints(build)
+        assert entrypoint_commands(entrypoints["RayJob"]) == entrypoint_commands(entrypoints["CronJob"]), build.name
+
+
+def test_scheduled_training_never_overlaps_backfills_or_piles_up(builds: dict[str, Build]) -> None:
+    """Item 4 of issue 12: one run at a time, no burst of missed ticks, bounded history, and
+    a deadline that stops the training itself (timeout in the RayJob, the Job's kill)."""
+    for build in builds.values():
+        assert not build.of_kind("RayCronJob"), f"{build.name}: RayCronJob (1.7) has no concurrency policy"
+        cron = build.one("CronJob")["spec"]
+        assert cron["concurrencyPolicy"] == "Forbid", build.name
+        assert 0 < cron["startingDeadlineSeconds"] <= 3600, build.name
+        assert cron["successfulJobsHistoryLimit"] <= 3 and cron["failedJobsHistoryLimit"] <= 3, build.name
+        job = cron["jobTemplate"]["spec"]
+        assert job["backoffLimit"] == 0 and job["activeDeadlineSeconds"] > 0, build.name
+        ray_job = build.one("RayJob")["spec"]
+        words = shlex.split(ray_job["entrypoint"])
+        assert words[0] == "timeout", f"{build.name}: the RayJob's deadline would leave the Ray job running"
+        assert int(words[1]) < ray_job["activeDeadlineSeconds"], build.name
 
 
 def test_ray_versions_agree_with_the_installed_ray(builds: dict[str, Build]) -> None:

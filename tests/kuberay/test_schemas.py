@@ -24,7 +24,7 @@ def test_ray_objects_match_the_kuberay_crds(builds: dict[str, Build], crds: CrdS
                 errors = crds.errors(obj)
                 assert not errors, f"{build.name} {obj['kind']}/{obj['metadata']['name']}:\n" + "\n".join(errors)
                 checked += 1
-    assert checked >= 3 * len(builds), "every build has a RayService, a RayJob and a RayCronJob"
+    assert checked >= 2 * len(builds), "every build has a RayService and a RayJob"
 
 
 def test_core_objects_match_kubernetes_schemas(builds: dict[str, Build]) -> None:
