@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import skops.io as sio
 from pydantic import BaseModel, ConfigDict
 
+from nonstop.compiled import FastPredict, agrees, compile_predictor
 from nonstop.errors import (
     ArtifactIntegrityError,
+    InvalidInput,
     ManifestError,
     ModelLoadError,
     NonstopError,
@@ -26,24 +27,23 @@ from nonstop.errors import (
     SchemaMismatchError,
     UntrustedArtifactError,
 )
+from nonstop.formats import ModelFormat, UnreadableArtifact, UntrustedContent, format_named
 from nonstop.manifest import Manifest
 from nonstop.registry import Registry
-from nonstop.compiled import FastPredict, agrees, compile_predictor
-from nonstop.schema import matrix_dtype, rows_to_matrix, to_python
+from nonstop.schema import matrix_dtype, matrix_to_frame, rows_to_matrix, to_python
 
-TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.")
 _PROBA_TOLERANCE = 1e-9
 
 
 class TrustPolicy(BaseModel):
-    """scikit-learn, numpy and scipy types, plus exact type names the operator adds."""
+    """Each format's own exact list, plus exact type names the operator adds one by one.
+
+    Serving and training build it from the same setting (`trusted_types`), so `nonstop
+    train` measures production exactly as serving would load it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     extra_types: tuple[str, ...] = ()
-
-    def is_trusted(self, type_name: str) -> bool:
-        return type_name.startswith(TRUSTED_MODULE_PREFIXES) or type_name in self.extra_types
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,36 @@ class LoadedModel:
     def version(self) -> int:
         return self.manifest.version
 
+    @property
+    def format(self) -> ModelFormat:
+        return format_named(self.manifest.format)
+
+    def inputs(self, matrix: np.ndarray) -> Any:
+        """What the estimator was fitted on: a named frame if it saw one, else the matrix."""
+        return estimator_inputs(self.estimator, matrix, self.manifest)
+
     def predict(self, matrix: np.ndarray) -> list[Any]:
         if self.fast is not None:
             return self.fast(matrix).tolist()
-        return to_python(self.estimator.predict(matrix))
+        return to_python(self.format.predict(self.estimator, self.inputs(matrix)))
+
+    def predict_proba(self, matrix: np.ndarray) -> list[list[float]]:
+        """One row of class probabilities per input row, columns in `manifest.classes` order."""
+        probabilities = None
+        if self.manifest.task == "classification":
+            probabilities = self.format.predict_proba(self.estimator, self.inputs(matrix))
+        if probabilities is None:
+            raise InvalidInput(
+                f"model {self.manifest.model!r} v{self.version} gives no probabilities "
+                f"(a {self.manifest.task} model{'' if self.manifest.task == 'regression' else ' without predict_proba'})"
+            )
+        return probabilities.tolist()
+
+
+def estimator_inputs(estimator: Any, matrix: np.ndarray, manifest: Manifest) -> Any:
+    if getattr(estimator, "feature_names_in_", None) is None:
+        return matrix
+    return matrix_to_frame(matrix, manifest.features)
 
 
 def load_version(registry: Registry, model: str, version: int, policy: TrustPolicy) -> LoadedModel:
@@ -80,7 +106,7 @@ def load_version(registry: Registry, model: str, version: int, policy: TrustPoli
         raise ArtifactIntegrityError(
             model, version, f"artifact sha256 {digest[:12]}… does not match the manifest's {manifest.sha256[:12]}…"
         )
-    estimator = _safe_loads(model, version, data, policy)
+    estimator = _safe_loads(manifest, data, policy)
     verify(manifest, estimator)
     return LoadedModel(
         manifest=manifest,
@@ -93,7 +119,7 @@ def load_version(registry: Registry, model: str, version: int, policy: TrustPoli
 
 def _checked_fast_path(manifest: Manifest, estimator: Any) -> FastPredict | None:
     """The numpy path, kept only if it matches scikit-learn on varied rows, gaps included."""
-    if matrix_dtype(manifest.features) is not np.float64:
+    if matrix_dtype(manifest.features) is not np.float64 or getattr(estimator, "feature_names_in_", None) is not None:
         return None
     fast = compile_predictor(estimator)
     if fast is None:
@@ -106,18 +132,20 @@ def _checked_fast_path(manifest: Manifest, estimator: Any) -> FastPredict | None
     return fast if agrees(fast, estimator, np.vstack([samples, varied, gaps])) else None
 
 
-def _safe_loads(model: str, version: int, data: bytes, policy: TrustPolicy) -> Any:
+def _safe_loads(manifest: Manifest, data: bytes, policy: TrustPolicy) -> Any:
+    model, version = manifest.model, manifest.version
     try:
-        found = sio.get_untrusted_types(data=data)
-    except Exception as exc:  # skops raises assorted errors on a malformed archive
-        raise ArtifactIntegrityError(model, version, f"not a readable skops artifact: {exc}") from exc
-    refused = sorted(t for t in found if not policy.is_trusted(t))
-    if refused:
-        raise UntrustedArtifactError(model, version, f"types outside the trusted list: {', '.join(refused)}")
+        fmt = format_named(manifest.format)
+    except NonstopError as exc:
+        raise ManifestError(model, version, exc.message) from exc
     try:
-        return sio.loads(data, trusted=found)
-    except Exception as exc:
-        raise ArtifactIntegrityError(model, version, f"skops could not load the artifact: {exc}") from exc
+        return fmt.loads(data, policy.extra_types)
+    except UntrustedContent as exc:
+        raise UntrustedArtifactError(
+            model, version, f"{fmt.name} artifact holds types outside the trusted list: {exc}"
+        ) from exc
+    except UnreadableArtifact as exc:
+        raise ArtifactIntegrityError(model, version, str(exc)) from exc
 
 
 def verify(manifest: Manifest, estimator: Any) -> None:
@@ -131,9 +159,12 @@ def verify(manifest: Manifest, estimator: Any) -> None:
     samples = manifest.samples
     if not samples.inputs:
         raise ManifestError(model, version, "manifest carries no sample inputs to verify against")
+    fmt = format_named(manifest.format)
+    inputs = estimator_inputs(estimator, rows_to_matrix(samples.inputs, manifest.features), manifest)
     try:
-        got = to_python(estimator.predict(rows_to_matrix(samples.inputs, manifest.features)))
-    except Exception as exc:
+        got = to_python(fmt.predict(estimator, inputs))
+        probabilities = fmt.predict_proba(estimator, inputs) if samples.probabilities is not None else None
+    except Exception as exc:  # whatever the estimator raises on rows it cannot take
         raise SchemaMismatchError(model, version, f"estimator rejects the manifest's samples: {exc}") from exc
     if len(got) != len(samples.outputs):
         raise ManifestError(model, version, f"{len(samples.inputs)} sample inputs but {len(samples.outputs)} outputs")
@@ -142,6 +173,12 @@ def verify(manifest: Manifest, estimator: Any) -> None:
         raise SampleMismatchError(
             model, version, f"{len(mismatched)} of {len(got)} sample outputs differ (first at sample {mismatched[0]})"
         )
+    if samples.probabilities is not None and (
+        probabilities is None
+        or probabilities.shape != (len(got), len(manifest.classes))
+        or not np.allclose(probabilities, samples.probabilities, rtol=_PROBA_TOLERANCE, atol=1e-12)
+    ):
+        raise SampleMismatchError(model, version, "sample probabilities differ from the manifest's")
 
 
 def _same(a: Any, b: Any) -> bool:

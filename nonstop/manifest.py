@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 FeatureKind = Literal["number", "category"]
+Task = Literal["classification", "regression"]
 Scalar = float | int | str | bool
 
 
@@ -39,6 +40,24 @@ class SampleSet(BaseModel):
 
     inputs: list[list[Scalar | None]]
     outputs: list[Scalar]
+    probabilities: list[list[float]] | None = Field(
+        default=None, description="a classifier's class probabilities for the inputs, columns in `classes` order"
+    )
+
+
+class GateRecord(BaseModel):
+    """How the version fared against production when it was published, and whether a
+    person overrode the verdict (`forced`): the trace an override leaves."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str
+    higher_is_better: bool
+    tolerance: float
+    production_version: int | None
+    passed: bool
+    reason: str
+    forced: bool = False
 
 
 class ManifestDraft(BaseModel):
@@ -48,12 +67,16 @@ class ManifestDraft(BaseModel):
 
     features: list[FeatureSpec]
     label: str
-    classes: list[Scalar]
+    task: Task = Field(default="classification", description="manifests written before tasks were classifiers")
+    classes: list[Scalar] = Field(description="a classifier's classes in predict_proba's column order; empty for regression")
+    estimator: str | None = Field(default=None, description="class path of the published object, e.g. sklearn.pipeline.Pipeline")
+    format: str = Field(default="skops", description="the artifact's format (nonstop.formats)")
     data: DataFingerprint
     metrics: dict[str, float]
     parent_version: int | None = None
     libraries: dict[str, str]
     samples: SampleSet
+    gate: GateRecord | None = None
 
 
 class Manifest(ManifestDraft):

@@ -38,6 +38,22 @@ def frame_to_matrix(frame: pd.DataFrame, features: Sequence[FeatureSpec]) -> np.
     return _nan_for_missing(frame[columns].to_numpy(dtype=matrix_dtype(features)))
 
 
+def matrix_to_frame(matrix: np.ndarray, features: Sequence[FeatureSpec]) -> pd.DataFrame:
+    """The matrix as the frame an estimator fitted on a DataFrame expects: named columns,
+    numbers as float64, a category column as pandas' category dtype where training saw
+    one (LightGBM maps those back to its own categories), else as objects."""
+    columns: dict[str, Any] = {}
+    for position, spec in enumerate(features):
+        column = matrix[:, position]
+        if spec.kind == "number":
+            columns[spec.name] = column.astype(np.float64)
+        elif spec.dtype == "category":
+            columns[spec.name] = pd.Categorical(column)
+        else:
+            columns[spec.name] = column.astype(object)
+    return pd.DataFrame(columns, copy=False)
+
+
 def _nan_for_missing(matrix: np.ndarray) -> np.ndarray:
     """JSON null (None) and pandas' NA become NaN, the one missing value the imputers
     recognise: NA breaks them outright, and a None category would be encoded as unknown

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import skops.io as sio
 
-from nonstop.loading import TRUSTED_MODULE_PREFIXES, TrustPolicy, load_version
+from nonstop.formats.skops_sklearn import SKOPS, TRUSTED_CALLABLES, TRUSTED_TYPES
+from nonstop.loading import TrustPolicy, load_version
 from nonstop.registry import Registry
 from nonstop.schema import rows_to_matrix
 from serve_app.config import Limits
@@ -106,7 +106,7 @@ def test_a_schema_with_text_and_nullable_columns_trains_loads_and_serves(registr
     categories at serving time are answered, not a 5xx."""
     manifest = train_mixed(registry, tmp_path)
     assert {f.name: f.kind for f in manifest.features}["colour"] == "category"
-    assert all(t.startswith(TRUSTED_MODULE_PREFIXES) for t in sio.get_untrusted_types(data=registry.read_artifact(MODEL, 1)))
+    assert SKOPS.types_in(registry.read_artifact(MODEL, 1)) <= TRUSTED_TYPES | TRUSTED_CALLABLES
 
     base = dict(zip(manifest.feature_names, manifest.samples.inputs[0], strict=True))
     variants = [base, {**base, "colour": "purple"}, {**base, "colour": None}, {**base, "visits": None, "mean_radius": None}]

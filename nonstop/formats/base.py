@@ -1,0 +1,43 @@
+"""What every model format provides, and the two ways reading one can fail."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+
+class UntrustedContent(Exception):
+    """The artifact holds types or callables outside the format's trust list; nothing of
+    it was constructed. The loader turns this into an `UntrustedArtifactError`."""
+
+    def __init__(self, refused: Collection[str]) -> None:
+        self.refused = sorted(refused)
+        super().__init__(", ".join(self.refused))
+
+
+class UnreadableArtifact(Exception):
+    """The bytes are not an artifact of this format (or its library refused them)."""
+
+
+class ModelFormat(Protocol):
+    """Writes, reads with an explicit trust list, and predicts."""
+
+    name: ClassVar[str]
+
+    def dumps(self, estimator: Any) -> bytes:
+        """The artifact's bytes; refuses an estimator it could not read back."""
+
+    def types_in(self, data: bytes) -> set[str]:
+        """Every type and callable the artifact would construct, without constructing any."""
+
+    def loads(self, data: bytes, extra_types: Collection[str] = ()) -> Any:
+        """The estimator, if every type in the artifact is on the format's own list or
+        in `extra_types` (exact names an operator added); `UntrustedContent` otherwise."""
+
+    def predict(self, estimator: Any, inputs: Any) -> np.ndarray: ...
+
+    def predict_proba(self, estimator: Any, inputs: Any) -> np.ndarray | None:
+        """Class probabilities, columns in the order of `classes_`; None if the
+        estimator gives none."""
