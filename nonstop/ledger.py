@@ -59,7 +59,10 @@ class EntryDraft(BaseModel):
     alias: str
     version: int | None = Field(default=None, description="the alias's target after this entry")
     candidate: int | None = Field(default=None, description="the canary version, for canary steps and decisions")
-    weight: float | None = Field(default=None, ge=0.0, le=1.0, description="the candidate's share after this entry")
+    weight: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="the candidate's share after this entry (0 with a candidate: shadow only); None: unchanged",
+    )  # fmt: skip
     actor: str = Field(default_factory=default_actor, max_length=200)
     reason: str = Field(default="", max_length=4000)
     evidence: dict[str, Any] | None = None
@@ -103,7 +106,8 @@ class Verification:
 
 @dataclass(frozen=True)
 class ServingAt:
-    """What an alias served at a moment: its target, plus a canary's share if one ran."""
+    """What an alias served at a moment: its target, plus a candidate's share if one ran
+    (a candidate at weight 0 is scored in the shadow of every request, never answers)."""
 
     alias: str
     at: datetime
@@ -178,11 +182,28 @@ class Ledger:
             if entry.version is not None:
                 version = entry.version
             if entry.weight is not None:
-                weight = entry.weight
-                candidate = entry.candidate if weight > 0 else None
+                weight, candidate = entry.weight, entry.candidate
             if entry.version is not None or entry.weight is not None:
                 since = entry
         return ServingAt(alias=alias, at=at, version=version, candidate=candidate, weight=weight, since=since)
+
+    def since_seq(self, seq: int) -> list[LedgerEntry]:
+        """Entries after `seq`, each checked against its own hash (and signature, with a
+        key): a replica polling for canary steps reads only what is new, and never acts
+        on an entry that was edited."""
+        entries = []
+        for number in self._numbers():
+            if number <= seq:
+                continue
+            entry = self._read(number)
+            if entry_hash(entry.body()) != entry.hash:
+                raise RegistryError(f"ledger entry {number} of {self.model!r} was edited: not acted on")
+            if self._key is not None and (
+                entry.signature is None or not is_valid(self._key, entry.hash.encode(), entry.signature.encode())
+            ):
+                raise RegistryError(f"ledger entry {number} of {self.model!r} is not signed with the key: not acted on")
+            entries.append(entry)
+        return entries
 
     def verify(self) -> Verification:
         """Check the chain link by link, every signature (with a key), and the head.

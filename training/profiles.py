@@ -12,61 +12,26 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nonstop.manifest import FeatureKind, FeatureSpec
-from nonstop.registry import Registry
+from nonstop.profile import (  # noqa: F401  (PROFILE_NAME, read_profile: the format's home is the core)
+    PROFILE_NAME,
+    CategoryProfile,
+    DataProfile,
+    NumericProfile,
+    bin_counts,
+    psi,
+    read_profile,
+)
 
-PROFILE_NAME = "profile.json"
 TOP_CATEGORIES = 20
 MODERATE_PSI = 0.1
 MAJOR_PSI = 0.25
 _DECILES = np.linspace(0.1, 0.9, 9)
 _QUANTILES = {"p05": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95}
-# an empty bin would make the PSI infinite; this floor keeps one empty bin a large, finite term
-_FLOOR = 1e-4
-
-
-class NumericProfile(BaseModel):
-    """`fractions[i]` is the share of all rows in bin i: below `edges[0]`, between two
-    edges, or from `edges[-1]` up; `missing` holds the rest, so together they sum to 1."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["number"] = "number"
-    missing: float
-    mean: float
-    std: float
-    min: float
-    max: float
-    quantiles: dict[str, float]
-    edges: list[float]
-    fractions: list[float]
-
-
-class CategoryProfile(BaseModel):
-    """Shares of the most frequent categories; the long tail is pooled in `other`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["category"] = "category"
-    missing: float
-    frequencies: dict[str, float]
-    other: float
-
-
-FeatureProfile = Annotated[NumericProfile | CategoryProfile, Field(discriminator="kind")]
-
-
-class DataProfile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    rows: int
-    features: dict[str, FeatureProfile]
 
 
 @dataclass(frozen=True)
@@ -111,18 +76,6 @@ def profile_frame(frame: pd.DataFrame, features: Sequence[FeatureSpec]) -> DataP
     )
 
 
-def read_profile(registry: Registry, model: str, version: int) -> DataProfile | None:
-    """None when the version predates profiles or its profile is unreadable: a missing
-    baseline costs the card its shift table, never the training run."""
-    data = registry.read_extra(model, version, PROFILE_NAME)
-    if data is None:
-        return None
-    try:
-        return DataProfile.model_validate_json(data)
-    except ValidationError:
-        return None
-
-
 def shift_from(
     parent: DataProfile, parent_version: int, frame: pd.DataFrame, features: Sequence[FeatureSpec]
 ) -> ShiftReport:
@@ -135,8 +88,8 @@ def shift_from(
             shifts.append(_numeric_shift(spec.name, baseline, frame[spec.name]))
         elif isinstance(baseline, CategoryProfile) and spec.kind == "category":
             shifted = _category_fractions(frame[spec.name], list(baseline.frequencies))
-            psi = _psi([*baseline.frequencies.values(), baseline.other, baseline.missing], shifted)
-            shifts.append(FeatureShift(spec.name, "category", psi, None, None, None))
+            index = psi([*baseline.frequencies.values(), baseline.other, baseline.missing], shifted)
+            shifts.append(FeatureShift(spec.name, "category", index, None, None, None))
         else:
             unmatched.append(spec.name)
     shifts.sort(key=lambda s: s.psi, reverse=True)
@@ -171,8 +124,8 @@ def _numeric_shift(name: str, baseline: NumericProfile, series: pd.Series) -> Fe
     pooled = math.sqrt((baseline.std**2 + float(values.std()) ** 2) / 2)
     moved = mean - baseline.mean
     smd = moved / pooled if pooled > 0 else math.copysign(math.inf, moved) if moved else 0.0
-    psi = _psi([*baseline.fractions, baseline.missing], shifted)
-    return FeatureShift(name, "number", psi, smd, baseline.mean, mean)
+    index = psi([*baseline.fractions, baseline.missing], shifted)
+    return FeatureShift(name, "number", index, smd, baseline.mean, mean)
 
 
 def _present(series: pd.Series) -> np.ndarray:
@@ -180,7 +133,7 @@ def _present(series: pd.Series) -> np.ndarray:
 
 
 def _bin_fractions(values: np.ndarray, edges: list[float], rows: int) -> list[float]:
-    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+    counts = bin_counts(values, edges)
     return [float(c) / rows for c in counts]
 
 
@@ -192,9 +145,3 @@ def _category_fractions(series: pd.Series, categories: list[str]) -> list[float]
     counts = present[known].value_counts()
     shares = [float(counts.get(c, 0)) / rows for c in categories]
     return [*shares, float((~known).sum()) / rows, float(series.isna().mean())]
-
-
-def _psi(expected: Sequence[float], actual: Sequence[float]) -> float:
-    e = np.maximum(np.asarray(expected, dtype=np.float64), _FLOOR)
-    a = np.maximum(np.asarray(actual, dtype=np.float64), _FLOOR)
-    return float(np.sum((a - e) * np.log(a / e)))

@@ -1,0 +1,172 @@
+"""The rollout controller: a detached Ray actor beside the app that judges and moves rollouts.
+
+Replicas send it what they tallied per version every second (`report`); it adds the
+tallies up over the current evaluation window, turns them into evidence, asks the policy,
+and writes what it decided to the ledger (advance, hold, roll back, promote), which the
+replicas follow. It keeps nothing a restart would lose but the current window's tallies:
+the rollout itself (candidate, step, policy, pause) is replayed from the ledger, so a
+restarted controller (or one on another node, on KubeRay) carries on. One controller per
+model and alias, named after them, created by whichever replica or CLI asks first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import ray
+from pydantic import SecretStr
+
+from nonstop.errors import NonstopError
+from nonstop.profile import DataProfile, read_profile
+from nonstop.registry import Registry
+from serve_app.evidence import Evidence, VersionStats, summarize
+from serve_app.rollout_policy import RolloutState, decide, replay
+from serve_app.rollouts import CONTROLLER_ACTOR, Rollouts
+
+log = logging.getLogger("nonstop.controller")
+NAMESPACE = "nonstop"
+TICK_S = 0.5
+
+
+def controller_name(model: str, alias: str) -> str:
+    return f"nonstop-rollout-{model}-{alias}"
+
+
+class Controller:
+    """The controller's logic without Ray, so it can be driven step by step."""
+
+    def __init__(self, registry: Registry, model: str, alias: str) -> None:
+        self._rollouts = Rollouts(registry, model, alias)
+        self._registry = registry
+        self._model = model
+        self._state = RolloutState(alias=alias)
+        self._ledger = registry.ledger(model)
+        self._window: dict[int, VersionStats] = {}
+        self._window_key: tuple[int | None, float, datetime | None] | None = None
+        self._profiles: dict[int, DataProfile | None] = {}
+        self._lock = threading.Lock()  # reports arrive on the actor's loop, ticks run in a thread
+        self.last_decision: dict[str, Any] | None = None
+        self.last_error: str | None = None
+
+    def report(self, stats: dict[int, dict[str, Any]]) -> None:
+        tallies = {int(v): VersionStats.model_validate(t) for v, t in stats.items()}
+        with self._lock:
+            for version, tally in tallies.items():
+                self._window.setdefault(version, VersionStats()).merge(tally)
+
+    def refresh(self) -> RolloutState:
+        """Fold in what the ledger gained; a new step (or hold) starts a new window."""
+        self._state = replay(self._ledger.since_seq(self._state.last_seq), self._state.alias, self._state)
+        key = (self._state.candidate, self._state.weight, self._state.step_started)
+        if key != self._window_key:
+            with self._lock:
+                self._window_key, self._window = key, {}
+        return self._state
+
+    def evidence(self) -> Evidence | None:
+        state = self._state
+        if not state.active or state.candidate is None or state.primary is None:
+            return None
+        numeric = not self._registry.manifest(self._model, state.candidate).classes
+        with self._lock:
+            primary = self._window.get(state.primary, VersionStats()).model_copy(deep=True)
+            candidate = self._window.get(state.candidate, VersionStats()).model_copy(deep=True)
+        return summarize(
+            (state.primary, primary, self._profile(state.primary)),
+            (state.candidate, candidate, self._profile(state.candidate)),
+            numeric_outputs=numeric,
+        )
+
+    def tick(self, now: datetime | None = None) -> str | None:
+        """One look: judge the window and act. Returns what was done, if anything."""
+        state = self.refresh()
+        evidence = self.evidence()
+        if evidence is None or state.policy is None or state.step_started is None:
+            return None
+        now = now or datetime.now(UTC)
+        window_done = (now - state.step_started).total_seconds() >= state.policy.window_s
+        decision = decide(state.policy, evidence, window_done, shadowing=state.weight == 0)
+        snapshot = evidence.model_dump(mode="json")
+        if decision.verdict == "rollback":
+            done = self._rollouts.rollback(CONTROLLER_ACTOR, decision.reason, snapshot)
+        elif state.paused or decision.verdict == "hold" and not window_done:
+            return None
+        elif decision.verdict == "hold":
+            self._rollouts.hold(CONTROLLER_ACTOR, decision.reason, snapshot)
+            done = f"held: {decision.reason}"
+        else:
+            done = self._rollouts.advance(CONTROLLER_ACTOR, decision.reason, snapshot)
+        self.last_decision = {"at": now.isoformat(), "verdict": decision.verdict, "reasons": decision.reasons, "done": done}
+        log.info("rollout of %s v%s: %s", self._model, state.candidate, done)
+        self.refresh()
+        return done
+
+    def status(self) -> dict[str, Any]:
+        state = self._state
+        evidence = self.evidence()
+        return {
+            "alias": state.alias,
+            "active": state.active,
+            "primary": state.primary,
+            "candidate": state.candidate,
+            "weight": state.weight,
+            "step": state.step,
+            "paused": state.paused,
+            "step_started": state.step_started.isoformat() if state.step_started else None,
+            "outcome": state.outcome,
+            "policy": state.policy.model_dump(mode="json") if state.policy else None,
+            "evidence": evidence.model_dump(mode="json") if evidence else None,
+            "last_decision": self.last_decision,
+            "last_error": self.last_error,
+        }
+
+    def _profile(self, version: int) -> DataProfile | None:
+        if version not in self._profiles:
+            self._profiles[version] = read_profile(self._registry, self._model, version)
+        return self._profiles[version]
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class RolloutController:
+    """The Ray face of `Controller`: its loop starts with the first call after (re)start."""
+
+    def __init__(self, registry_uri: str, signing_key: SecretStr | None, model: str, alias: str) -> None:
+        self._controller = Controller(Registry(registry_uri, signing_key=signing_key), model, alias)
+        self._loop: asyncio.Task[None] | None = None
+
+    async def report(self, stats: dict[int, dict[str, Any]]) -> None:
+        self._ensure_loop()
+        self._controller.report(stats)
+
+    async def status(self) -> dict[str, Any]:
+        self._ensure_loop()
+        await asyncio.to_thread(self._controller.refresh)
+        return self._controller.status()
+
+    def _ensure_loop(self) -> None:
+        if self._loop is None or self._loop.done():
+            self._loop = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self._controller.tick)
+                self._controller.last_error = None
+            except NonstopError as exc:  # an unreadable ledger or registry: say so, try again
+                self._controller.last_error = exc.message
+                log.warning("rollout controller: %s", exc.message)
+            except Exception as exc:  # the loop must outlive any surprise; the next tick retries
+                self._controller.last_error = repr(exc)
+                log.exception("rollout controller tick failed")
+            await asyncio.sleep(TICK_S)
+
+
+def controller(registry_uri: str, signing_key: SecretStr | None, model: str, alias: str) -> Any:
+    """The model's controller, created (detached, so it outlives replicas and the CLI) if none."""
+    return RolloutController.options(
+        name=controller_name(model, alias), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote(registry_uri, signing_key, model, alias)
