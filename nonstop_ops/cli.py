@@ -288,3 +288,4 @@ def main() -> None:
 
 
 from nonstop_ops import cli_history  # noqa: E402, F401  (registers `nonstop history`; it needs `app` above)
+from nonstop_ops import cli_rollout  # noqa: E402, F401  (registers `nonstop rollout ...`)
