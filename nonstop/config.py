@@ -1,22 +1,28 @@
 """Process-level settings, read once at the edge (CLI, app builder) and injected.
 
 Model and registry code take these objects as arguments; only `Settings.from_env`
-looks at the environment, so a test or a Ray job can always say exactly what it wants.
+(pydantic-settings, variables prefixed `NONSTOP_`) looks at the environment, so a test or
+a Ray job can always say exactly what it wants.
+
+Security settings fail closed: a signing key that is set but empty or blank is an error,
+never "signing off" (a Secret mounted with an empty value must not turn verification off),
+and `NONSTOP_REQUIRE_SIGNATURES` makes a missing key an error too.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic import SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nonstop.errors import ConfigError, validation_problems
 
+ENV_PREFIX = "NONSTOP_"
 DEFAULT_REGISTRY = "registry"
-REGISTRY_ENV = "NONSTOP_REGISTRY"
-SIGNING_KEY_ENV = "NONSTOP_SIGNING_KEY"
+REGISTRY_ENV = f"{ENV_PREFIX}REGISTRY"
+SIGNING_KEY_ENV = f"{ENV_PREFIX}SIGNING_KEY"
+REQUIRE_SIGNATURES_ENV = f"{ENV_PREFIX}REQUIRE_SIGNATURES"
 MIN_SIGNING_KEY_CHARS = 32
 
 
@@ -27,36 +33,61 @@ def normalize_registry_uri(uri: str) -> str:
     return str(Path(uri).expanduser().resolve())
 
 
-class Settings(BaseModel):
+class Settings(BaseSettings):
     # hide_input_in_errors: a validation error must never echo the signing key back
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+        hide_input_in_errors=True,
+    )
 
     registry: str = DEFAULT_REGISTRY
     signing_key: SecretStr | None = None
+    require_signatures: bool | None = None
+    """Refuse to run without a signing key. Unset, it is on wherever a key is set; an
+    operator sets it explicitly (the KubeRay prod overlay does) so that a Secret that went
+    missing stops serving instead of silently serving unsigned versions."""
 
     @field_validator("registry")
     @classmethod
     def _absolute(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"{REGISTRY_ENV} is set but empty: unset it for ./{DEFAULT_REGISTRY}, or name a registry")
         return normalize_registry_uri(value)
 
     @field_validator("signing_key")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        """A short HMAC key can be guessed offline from any signed manifest."""
-        if value is not None and len(value.get_secret_value()) < MIN_SIGNING_KEY_CHARS:
+        """A short HMAC key can be guessed offline from any signed manifest; an empty one
+        is a misconfiguration (an empty Secret), not a request to turn signing off."""
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if not secret.strip():
+            raise ValueError(f"{SIGNING_KEY_ENV} is set but blank: unset it to run without signing, or set a key")
+        if len(secret) < MIN_SIGNING_KEY_CHARS:
             raise ValueError(f"{SIGNING_KEY_ENV} must be at least {MIN_SIGNING_KEY_CHARS} characters")
         return value
 
+    @model_validator(mode="after")
+    def _key_when_required(self) -> Settings:
+        if self.signatures_required and self.signing_key is None:
+            raise ValueError(
+                f"{REQUIRE_SIGNATURES_ENV} is on but {SIGNING_KEY_ENV} is not set: "
+                "refusing to read an unsigned registry (is the key's Secret missing?)"
+            )
+        return self
+
+    @property
+    def signatures_required(self) -> bool:
+        return self.signing_key is not None if self.require_signatures is None else self.require_signatures
+
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: str | None) -> Settings:
-        env = os.environ if environ is None else environ
-        values: dict[str, str] = {}
-        if env.get(REGISTRY_ENV):
-            values["registry"] = env[REGISTRY_ENV]
-        if env.get(SIGNING_KEY_ENV):
-            values["signing_key"] = env[SIGNING_KEY_ENV]
-        values.update({k: v for k, v in overrides.items() if v is not None})
+    def from_env(cls, **overrides: str | None) -> Settings:
+        """The environment's settings; overrides (CLI options) win where given."""
         try:
-            return cls(**values)
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
         except ValidationError as exc:
             raise ConfigError(f"invalid settings: {validation_problems(exc)}") from exc

@@ -44,6 +44,15 @@ class RegistryError(NonstopError):
     status_code = 500
 
 
+class StorageError(RegistryError):
+    """The storage failed or holds something unreadable: a missing or unreadable file, a
+    denied permission, an unreachable object store, a FIFO or device where a file belongs."""
+
+
+class StoredFileTooLarge(StorageError):
+    """A stored file over its size bound, refused before it is read whole or parsed."""
+
+
 class TamperedAliasError(RegistryError):
     """An alias file whose signature is missing or wrong: it was not written by a holder
     of the signing key, so it may point anywhere, an old refused version included."""
@@ -67,6 +76,12 @@ class ModelLoadError(NonstopError):
 
 class ArtifactIntegrityError(ModelLoadError):
     reason = "integrity"
+
+
+class ArtifactUnreadableError(ModelLoadError):
+    """The artifact could not be read from storage, or is over the size bound."""
+
+    reason = "storage"
 
 
 class ManifestError(ModelLoadError):

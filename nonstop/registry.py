@@ -10,6 +10,10 @@ Layout under the registry URI::
 
 Readers never see a half-published version because they only list versions that have
 a manifest, and every file is written under a temporary name and renamed into place.
+What a killed publisher leaves (a claimed folder without a manifest, a temporary file)
+is skipped by readers and listed by `leftovers`. Only folders named by a canonical
+number (`7`, not `07` or `²`) are versions, so two folders never alias one version.
+Every file is read with a size bound, checked before it is parsed.
 A registry opened with a signing key signs what it publishes and refuses, on reading, a
 manifest or alias whose signature is missing or wrong; one opened without a key neither signs
 nor checks, so callers that have no key keep working against a signed registry.
@@ -27,12 +31,16 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from nonstop.errors import (
     AliasNotFound,
+    ArtifactUnreadableError,
     ConfigError,
+    ManifestError,
     ModelNotFound,
     RegistryError,
+    StorageError,
     TamperedAliasError,
     TamperedManifestError,
     VersionNotFound,
+    validation_problems,
 )
 from nonstop.ledger import EntryDraft, Ledger, default_actor
 from nonstop.manifest import Manifest, ManifestDraft
@@ -43,8 +51,14 @@ from nonstop.storage import Storage, open_storage
 ARTIFACT_NAME = "model.skops"
 MANIFEST_NAME = "manifest.json"
 PRODUCTION = "production"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: `$` would let a trailing newline in
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")  # ASCII digits, no leading zero: one folder per version
 _MAX_CLAIM_ATTEMPTS = 1000
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_ALIAS_BYTES = 1024 * 1024  # about ten thousand promotions of history
+MAX_SIGNATURE_BYTES = 1024
+MAX_EXTRA_BYTES = 16 * 1024 * 1024
+MAX_ARTIFACT_BYTES = 2 * 1024**3
 
 
 class AliasEvent(BaseModel):
@@ -77,8 +91,37 @@ class AliasRecord(BaseModel):
         return stack
 
 
+def parse_manifest(model: str, version: int, data: bytes) -> Manifest:
+    """A manifest's bytes, which must describe this model and version."""
+    try:
+        manifest = Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        raise RegistryError(f"model {model!r} version {version}: unreadable manifest: {validation_problems(exc)}") from exc
+    if (manifest.model, manifest.version) != (model, version):
+        # a signature covers the bytes, not where they lie: a copied manifest is caught here
+        raise TamperedManifestError(
+            model, version, f"the manifest describes {manifest.model[:80]!r} version {manifest.version}"
+        )
+    return manifest
+
+
+def parse_alias(model: str, alias: str, data: bytes) -> AliasRecord:
+    """An alias file's bytes, which must name this alias: the signature covers the record,
+    the name check binds it to where it lies (a signed `canary` copied over `production`
+    is refused, key or no key)."""
+    try:
+        record = AliasRecord.model_validate_json(data)
+    except ValidationError as exc:
+        raise RegistryError(f"alias {alias!r} of {model!r} is unreadable: {validation_problems(exc)}") from exc
+    if record.alias != alias:
+        raise TamperedAliasError(
+            f"alias {alias!r} of {model!r} holds the record of alias {record.alias[:80]!r} (copied over it?)"
+        )
+    return record
+
+
 def check_name(kind: str, name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ConfigError(
             f"invalid {kind} name {name!r}: use letters, digits, '_', '.', '-' "
             "(at most 64, starting with a letter or digit)"
@@ -87,31 +130,59 @@ def check_name(kind: str, name: str) -> str:
 
 
 class Registry:
-    def __init__(self, uri: str, storage: Storage | None = None, *, signing_key: SecretStr | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        storage: Storage | None = None,
+        *,
+        signing_key: SecretStr | None = None,
+        max_artifact_bytes: int = MAX_ARTIFACT_BYTES,
+    ) -> None:
         self.uri = uri
         self._storage = storage or open_storage(uri)
         self._signing_key = signing_key
+        self.max_artifact_bytes = max_artifact_bytes
 
     # --- reading ------------------------------------------------------------------
 
     def models(self) -> list[str]:
         root = self._storage.join()
-        return [m for m in self._storage.list_dir(root) if _NAME.match(m) and self.versions(m)]
+        return [m for m in self._storage.list_dir(root) if _NAME.fullmatch(m) and self.versions(m)]
 
     def versions(self, model: str) -> list[int]:
         """Published versions, ascending; claimed folders without a manifest are skipped."""
+        return sorted(v for v in self._numbered(model) if self._storage.exists(self._version_path(model, v, MANIFEST_NAME)))
+
+    def _numbered(self, model: str) -> list[int]:
         folder = self._storage.join(check_name("model", model), "versions")
+        return [int(e) for e in self._storage.list_dir(folder) if _VERSION.fullmatch(e)]
+
+    def leftovers(self, model: str) -> list[str]:
+        """What readers skip, for an operator to see: folders that are not canonical
+        version numbers, versions claimed but never published (a publisher killed or still
+        running), and temporary files of interrupted writes."""
         found = []
+        folder = self._storage.join(check_name("model", model), "versions")
+        published = set(self.versions(model))
         for entry in self._storage.list_dir(folder):
-            if entry.isdigit() and self._storage.exists(self._version_path(model, int(entry), MANIFEST_NAME)):
-                found.append(int(entry))
-        return sorted(found)
+            if not _VERSION.fullmatch(entry):
+                found.append(f"versions/{entry}: not a version number (ignored)")
+            elif int(entry) not in published:
+                found.append(f"versions/{entry}: claimed but never published (no manifest)")
+        for version in published:
+            for entry in self._storage.list_dir(self._storage.join(model, "versions", str(version))):
+                if entry.startswith((".tmp-", ".claim")):
+                    found.append(f"versions/{version}/{entry}: left by an interrupted write")
+        for entry in self._storage.list_dir(self._storage.join(model, "aliases")):
+            if entry.startswith(".tmp-"):
+                found.append(f"aliases/{entry}: left by an interrupted write")
+        return found
 
     def manifest(self, model: str, version: int) -> Manifest:
         data = self._manifest_bytes(model, version)
         if self._signing_key is not None:
             self._check_signature(model, version, data)
-        return self._parse_manifest(model, version, data)
+        return parse_manifest(model, version, data)
 
     def _manifest_bytes(self, model: str, version: int) -> bytes:
         path = self._version_path(model, version, MANIFEST_NAME)
@@ -119,20 +190,7 @@ class Registry:
             if not self.versions(model):
                 raise ModelNotFound(f"model {model!r} has no published version in {public_uri(self.uri)}")
             raise VersionNotFound(f"model {model!r} has no version {version}")
-        return self._storage.read_bytes(path)
-
-    @staticmethod
-    def _parse_manifest(model: str, version: int, data: bytes) -> Manifest:
-        try:
-            manifest = Manifest.model_validate_json(data)
-        except ValidationError as exc:
-            raise RegistryError(f"model {model!r} version {version}: unreadable manifest: {exc}") from exc
-        if (manifest.model, manifest.version) != (model, version):
-            # a signature covers the bytes, not where they lie: a copied manifest is caught here
-            raise TamperedManifestError(
-                model, version, f"the manifest describes {manifest.model!r} version {manifest.version}"
-            )
-        return manifest
+        return self._storage.read_bytes(path, MAX_MANIFEST_BYTES)
 
     def _check_signature(self, model: str, version: int, data: bytes) -> None:
         assert self._signing_key is not None
@@ -141,7 +199,7 @@ class Registry:
             raise TamperedManifestError(
                 model, version, "the manifest has no signature (published without a signing key?)"
             )
-        if not is_valid(self._signing_key, data, self._storage.read_bytes(path)):
+        if not is_valid(self._signing_key, data, self._storage.read_bytes(path, MAX_SIGNATURE_BYTES)):
             raise TamperedManifestError(
                 model, version, "the manifest's signature does not match (edited, or signed with another key)"
             )
@@ -149,14 +207,22 @@ class Registry:
     def read_artifact(self, model: str, version: int, manifest: Manifest | None = None) -> bytes:
         """Pass the manifest already read (and verified) to spare reading it again."""
         manifest = manifest or self.manifest(model, version)
-        return self._storage.read_bytes(self._version_path(model, version, manifest.artifact))
+        if not _NAME.fullmatch(manifest.artifact) or manifest.artifact in (MANIFEST_NAME, SIGNATURE_NAME):
+            # a path would let a manifest load (and the metadata endpoint vouch for) any file
+            raise ManifestError(
+                model, version, f"artifact {manifest.artifact[:80]!r} is not a file name inside the version's folder"
+            )
+        try:
+            return self._storage.read_bytes(self._version_path(model, version, manifest.artifact), self.max_artifact_bytes)
+        except StorageError as exc:
+            raise ArtifactUnreadableError(model, version, exc.message) from exc
 
     def read_extra(self, model: str, version: int, name: str) -> bytes | None:
         """A file published beside the version, or None: extras are optional, and older
         versions predate the ones written today."""
         self.manifest(model, version)  # only published versions have extras worth reading
         path = self._version_path(model, version, check_name("extra", name))
-        return self._storage.read_bytes(path) if self._storage.exists(path) else None
+        return self._storage.read_bytes(path, MAX_EXTRA_BYTES) if self._storage.exists(path) else None
 
     def extra_uri(self, model: str, version: int, name: str) -> str:
         """Where a person can open the file: a local path, or the object's URI."""
@@ -199,9 +265,7 @@ class Registry:
         return manifest
 
     def _claim_version(self, model: str) -> int:
-        folder = self._storage.join(model, "versions")
-        taken = [int(e) for e in self._storage.list_dir(folder) if e.isdigit()]
-        candidate = max(taken, default=0) + 1
+        candidate = max(self._numbered(model), default=0) + 1
         for _ in range(_MAX_CLAIM_ATTEMPTS):
             if self._storage.claim_dir(self._storage.join(model, "versions", str(candidate))):
                 return candidate
@@ -227,10 +291,7 @@ class Registry:
         path = self._alias_path(model, alias)
         if not self._storage.exists(path):
             raise AliasNotFound(f"model {model!r} has no alias {alias!r}")
-        try:
-            return AliasRecord.model_validate_json(self._storage.read_bytes(path))
-        except ValidationError as exc:
-            raise RegistryError(f"alias {alias!r} of {model!r} is unreadable: {exc}") from exc
+        return parse_alias(model, alias, self._storage.read_bytes(path, MAX_ALIAS_BYTES))
 
     def _check_alias_signature(self, model: str, record: AliasRecord) -> None:
         assert self._signing_key is not None
@@ -317,7 +378,7 @@ class Registry:
                 self.manifest(model, version)  # a signature that exists must be valid
                 continue
             data = self._manifest_bytes(model, version)
-            manifest = self._parse_manifest(model, version, data)
+            manifest = parse_manifest(model, version, data)
             if hashlib.sha256(self.read_artifact(model, version, manifest)).hexdigest() != manifest.sha256:
                 raise TamperedManifestError(model, version, "its artifact does not match its manifest's digest; not signed")
             self._storage.write_atomic(path, sign(key, data))

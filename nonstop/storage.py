@@ -1,7 +1,11 @@
 """Byte storage under a registry URI: a local folder, or any pyarrow filesystem.
 
 Two implementations share one small surface so the registry states its protocol once.
-The local one uses the operating system directly because it can give what object stores
+Every read is bounded (the caller names the most bytes it will take, checked from the
+file's size before reading and again while reading), and only regular files are read: a
+FIFO would block the reader forever and `/dev/zero` never ends. Every failure of the
+storage itself (missing file, permission, an unreachable object store) is a typed
+`StorageError`, never a bare OSError. The local one uses the operating system directly because it can give what object stores
 cannot: fsync before rename (a crash never leaves a half-written file under its final
 name) and exclusive directory creation (concurrent publishers get distinct versions).
 """
@@ -10,18 +14,22 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
-from nonstop.errors import RegistryError
+from nonstop.errors import RegistryError, StorageError, StoredFileTooLarge
 from nonstop.redact import redact
 
 
 class Storage(Protocol):
-    def read_bytes(self, path: str) -> bytes: ...
+    def read_bytes(self, path: str, limit: int) -> bytes: ...
     def write_atomic(self, path: str, data: bytes) -> None: ...
     def exists(self, path: str) -> bool: ...
     def list_dir(self, path: str) -> list[str]: ...
@@ -37,8 +45,21 @@ class LocalStorage:
     def join(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
 
-    def read_bytes(self, path: str) -> bytes:
-        return Path(path).read_bytes()
+    def read_bytes(self, path: str, limit: int) -> bytes:
+        with _typed(path):
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: no symlinks
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise StorageError(f"{path} is not a regular file")
+                _check_size(path, info.st_size, limit)
+                with os.fdopen(fd, "rb", closefd=False) as handle:
+                    data = handle.read(limit + 1)
+            finally:
+                os.close(fd)
+            _check_size(path, len(data), limit)  # grown since the stat
+            return data
 
     def write_atomic(self, path: str, data: bytes) -> None:
         folder = os.path.dirname(path)
@@ -58,13 +79,16 @@ class LocalStorage:
         _fsync_dir(folder)
 
     def exists(self, path: str) -> bool:
-        return os.path.exists(path)
+        return os.path.lexists(path)
 
     def list_dir(self, path: str) -> list[str]:
         try:
-            return sorted(os.listdir(path))
-        except FileNotFoundError:
-            return []
+            with _typed(path):
+                return sorted(os.listdir(path))
+        except StorageError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                return []
+            raise
 
     def claim_dir(self, path: str) -> bool:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -109,19 +133,30 @@ class ArrowStorage:
     def join(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
-    def read_bytes(self, path: str) -> bytes:
-        with self.fs.open_input_stream(path) as stream:
-            return stream.read()
+    def read_bytes(self, path: str, limit: int) -> bytes:
+        with _typed(path):
+            info = self.fs.get_file_info(path)
+            if info.type == pafs.FileType.NotFound:
+                raise StorageError(f"{path} does not exist")
+            if info.type != pafs.FileType.File:
+                raise StorageError(f"{path} is not a regular file")
+            _check_size(path, info.size, limit)
+            with self.fs.open_input_stream(path) as stream:
+                data = stream.read(limit + 1)
+            _check_size(path, len(data), limit)
+            return data
 
     def write_atomic(self, path: str, data: bytes) -> None:
-        with self.fs.open_output_stream(path) as stream:
+        with _typed(path), self.fs.open_output_stream(path) as stream:
             stream.write(data)
 
     def exists(self, path: str) -> bool:
-        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+        with _typed(path):
+            return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def list_dir(self, path: str) -> list[str]:
-        infos = self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        with _typed(path):
+            infos = self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         return sorted(posixpath.basename(i.path) for i in infos)
 
     def claim_dir(self, path: str) -> bool:
@@ -138,6 +173,21 @@ class ArrowStorage:
             return False
         self.write_atomic(path, data)
         return self.read_bytes(path) == data
+
+
+@contextmanager
+def _typed(path: str) -> Iterator[None]:
+    """The storage's own failures as a StorageError naming the file and the cause."""
+    try:
+        yield
+    except (OSError, pa.ArrowException) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StorageError(f"cannot access {path}: {reason}") from exc
+
+
+def _check_size(path: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise StoredFileTooLarge(f"{path} is larger than the limit of {limit} bytes")
 
 
 def _fsync_dir(folder: str) -> None:

@@ -12,7 +12,7 @@ import skops.io as sio
 from pydantic import SecretStr
 from sklearn.dummy import DummyClassifier
 
-from nonstop.config import SIGNING_KEY_ENV, Settings
+from nonstop.config import REQUIRE_SIGNATURES_ENV, SIGNING_KEY_ENV, Settings
 from nonstop.errors import ConfigError, TamperedManifestError
 from nonstop.loading import TrustPolicy, load_version
 from nonstop.manifest import ManifestDraft
@@ -99,12 +99,34 @@ def test_a_substituted_model_passes_only_when_no_key_is_configured(tmp_path: Pat
         load_version(signed, MODEL, 2, TrustPolicy())
 
 
-def test_the_key_comes_from_the_environment_and_never_shows() -> None:
-    settings = Settings.from_env({SIGNING_KEY_ENV: KEY.get_secret_value()})
-    assert settings.signing_key == KEY
+def test_the_key_comes_from_the_environment_and_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SIGNING_KEY_ENV, KEY.get_secret_value())
+    settings = Settings.from_env()
+    assert settings.signing_key == KEY and settings.signatures_required
     assert KEY.get_secret_value() not in f"{settings!r} {settings} {settings.model_dump_json()}"
-    assert Settings.from_env({SIGNING_KEY_ENV: ""}).signing_key is None
     short = "short-but-secret"
+    monkeypatch.setenv(SIGNING_KEY_ENV, short)
     with pytest.raises(ConfigError, match=f"{SIGNING_KEY_ENV} must be at least 32 characters") as refused:
-        Settings.from_env({SIGNING_KEY_ENV: short})
+        Settings.from_env()
     assert short not in str(refused.value)
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\n"])
+def test_an_empty_or_blank_key_is_an_error_not_signing_off(monkeypatch: pytest.MonkeyPatch, blank: str) -> None:
+    """An empty Secret once meant "no key": every check silently off."""
+    monkeypatch.setenv(SIGNING_KEY_ENV, blank)
+    with pytest.raises(ConfigError, match=f"{SIGNING_KEY_ENV} is set but blank"):
+        Settings.from_env()
+
+
+def test_required_signatures_refuse_to_run_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+    assert not Settings.from_env().signatures_required  # a local registry without a key still runs
+    monkeypatch.setenv(REQUIRE_SIGNATURES_ENV, "true")
+    with pytest.raises(ConfigError, match=f"{REQUIRE_SIGNATURES_ENV} is on but {SIGNING_KEY_ENV} is not set"):
+        Settings.from_env()
+    monkeypatch.setenv(SIGNING_KEY_ENV, KEY.get_secret_value())
+    assert Settings.from_env().signatures_required
+    monkeypatch.setenv(REQUIRE_SIGNATURES_ENV, "")
+    with pytest.raises(ConfigError, match="require_signatures"):
+        Settings.from_env()
