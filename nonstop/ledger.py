@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from nonstop.errors import RegistryError
+from nonstop.errors import RegistryError, StoredFileTooLarge
 from nonstop.signing import is_valid, sign
 from nonstop.storage import Storage
 
@@ -270,7 +270,7 @@ class Ledger:
     def _numbers(self) -> list[int]:
         folder = self._storage.join(self.model, LEDGER_DIR)
         names = self._storage.list_dir(folder)
-        return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+        return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isascii() and n[:-5].isdigit())
 
     def _read(self, seq: int) -> LedgerEntry:
         data = self._read_bounded(self._entry_path(seq), f"ledger entry {seq} of {self.model!r}")
@@ -289,10 +289,10 @@ class Ledger:
             raise RegistryError(f"the ledger head of {self.model!r} is unreadable") from exc
 
     def _read_bounded(self, path: str, what: str) -> bytes:
-        data = self._storage.read_bytes(path)
-        if len(data) > MAX_ENTRY_BYTES:
-            raise RegistryError(f"{what} is {len(data)} bytes, over the {MAX_ENTRY_BYTES} allowed")
-        return data
+        try:
+            return self._storage.read_bytes(path, MAX_ENTRY_BYTES)
+        except StoredFileTooLarge as exc:
+            raise StoredFileTooLarge(f"{what} is over the {MAX_ENTRY_BYTES} bytes allowed") from exc
 
     def _entry_path(self, seq: int) -> str:
         return self._storage.join(self.model, LEDGER_DIR, f"{seq:0{_SEQ_DIGITS}d}.json")
