@@ -24,6 +24,7 @@ from nonstop.errors import NonstopError
 from nonstop.profile import DataProfile, read_profile
 from nonstop.registry import Registry
 from serve_app.evidence import Evidence, VersionStats, summarize
+from serve_app.rollout_metrics import RolloutMetrics
 from serve_app.rollout_policy import RolloutState, decide, replay
 from serve_app.rollouts import CONTROLLER_ACTOR, Rollouts
 
@@ -39,8 +40,9 @@ def controller_name(model: str, alias: str) -> str:
 class Controller:
     """The controller's logic without Ray, so it can be driven step by step."""
 
-    def __init__(self, registry: Registry, model: str, alias: str) -> None:
+    def __init__(self, registry: Registry, model: str, alias: str, metrics: RolloutMetrics | None = None) -> None:
         self._rollouts = Rollouts(registry, model, alias)
+        self._metrics = metrics
         self._registry = registry
         self._model = model
         self._state = RolloutState(alias=alias)
@@ -85,6 +87,8 @@ class Controller:
         """One look: judge the window and act. Returns what was done, if anything."""
         state = self.refresh()
         evidence = self.evidence()
+        if self._metrics is not None:
+            self._metrics.observed(state.candidate, state.weight, evidence)
         if evidence is None or state.policy is None or state.step_started is None:
             return None
         now = now or datetime.now(UTC)
@@ -101,6 +105,8 @@ class Controller:
         else:
             done = self._rollouts.advance(CONTROLLER_ACTOR, decision.reason, snapshot)
         self.last_decision = {"at": now.isoformat(), "verdict": decision.verdict, "reasons": decision.reasons, "done": done}
+        if self._metrics is not None:
+            self._metrics.decided(decision.verdict)
         log.info("rollout of %s v%s: %s", self._model, state.candidate, done)
         self.refresh()
         return done
@@ -135,7 +141,8 @@ class RolloutController:
     """The Ray face of `Controller`: its loop starts with the first call after (re)start."""
 
     def __init__(self, registry_uri: str, signing_key: SecretStr | None, model: str, alias: str) -> None:
-        self._controller = Controller(Registry(registry_uri, signing_key=signing_key), model, alias)
+        registry = Registry(registry_uri, signing_key=signing_key)
+        self._controller = Controller(registry, model, alias, RolloutMetrics(model, alias))
         self._loop: asyncio.Task[None] | None = None
 
     async def report(self, stats: dict[int, dict[str, Any]]) -> None:

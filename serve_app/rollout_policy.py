@@ -49,6 +49,7 @@ class Policy(BaseModel):
     max_output_psi: float = Field(default=0.25, ge=0, description="candidate outputs against the primary's")
     max_input_psi: float = Field(default=0.25, ge=0, description="any feature against the candidate's training profile")
     min_compared: int = Field(default=50, ge=1, description="paired rows before judging agreement")
+    min_tail_sample: int = Field(default=100, ge=1, description="candidate requests before judging p99 (p50 before)")
 
     @field_validator("steps")
     @classmethod
@@ -152,7 +153,7 @@ def _failures(policy: Policy, evidence: Evidence, shadowing: bool) -> list[str]:
                 f"error rate {candidate.error_rate:.2%} against the primary's {primary.error_rate:.2%}"
             )
         if not shadowing:
-            failures += _latency(policy, evidence)
+            failures += _latency(policy, evidence, tail=candidate.requests >= policy.min_tail_sample)
     if evidence.compared >= policy.min_compared:
         if evidence.agreement is not None and evidence.mean_abs_diff is None and evidence.agreement < policy.min_agreement:
             failures.append(f"agrees with the primary on {evidence.agreement:.1%} of rows (need {policy.min_agreement:.0%})")
@@ -172,10 +173,13 @@ def _failures(policy: Policy, evidence: Evidence, shadowing: bool) -> list[str]:
     return failures
 
 
-def _latency(policy: Policy, evidence: Evidence) -> list[str]:
+def _latency(policy: Policy, evidence: Evidence, tail: bool) -> list[str]:
+    """p50 once errors can be judged; p99 only with enough requests (over a small sample
+    it is the single slowest request, however fast the version)."""
     primary, candidate = evidence.primary, evidence.candidate
     failures = []
-    for label, mine, theirs in (("p50", candidate.p50_ms, primary.p50_ms), ("p99", candidate.p99_ms, primary.p99_ms)):
+    checked = [("p50", candidate.p50_ms, primary.p50_ms)] + ([("p99", candidate.p99_ms, primary.p99_ms)] if tail else [])
+    for label, mine, theirs in checked:
         if mine is None or theirs is None:
             continue
         if mine > theirs * policy.max_latency_ratio and mine - theirs > policy.latency_slack_ms:
