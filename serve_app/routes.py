@@ -8,10 +8,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from nonstop.errors import NonstopError, PayloadTooLarge
+from nonstop.errors import NonstopError, clip
 from serve_app import openapi
+from serve_app.body import read_body
 from serve_app.dataplane import DataPlane
 from serve_app.openapi import VERSION_HEADER
+
+
+MAX_ERROR_CHARS = 600
 
 
 def _plane(request: Request) -> DataPlane:
@@ -22,9 +26,10 @@ def _json(content: object, status_code: int = 200, headers: dict[str, str] | Non
     return Response(json.dumps(content), status_code=status_code, media_type="application/json", headers=headers)
 
 
-async def _render_error(_: Request, exc: Exception) -> JSONResponse:
+async def _render_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, NonstopError)
-    return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+    # bounded, and ASCII-escaped by json.dumps: any client text renders, lone surrogates included
+    return _json({"error": clip(exc.message, MAX_ERROR_CHARS)}, status_code=exc.status_code)
 
 
 async def _render_http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -42,10 +47,7 @@ def create_api() -> FastAPI:
     @api.post("/v1/models/{model}:predict", **openapi.PREDICT)
     async def predict(model: str, request: Request) -> Response:
         plane = _plane(request)
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > plane.limits.max_body_bytes:
-            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {plane.limits.max_body_bytes}")
-        result = await plane.infer(model, await request.body(), request.headers.get("content-type"))
+        result = await plane.infer(model, await read_body(request, plane.limits), request.headers.get("content-type"))
         return _json(result.body(), headers={VERSION_HEADER: str(result.version)})
 
     @api.get("/v1/models/{model}", **openapi.METADATA)

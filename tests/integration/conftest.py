@@ -26,6 +26,7 @@ PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "46000"))
 TEST_CLUSTER = local.LocalCluster.isolated(PORT_BASE, f"nst-{PORT_BASE}")
 POLL_INTERVAL_S = 0.5
 SLACK_S = 30.0  # a busy 2-core machine: scheduling, Ray's own work, the load driver
+BODY_TIMEOUT_S = 3.0  # tests/integration/test_hostile_input.py waits it out
 
 
 def swap_bound(served: Stack) -> float:
@@ -40,6 +41,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> Iterato
     train_into(registry, demo_data)
     config = local.load_serve_config()
     local.deployment_config(config)["user_config"]["poll_interval_s"] = POLL_INTERVAL_S
+    config["applications"][0]["args"] = {"limits": {"body_timeout_s": BODY_TIMEOUT_S}}
     local.stop(TEST_CLUSTER)  # a previous run's leftovers, haproxy included
     local.start(TEST_CLUSTER, Settings(registry=registry.uri))
     try:
