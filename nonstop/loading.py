@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +29,7 @@ from nonstop.errors import (
     UntrustedArtifactError,
 )
 from nonstop.formats import ModelFormat, UnreadableArtifact, UntrustedContent, format_named
-from nonstop.manifest import Manifest
+from nonstop.manifest import FeatureSpec, Manifest
 from nonstop.registry import Registry
 from nonstop.schema import matrix_dtype, matrix_to_frame, rows_to_matrix, to_python
 
@@ -66,7 +67,7 @@ class LoadedModel:
 
     def inputs(self, matrix: np.ndarray) -> Any:
         """What the estimator was fitted on: a named frame if it saw one, else the matrix."""
-        return estimator_inputs(self.estimator, matrix, self.manifest)
+        return estimator_inputs(self.estimator, matrix, self.manifest.features)
 
     def predict(self, matrix: np.ndarray) -> list[Any]:
         if self.fast is not None:
@@ -86,10 +87,11 @@ class LoadedModel:
         return probabilities.tolist()
 
 
-def estimator_inputs(estimator: Any, matrix: np.ndarray, manifest: Manifest) -> Any:
+def estimator_inputs(estimator: Any, matrix: np.ndarray, features: Sequence[FeatureSpec]) -> Any:
+    """Training (candidate and production alike) and serving both feed estimators here."""
     if getattr(estimator, "feature_names_in_", None) is None:
         return matrix
-    return matrix_to_frame(matrix, manifest.features)
+    return matrix_to_frame(matrix, features)
 
 
 def load_version(registry: Registry, model: str, version: int, policy: TrustPolicy) -> LoadedModel:
@@ -160,7 +162,7 @@ def verify(manifest: Manifest, estimator: Any) -> None:
     if not samples.inputs:
         raise ManifestError(model, version, "manifest carries no sample inputs to verify against")
     fmt = format_named(manifest.format)
-    inputs = estimator_inputs(estimator, rows_to_matrix(samples.inputs, manifest.features), manifest)
+    inputs = estimator_inputs(estimator, rows_to_matrix(samples.inputs, manifest.features), manifest.features)
     try:
         got = to_python(fmt.predict(estimator, inputs))
         probabilities = fmt.predict_proba(estimator, inputs) if samples.probabilities is not None else None

@@ -65,7 +65,7 @@ class AliasEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: int
-    action: Literal["promote", "rollback"]
+    action: Literal["promote", "force_promote", "rollback"]  # force_promote: past a failed quality gate
     at: datetime
 
 
@@ -84,7 +84,7 @@ class AliasRecord(BaseModel):
         """Targets still in force: a promote pushes, a rollback pops."""
         stack: list[int] = []
         for event in self.history:
-            if event.action == "promote":
+            if event.action in ("promote", "force_promote"):
                 stack.append(event.version)
             elif stack:
                 stack.pop()
@@ -313,12 +313,14 @@ class Registry:
         return Ledger(self._storage, check_name("model", model), self._signing_key)
 
     def promote(
-        self, model: str, version: int, alias: str = PRODUCTION, *, actor: str | None = None, reason: str = ""
+        self, model: str, version: int, alias: str = PRODUCTION, *, actor: str | None = None, reason: str = "",
+        forced: bool = False,
     ) -> AliasRecord:
         self.manifest(model, version)  # the target must exist: an alias never dangles
         previous = self._history(model, alias)
-        record = self._write_alias(model, alias, version, [*previous, self._event(version, "promote")])
-        self._record_move(model, record, "promote", actor, reason)
+        action: Literal["promote", "force_promote"] = "force_promote" if forced else "promote"
+        record = self._write_alias(model, alias, version, [*previous, self._event(version, action)])
+        self._record_move(model, record, action, actor, reason)
         return record
 
     def _record_move(self, model: str, record: AliasRecord, action: str, actor: str | None, reason: str) -> None:
@@ -351,7 +353,7 @@ class Registry:
             return []
 
     @staticmethod
-    def _event(version: int, action: Literal["promote", "rollback"]) -> AliasEvent:
+    def _event(version: int, action: Literal["promote", "force_promote", "rollback"]) -> AliasEvent:
         return AliasEvent(version=version, action=action, at=datetime.now(UTC))
 
     def _write_alias(self, model: str, alias: str, version: int, history: list[AliasEvent]) -> AliasRecord:

@@ -61,26 +61,48 @@ def train(
     data: Annotated[str, typer.Option("--data", help="CSV or Parquet file, or a folder of daily partitions")],
     model: ModelOpt,
     label: Annotated[str, typer.Option("--label", help="label column")] = "target",
-    promote: Annotated[bool, typer.Option("--promote", help="move the alias if not worse than production")] = False,
+    promote: Annotated[bool, typer.Option("--promote", help="move the alias if the gate passes")] = False,
     alias: AliasOpt = PRODUCTION,
     registry: RegistryOpt = None,
-    estimator: Annotated[str, typer.Option("--estimator", help="logreg or forest")] = "logreg",
+    estimator: Annotated[str, typer.Option("--estimator", help="built-in: auto, logreg, ridge or forest")] = "auto",
+    pipeline: Annotated[
+        str | None,
+        typer.Option("--pipeline", help="your own estimator: module:function or path/to/file.py:function returning it unfitted"),
+    ] = None,
+    task: Annotated[str | None, typer.Option("--task", help="classification or regression (default: detected)")] = None,
+    gate_metric: Annotated[
+        str | None, typer.Option("--gate-metric", help="accuracy, f1_macro, roc_auc, log_loss | rmse, mae, r2 (default: accuracy | rmse)")
+    ] = None,
+    gate_tolerance: Annotated[float, typer.Option("--gate-tolerance", help="how much worse than production still passes, in the metric's units")] = 0.0,
+    force_promote: Annotated[
+        bool, typer.Option("--force-promote", help="promote even if the gate fails or production cannot be measured (recorded)")
+    ] = False,
+    trusted_type: Annotated[
+        list[str] | None, typer.Option("--trusted-type", help="exact type name the serving config also trusts (repeatable)")
+    ] = None,
     n_estimators: Annotated[int, typer.Option("--n-estimators", help="trees, for --estimator forest")] = 100,
 ) -> None:
-    """Validate data, fit, compare with production, publish (and maybe promote)."""
+    """Validate data, fit, score against production, publish (and maybe promote).
+
+    Exit 0: published (and promoted, or not promoted because it scored worse). Exit 2 with
+    a message: nothing published because of bad data or a bad --pipeline, or published but
+    not promoted because production could not be loaded or evaluated."""
     from training.job import TrainOptions
     from training.job import train as run_training
 
     options = TrainOptions(
-        data=data, model=model, label=label, promote=promote, alias=alias, estimator=estimator, n_estimators=n_estimators
-    )
+        data=data, model=model, label=label, promote=promote, alias=alias, estimator=estimator, pipeline=pipeline,
+        task=task, gate_metric=gate_metric, gate_tolerance=gate_tolerance, force_promote=force_promote,
+        trusted_types=tuple(trusted_type or ()), n_estimators=n_estimators,
+    )  # fmt: skip
     result = run_training(options, _registry(registry))
     manifest, comparison = result.manifest, result.comparison
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in manifest.metrics.items())
-    typer.echo(f"published {model} v{manifest.version} ({metrics})")
+    typer.echo(f"published {model} v{manifest.version}: {manifest.task}, {manifest.estimator} ({metrics})")
     typer.echo(f"compared: {comparison.reason}")
     if result.promoted:
-        typer.echo(f"promoted {model} v{manifest.version} to {alias!r}")
+        forced = " (FORCED past the gate)" if manifest.gate and manifest.gate.forced else ""
+        typer.echo(f"promoted {model} v{manifest.version} to {alias!r}{forced}")
     elif promote:
         typer.echo(f"NOT promoted: v{manifest.version} stays published but unpromoted ({comparison.reason})")
     typer.echo(f"version={manifest.version}")
@@ -128,8 +150,9 @@ def models(
         for version in reg.versions(name):
             manifest = reg.manifest(name, version)
             marks = [a for a, r in aliases.items() if r.version == version]
+            metric = manifest.gate.metric if manifest.gate else "accuracy"
             typer.echo(
-                f"  v{version}  {manifest.created_at:%Y-%m-%d %H:%M:%S}  accuracy={manifest.metrics.get('accuracy', float('nan')):.4f}"
+                f"  v{version}  {manifest.created_at:%Y-%m-%d %H:%M:%S}  {metric}={manifest.metrics.get(metric, float('nan')):.4f}"
                 f"  rows={manifest.data.rows}  parent={manifest.parent_version}  {' '.join(marks)}"
             )
 

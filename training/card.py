@@ -21,7 +21,7 @@ from matplotlib.ticker import StrMethodFormatter
 
 from nonstop.manifest import ManifestDraft
 from nonstop.registry import Registry
-from training.pipeline import HOLDOUT_ROWS
+from training.metrics import HOLDOUT_ROWS
 from training.profiles import (
     MAJOR_PSI,
     MODERATE_PSI,
@@ -32,8 +32,8 @@ from training.profiles import (
     shift_from,
 )
 
-if TYPE_CHECKING:  # job imports this module to build the card it publishes
-    from training.job import Comparison
+if TYPE_CHECKING:  # publish imports this module to build the card it publishes
+    from training.publish import Comparison
 
 CARD_NAME = "card.md"
 CARD_PNG = "card.png"
@@ -63,13 +63,18 @@ def card_files(
 
 def _markdown(model: str, draft: ManifestDraft, comparison: Comparison, shift: ShiftReport | None) -> str:
     data = draft.data
-    classes = ", ".join(map(str, draft.classes))
+    target = (
+        f"a regression of `{draft.label}`"
+        if draft.task == "regression"
+        else f"label `{draft.label}` with classes {', '.join(map(str, draft.classes))}"
+    )
     lines = [
         f"# Model card: {model}",
         "",
         (
             f"Trained on {data.rows} rows from `{data.source}` (data sha256 `{data.sha256[:12]}…`), "
-            f"{len(draft.features)} features, label `{draft.label}` with classes {classes}."
+            f"{len(draft.features)} features, {target}"
+            + (f", estimator `{draft.estimator}`." if draft.estimator else ".")
         ),
         "",
         _parent_line(comparison),
@@ -167,7 +172,7 @@ def _no_shift_reason(comparison: Comparison, shift: ShiftReport | None) -> str:
 
 
 def _scores(metrics: Mapping[str, float]) -> list[str]:
-    """Metrics on a 0–1 scale; the holdout size is context, not a score to compare."""
+    """The scores; the holdout size is context, not a score to compare."""
     return [name for name in metrics if name != HOLDOUT_ROWS]
 
 
@@ -186,9 +191,14 @@ def _plot_metrics(axes: Axes, metrics: Mapping[str, float], comparison: Comparis
         bars = axes.bar([p + offset for p in range(len(names))], values, width, color=colour, label=label)
         axes.bar_label(bars, fmt="%.3f", fontsize=8)
     axes.set_xticks(range(len(names)), names)
-    axes.set_ylim(0, 1.25)
+    # most scores lie in 0-1; errors (rmse, mae, log loss) are in the label's own units
+    axes.set_ylim(min(0.0, *_values(groups)) * 1.25, max(1.0, *_values(groups)) * 1.25)
     axes.set_title("Holdout metrics")
     axes.legend(loc="upper center", ncols=2, frameon=False)
+
+
+def _values(groups: list[tuple[str, str, list[float]]]) -> list[float]:
+    return [v for _, _, values in groups for v in values]
 
 
 def _plot_shift(axes: Axes, comparison: Comparison, shift: ShiftReport | None) -> None:

@@ -71,9 +71,13 @@ def read_data(uri: str) -> tuple[pd.DataFrame, DataFingerprint]:
     fs, files = list_data_files(uri)
     frames = [_read_one(fs, f) for f in files]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return frame, fingerprint(frame, public_uri(uri))
+
+
+def fingerprint(frame: pd.DataFrame, source: str) -> DataFingerprint:
     digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     digest.update(",".join(map(str, frame.columns)).encode())
-    return frame, DataFingerprint(rows=len(frame), sha256=digest.hexdigest(), source=public_uri(uri))
+    return DataFingerprint(rows=len(frame), sha256=digest.hexdigest(), source=source)
 
 
 def _kind(frame: pd.DataFrame, column: str) -> str:
@@ -91,6 +95,7 @@ def validate(
     *,
     min_rows: int,
     required: Sequence[FeatureSpec] = (),
+    task: str = "classification",
 ) -> list[FeatureSpec]:
     """Check the frame and return its feature schema (every column but the label)."""
     if frame.empty:
@@ -108,13 +113,15 @@ def validate(
     nulls = int(frame[label].isna().sum())
     if nulls:
         raise DataValidationError(f"label column {label!r} has {nulls} null value(s)")
+    if task == "regression":
+        _check_quantity_label(frame[label], label)
     counts = frame[label].value_counts()
     if len(counts) < 2:
-        raise DataValidationError(f"label column {label!r} has a single class ({counts.index[0]!r})")
+        raise DataValidationError(f"label column {label!r} has a single {'value' if task == 'regression' else 'class'} ({counts.index[0]!r})")
     if len(frame) < min_rows:
         raise DataValidationError(f"only {len(frame)} rows; at least {min_rows} are required")
     rare = counts[counts < 2]
-    if len(rare):
+    if task == "classification" and len(rare):
         raise DataValidationError(f"label column {label!r}: class {rare.index[0]!r} has fewer than 2 rows")
     _check_duplicates(frame)
 
@@ -139,6 +146,14 @@ def validate(
     for spec in features:
         _check_values(frame[spec.name], spec)
     return features
+
+
+def _check_quantity_label(series: pd.Series, label: str) -> None:
+    if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
+        raise DataValidationError(f"label column {label!r} has dtype {series.dtype}: a regression label must be numbers")
+    infinite = int(np.isinf(series.to_numpy(dtype=np.float64)).sum())
+    if infinite:
+        raise DataValidationError(f"label column {label!r} has {infinite} infinite value(s)")
 
 
 def _check_duplicates(frame: pd.DataFrame) -> None:

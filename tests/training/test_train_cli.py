@@ -11,17 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.dummy import DummyClassifier
 
 from nonstop.errors import DataValidationError
-from nonstop.loading import TrustPolicy, load_version
 from nonstop.registry import Registry
-from nonstop.schema import frame_to_matrix
 from tests.conftest import MODEL, train_into
 from tests.nonstop.test_signing import KEY
 from training import demo
-from training.job import _compare
-from training.pipeline import evaluate
 
 
 def run_train(registry: Registry, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -34,18 +29,6 @@ def test_train_publishes_and_promotes(registry: Registry, demo_data: Path) -> No
     assert done.returncode == 0, done.stderr
     assert "version=1" in done.stdout
     assert registry.resolve(MODEL, "production") == 1
-
-
-def test_a_candidate_worse_than_production_is_not_promoted(registry: Registry, demo_data: Path) -> None:
-    production = load_version(registry, MODEL, train_into(registry, demo_data).manifest.version, TrustPolicy())
-    holdout = demo.day_frame(5)
-    labels = holdout["target"].to_numpy()
-    weak = DummyClassifier(strategy="most_frequent").fit(frame_to_matrix(holdout, production.manifest.features), labels)
-    weak_metrics = evaluate(weak, frame_to_matrix(holdout, production.manifest.features), labels)
-    verdict = _compare(production, holdout, labels, weak_metrics)
-    assert not verdict.not_worse
-    assert verdict.production_metrics["accuracy"] > weak_metrics["accuracy"]
-    assert "worse than production v1" in verdict.reason
 
 
 def _frame() -> pd.DataFrame:
@@ -66,10 +49,6 @@ def _text_in_numbers(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _missing_feature(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.drop(columns=["worst_area"])
-
-
 def _few_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.head(12)
 
@@ -79,8 +58,7 @@ def _few_rows(frame: pd.DataFrame) -> pd.DataFrame:
     [
         (_without_label, "label column 'target' is missing"),
         (_null_column, "column 'mean_radius' is entirely null"),
-        (_text_in_numbers, "column 'mean_texture' must be number as in production.*'abc'"),
-        (_missing_feature, "required feature column\\(s\\) missing: worst_area"),
+        (_text_in_numbers, "column 'mean_texture' looks numeric .* but holds text such as 'abc'"),
         (_few_rows, "only 12 rows"),
     ],
 )
