@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run down test test-fast bench clean
+.PHONY: install run down test test-fast bench clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: install
 test-fast: install
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration"
+
+## coverage-guided fuzzing (atheris) of every decoder of untrusted bytes, side by side,
+## FUZZ_SECONDS each (30 minutes unless told); findings under build/fuzz/<target>/artifacts
+fuzz: install
+	$(BIN)/python -m tests.fuzz.runner $${FUZZ_SECONDS:-1800} build/fuzz
 
 clean:
 	rm -rf $(VENV) registry data build *.egg-info

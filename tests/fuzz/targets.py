@@ -1,0 +1,150 @@
+"""Coverage-guided fuzz targets (atheris, libFuzzer) for every decoder of untrusted bytes.
+
+Run one in its own process: `python -m tests.fuzz.targets TARGET CORPUS_DIR [libFuzzer
+flags]`. Each target feeds the bytes to the decoder the service uses and accepts only the
+typed refusals a client or a registry reader is meant to get; any other exception is a
+finding (it would be a 5xx or a crashed load), and so is a native crash, which libFuzzer
+catches in this child process and reports with the input that caused it.
+
+Every STATS_EVERY runs the target writes its counts (runs, accepted, refused) to the file
+named by FUZZ_STATS, since libFuzzer ends the process without running Python's exit hooks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import atheris
+
+with atheris.instrument_imports(include=["serve_app", "nonstop"]):
+    from nonstop.errors import InvalidInput, PayloadTooLarge, RegistryError, TamperedAliasError, TamperedManifestError
+    from nonstop.manifest import DataFingerprint, FeatureSpec, Manifest, SampleSet
+    from nonstop.registry import AliasEvent, AliasRecord, parse_alias, parse_manifest
+    from serve_app import arrow_input
+    from serve_app.config import Limits
+    from serve_app.dataplane import DataPlane
+
+import pyarrow as pa
+
+FEATURES = [
+    FeatureSpec(name="x", kind="number", dtype="float64"),
+    FeatureSpec(name="y", kind="number", dtype="int64"),
+    FeatureSpec(name="colour", kind="category", dtype="string"),
+]
+LIMITS = Limits(max_instances=256, max_string_length=64)
+STATS_EVERY = 2000
+CLIENT_REFUSALS = (InvalidInput, PayloadTooLarge)  # 422 and 413: the only answers to bad bytes
+_counts: Counter[str] = Counter()
+
+
+def _plane() -> DataPlane:
+    """JSON decoding needs only the limits; no model is loaded or predicted."""
+    return DataPlane(holder=None, limits=LIMITS)  # type: ignore[arg-type]
+
+
+def decode_json(data: bytes) -> object:
+    plane = _plane()
+    instances = plane._instances(data)
+    return plane.to_matrix(instances, FEATURES)
+
+
+def decode_arrow(data: bytes) -> object:
+    return arrow_input.arrow_matrix(data, FEATURES, LIMITS)
+
+
+def decode_manifest(data: bytes) -> object:
+    return parse_manifest("m", 1, data)
+
+
+def decode_alias(data: bytes) -> object:
+    return parse_alias("m", "production", data)
+
+
+def native_crash(data: bytes) -> object:
+    """The harness's own check: a segfault in the child must be reported as a finding."""
+    return ctypes.string_at(0) if data.startswith(b"crash") else None
+
+
+TARGETS: dict[str, tuple[Callable[[bytes], object], tuple[type[Exception], ...]]] = {
+    "native-crash": (native_crash, ()),
+    "json": (decode_json, CLIENT_REFUSALS),
+    "arrow": (decode_arrow, CLIENT_REFUSALS),
+    "manifest": (decode_manifest, (RegistryError, TamperedManifestError)),
+    "alias": (decode_alias, (RegistryError, TamperedAliasError)),
+}
+
+
+def seeds(target: str) -> list[bytes]:
+    """Valid inputs (and near misses) to start the corpus from."""
+    if target == "native-crash":
+        return [b"crash"]
+    if target == "json":
+        return [
+            b'{"instances": [{"x": 1.5, "y": 2, "colour": "red"}, {"x": null, "y": -1, "colour": null}]}',
+            b'{"instances": [[1.5, 2, "red"], [0, 1e300, "blue"]]}',
+            b'{"instances": [[1, 2, "\\u00e9"]], "extra": 1}',
+        ]
+    if target == "arrow":
+        plain = pa.table({"x": [1.5, None], "y": pa.array([2, 3], pa.int64()), "colour": ["red", None]})
+        encoded = pa.table({"x": [1.5, 2.0], "y": pa.array([2, 3], pa.int8()), "colour": pa.array(["a", "b"]).dictionary_encode()})
+        large = pa.table({"x": pa.array([1.0], pa.float32()), "y": pa.array([1], pa.uint64()), "colour": pa.array(["z"], pa.large_string())})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, plain.schema) as writer:
+            writer.write_table(plain, max_chunksize=1)
+        return [arrow_input.arrow_stream(t) for t in (plain, encoded, large)] + [sink.getvalue().to_pybytes()]
+    if target == "manifest":
+        manifest = Manifest(
+            features=FEATURES,
+            label="label",
+            classes=[0, 1],
+            data=DataFingerprint(rows=2, sha256="0" * 64, source="seed"),
+            metrics={"accuracy": 1.0},
+            libraries={"scikit-learn": "1.5"},
+            samples=SampleSet(inputs=[[1.0, 2, "red"]], outputs=[1]),
+            model="m",
+            version=1,
+            created_at=datetime(2026, 1, 1, tzinfo=UTC),
+            artifact="model.skops",
+            sha256="0" * 64,
+        )
+        return [manifest.model_dump_json(indent=2).encode()]
+    events = [AliasEvent(version=v, action="promote", at=datetime(2026, 1, v, tzinfo=UTC)) for v in (1, 2)]
+    record = AliasRecord(alias="production", version=2, history=events, signature="hmac-sha256:" + "0" * 64)
+    return [record.model_dump_json(indent=2).encode()]
+
+
+def one_input(target: str) -> Callable[[bytes], None]:
+    decode, expected = TARGETS[target]
+    stats = os.environ.get("FUZZ_STATS")
+
+    def run(data: bytes) -> None:
+        try:
+            decode(data)
+            _counts["accepted"] += 1
+        except expected as exc:
+            _counts[f"refused:{type(exc).__name__}"] += 1
+        _counts["runs"] += 1
+        if stats and _counts["runs"] % STATS_EVERY == 0:
+            Path(stats).write_text(json.dumps(_counts))
+
+    return run
+
+
+def main() -> None:
+    target, corpus, *flags = sys.argv[1:]
+    Path(corpus).mkdir(parents=True, exist_ok=True)
+    for index, seed in enumerate(seeds(target)):
+        (Path(corpus) / f"seed-{index}").write_bytes(seed)
+    atheris.Setup([sys.argv[0], corpus, *flags], one_input(target))
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
