@@ -336,3 +336,42 @@ def wait_ready(cluster: LocalCluster, model: str, timeout_s: float = 300.0) -> d
             last = f"application status {status}"
         time.sleep(0.5)
     raise ClusterError(f"model {model!r} not ready after {timeout_s:.0f}s ({last})")
+
+
+# The dashboard's Serve REST API, called as the KubeRay operator calls it
+# (ray-operator/controllers/ray/utils/dashboardclient/dashboard_httpclient.go, v1.7.0):
+# PUT the serveConfigV2 as JSON to deploy, GET with api_type=declarative for the statuses,
+# the Ray token in the x-ray-authorization header.
+SERVE_APPLICATIONS_PATH = "/api/serve/applications/"
+OPERATOR_TIMEOUT_S = 2.0  # KubeRay's RayHTTPClientDirectTimeoutSeconds
+
+
+def operator_headers(cluster: LocalCluster) -> dict[str, str]:
+    return {"x-ray-authorization": f"Bearer {Path(cluster.auth_token_path).read_text().strip()}"}
+
+
+def submit_serve_config(cluster: LocalCluster, serve_config_v2: str, timeout_s: float = 30.0) -> None:
+    """Deploy a RayService's serveConfigV2 text as the operator does (YAML in, JSON out).
+
+    Unlike `deploy`, the config is sent as it is, ports included: the caller decides.
+    """
+    config = yaml.safe_load(serve_config_v2)
+    answer = httpx.put(
+        cluster.dashboard_url + SERVE_APPLICATIONS_PATH, json=config, headers=operator_headers(cluster), timeout=timeout_s
+    )
+    if not answer.is_success:
+        raise ClusterError(f"serve config refused ({answer.status_code}): {answer.text[:500]}")
+
+
+def serve_application_statuses(cluster: LocalCluster, timeout_s: float = OPERATOR_TIMEOUT_S) -> dict[str, str]:
+    """Application name → status (RUNNING, DEPLOYING, ...), as the operator reads them."""
+    answer = httpx.get(
+        cluster.dashboard_url + SERVE_APPLICATIONS_PATH,
+        params={"api_type": "declarative"},
+        headers=operator_headers(cluster),
+        timeout=timeout_s,
+    )
+    if not answer.is_success:
+        raise ClusterError(f"serve status unavailable ({answer.status_code}): {answer.text[:500]}")
+    applications = answer.json().get("applications") or {}
+    return {name or "default": details.get("status", "") for name, details in applications.items()}

@@ -7,8 +7,8 @@ module writes the Kubernetes variant of the config into kuberay/base, where a
 (kuberay/base/kustomization.yaml); tests/kuberay fail when the committed file is stale.
 
 Kubernetes needs three changes to the local config, and only these: proxies listen on
-every pod interface, not loopback (HTTP_HOST); they run on every node, because the head
-pod is left out of the serve Service (PROXY_LOCATION); and each Serve replica gets a
+every pod interface, not loopback (HTTP_HOST); they run on every node, because the serve
+Service sends clients to the worker pods as well as the head (PROXY_LOCATION); and each Serve replica gets a
 worker pod of its own, so losing one pod never takes every replica (MAX_REPLICAS_PER_NODE).
 """
 

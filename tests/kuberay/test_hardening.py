@@ -151,3 +151,27 @@ def test_constraints_pin_every_runtime_dependency_within_pyproject() -> None:
         assert name in pins, f"{name} is not pinned: run `python -m nonstop_ops.kube`"
         assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {requirement.specifier}"
     assert pins["ray"] == installed_version("ray"), "the image's ray is not the tested one"
+
+
+def test_serving_pods_drain_their_ingress_before_sigterm(builds: dict[str, Build]) -> None:
+    """After a switch, clients still hold keep-alive connections to the old cluster: HAProxy
+    is soft-stopped (SIGUSR1) and given time before SIGTERM, within the grace period."""
+    for build in builds.values():
+        service = build.one("RayService")
+        for template, container in zip(
+            [t for t in pod_templates(service) if "submitter" not in t.where], ray_containers(service), strict=True
+        ):
+            command = " ".join(container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", []))
+            assert "haproxy" in command and "kill -USR1" in command, f"{build.name} {template.where}: no drain"
+            (sleep,) = re.findall(r"sleep (\d+)", command)
+            grace = template.spec.get("terminationGracePeriodSeconds", 30)
+            assert 0 < int(sleep) < grace, f"{build.name} {template.where}: the drain outlasts the grace period"
+
+
+def test_the_head_is_a_serve_endpoint_clients_may_reach(builds: dict[str, Build]) -> None:
+    for build in builds.values():
+        service = build.one("RayService")
+        assert service["spec"].get("excludeHeadPodFromServeSvc", False) is False, build.name
+        clients = build.named("NetworkPolicy", "nonstop-serve-clients")
+        serving = [t for t in pod_templates(service) if "submitter" not in t.where]
+        assert all(selects(clients["spec"]["podSelector"], t.labels) for t in serving), build.name
