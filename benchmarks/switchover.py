@@ -49,9 +49,9 @@ def unfixed(settings: ServiceSettings) -> ServiceSettings:
     return dataclasses.replace(settings, exclude_head=True, worker_probe=KUBERAY_WORKER_PROBE, drain_s=None)
 
 
-def stage(base: int, folder: Path, registry: str, timing: Timing, body: dict[str, Any], config: str) -> Stage:
+def stage(base: int, registry: str, timing: Timing, body: dict[str, Any], config: str) -> Stage:
     clusters = (local.LocalCluster.isolated(base, f"nst-{base}"), local.LocalCluster.isolated(base + 10, f"nst-{base + 10}"))
-    return Stage(clusters, base + 950, config, registry, body, timing)
+    return Stage(clusters, config, registry, body, timing)
 
 
 def run(names: list[str], settings: ServiceSettings, base: int, timing: Timing, serve_config_v2: str) -> list[dict[str, Any]]:
@@ -67,14 +67,14 @@ def run(names: list[str], settings: ServiceSettings, base: int, timing: Timing, 
         for name in names:
             if name == "first_start":
                 empty = Registry(str(folder / "empty"))
-                scene = stage(base, folder, empty.uri, timing, body, serve_config_v2)
+                scene = stage(base, empty.uri, timing, body, serve_config_v2)
 
                 def first_training(registry: Registry = empty) -> None:
                     train(TrainOptions(data=str(data), model="breast_cancer", promote=True), registry)
 
                 result = first_start(scene, settings, first_training)
             else:
-                scene = stage(base, folder, trained.uri, timing, body, serve_config_v2)
+                scene = stage(base, trained.uri, timing, body, serve_config_v2)
                 result = (code_upgrade if name == "code_upgrade" else slow_probe)(scene, settings)
             print(json.dumps(result.as_dict(), indent=1), flush=True)
             results.append(result.as_dict())

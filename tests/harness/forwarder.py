@@ -39,9 +39,9 @@ class Endpoint:
 
 
 class Forwarder:
-    """Listens on 127.0.0.1:`port` in a thread of its own; thread-safe setters."""
+    """Listens on 127.0.0.1:`port` (0: any free port) in a thread of its own; thread-safe setters."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.port = port
         self._lock = threading.Lock()
         self._endpoints: dict[str, Endpoint] = {}
@@ -58,11 +58,11 @@ class Forwarder:
         return f"http://{LOOPBACK}:{self.port}"
 
     def __enter__(self) -> Forwarder:
-        check_loopback(self.url)
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
             asyncio.start_server(self._accept, LOOPBACK, self.port), self._loop
         ).result(timeout=10)
+        self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     def __exit__(self, *_: object) -> None:

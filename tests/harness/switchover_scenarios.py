@@ -29,18 +29,17 @@ MODEL = "breast_cancer"
 
 @dataclass(frozen=True)
 class Stage:
-    """Everything a scenario needs: two cluster slots, the Service's port, the app."""
+    """Everything a scenario needs: two cluster slots, the app, its registry, a request."""
 
     clusters: tuple[local.LocalCluster, local.LocalCluster]
-    forwarder_port: int
     serve_config_v2: str
     registry: str
     body: dict[str, Any]
     timing: Timing
 
-    @property
-    def predict_url(self) -> str:
-        return f"http://{local.LOOPBACK}:{self.forwarder_port}/v1/models/{MODEL}:predict"
+
+def predict_url(sim: RayServiceSim) -> str:
+    return f"{sim.forwarder.url}/v1/models/{MODEL}:predict"
 
 
 @contextmanager
@@ -49,7 +48,7 @@ def running(stage: Stage, settings: ServiceSettings) -> Iterator[RayServiceSim]:
     for cluster in stage.clusters:
         local.stop(cluster)  # a previous run's leftovers
     try:
-        with Forwarder(stage.forwarder_port) as forwarder:
+        with Forwarder() as forwarder:
             with RayServiceSim(settings, stage.serve_config_v2, forwarder) as sim:
                 yield sim
     finally:
@@ -62,9 +61,9 @@ def start_cluster(stage: Stage, sim: RayServiceSim, cluster: local.LocalCluster,
     sim.create_pending(cluster, probe_delay_s)
 
 
-def answers(stage: Stage) -> bool:
+def answers(stage: Stage, sim: RayServiceSim) -> bool:
     try:
-        return httpx.post(stage.predict_url, json=stage.body, timeout=10).status_code == 200
+        return httpx.post(predict_url(sim), json=stage.body, timeout=10).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -76,8 +75,8 @@ def code_upgrade(stage: Stage, settings: ServiceSettings, probe_delay_s: float =
     active, pending = stage.clusters
     with running(stage, settings) as sim:
         start_cluster(stage, sim, active)
-        sim.wait(lambda: answers(stage), timing.ready_timeout_s, "the first cluster serving through the Service")
-        with BackgroundLoad(stage.predict_url, stage.body, concurrency=timing.concurrency, rate=timing.rate,
+        sim.wait(lambda: answers(stage, sim), timing.ready_timeout_s, "the first cluster serving through the Service")
+        with BackgroundLoad(predict_url(sim), stage.body, concurrency=timing.concurrency, rate=timing.rate,
                             max_seconds=timing.ready_timeout_s * 2 + timing.deletion_delay_s) as load:  # fmt: skip
             time.sleep(timing.settle_s)
             sim.note("apply: new image")
@@ -98,13 +97,13 @@ def first_start(stage: Stage, settings: ServiceSettings, train: Callable[[], Non
     with running(stage, settings) as sim:
         start_cluster(stage, sim, active)
         sim.wait(lambda: sim.active is active, timing.ready_timeout_s, "the Service's creation")
-        with BackgroundLoad(stage.predict_url, stage.body, concurrency=timing.concurrency, rate=timing.rate,
+        with BackgroundLoad(predict_url(sim), stage.body, concurrency=timing.concurrency, rate=timing.rate,
                             max_seconds=timing.ready_timeout_s * 2) as load:  # fmt: skip
             time.sleep(timing.settle_s)
             sim.note("first training run")
             train()
             sim.note("first version promoted")
-            sim.wait(lambda: answers(stage), timing.ready_timeout_s, "the first version served")
+            sim.wait(lambda: answers(stage, sim), timing.ready_timeout_s, "the first version served")
             time.sleep(timing.settle_s)
             samples = load.stop().samples
         return outcome("first start", samples, sim)
@@ -126,13 +125,13 @@ def first_start_then_upgrade(
     with running(stage, settings) as sim:
         start_cluster(stage, sim, active)
         sim.wait(lambda: sim.active is active, timing.ready_timeout_s, "the Service's creation")
-        with BackgroundLoad(stage.predict_url, stage.body, concurrency=timing.concurrency, rate=timing.rate,
+        with BackgroundLoad(predict_url(sim), stage.body, concurrency=timing.concurrency, rate=timing.rate,
                             max_seconds=timing.ready_timeout_s * 4 + timing.deletion_delay_s) as load:  # fmt: skip
             time.sleep(timing.settle_s)
             sim.note("first training run")
             train()
             sim.note("first version promoted")
-            sim.wait(lambda: answers(stage), timing.ready_timeout_s, "the first version served")
+            sim.wait(lambda: answers(stage, sim), timing.ready_timeout_s, "the first version served")
             time.sleep(timing.settle_s)
             applied = time.time()
             sim.note("apply: new image")

@@ -3,7 +3,6 @@ loopback, a tiny HTTP server per "cluster"."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,9 +13,6 @@ import pytest
 from tests.harness.forwarder import Forwarder
 from tests.harness.loadgen import Sample
 from tests.harness.switchover import KUBERAY_WORKER_PROBE, Probe, ServiceSettings, drain_of, went_backwards
-
-PORT = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "46000")) + 960
-
 
 def server(name: str) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
@@ -50,7 +46,7 @@ def get(url: str) -> str:
 
 
 def test_routes_only_to_ready_endpoints_of_the_selected_cluster(backends: dict[str, ThreadingHTTPServer]) -> None:
-    with Forwarder(PORT) as service:
+    with Forwarder() as service:
         for name, httpd in backends.items():
             service.add(f"{name}/worker", name, httpd.server_address[1])
         with pytest.raises(httpx.TransportError):
@@ -70,7 +66,7 @@ def test_routes_only_to_ready_endpoints_of_the_selected_cluster(backends: dict[s
 
 
 def test_an_open_connection_stays_with_its_endpoint(backends: dict[str, ThreadingHTTPServer]) -> None:
-    with Forwarder(PORT) as service, httpx.Client(timeout=5) as client:
+    with Forwarder() as service, httpx.Client(timeout=5) as client:
         for name, httpd in backends.items():
             service.add(f"{name}/worker", name, httpd.server_address[1])
             service.set_ready(f"{name}/worker", True)
