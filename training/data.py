@@ -86,6 +86,8 @@ def _kind(frame: pd.DataFrame, column: str) -> str:
         return "number"
     if pd.api.types.is_string_dtype(series) or isinstance(series.dtype, pd.CategoricalDtype):
         return "category"
+    if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) == "string":
+        return "category"  # text with gaps built in Python (None/NaN): pandas does not call it a string dtype
     raise DataValidationError(f"column {column!r} has unsupported dtype {series.dtype}")
 
 
