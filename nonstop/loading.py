@@ -74,6 +74,10 @@ class LoadedModel:
             return self.fast(matrix).tolist()
         return to_python(self.format.predict(self.estimator, self.inputs(matrix)))
 
+    @property
+    def gives_probabilities(self) -> bool:
+        return self.manifest.task == "classification" and hasattr(self.estimator, "predict_proba")
+
     def predict_proba(self, matrix: np.ndarray) -> list[list[float]]:
         """One row of class probabilities per input row, columns in `manifest.classes` order."""
         probabilities = None

@@ -144,3 +144,19 @@ def test_the_api_fits_an_unfitted_regressor_and_gates_on_the_chosen_metric(regis
         publish_model(Ridge(), frame, model="api", label="target", registry=registry, gate=Gate(metric="accuracy"))
     with pytest.raises(ConfigError, match="task 'classification' but the estimator is a regression model"):
         publish_model(Ridge(), frame, model="api", label="target", registry=registry, task="classification")
+
+
+@pytest.mark.parametrize("library", ["lightgbm", "xgboost"])
+def test_gradient_boosting_wrappers_publish_load_and_answer_as_fitted(registry: Registry, library: str) -> None:
+    """The optional formats' wrappers, fitted on a frame, through the trust list and back."""
+    wrappers = pytest.importorskip(library)
+    frame = load_diabetes(as_frame=True).frame
+    train_rows, holdout = frame.iloc[:350], frame.iloc[350:]
+    regressor = wrappers.LGBMRegressor(n_estimators=20, verbose=-1) if library == "lightgbm" else wrappers.XGBRegressor(n_estimators=20)
+    regressor.fit(train_rows.drop(columns="target"), train_rows["target"])
+    manifest = publish_model(regressor, train_rows, holdout=holdout, model=library, label="target", registry=registry).manifest
+    assert manifest.estimator is not None and manifest.estimator.startswith(library) and library in manifest.libraries
+    loaded = load_version(registry, library, manifest.version, TrustPolicy())
+    rows = holdout.drop(columns="target")
+    assert loaded.predict(rows_to_matrix(rows.to_numpy().tolist(), manifest.features)) == regressor.predict(rows).tolist()
+    assert not loaded.gives_probabilities
