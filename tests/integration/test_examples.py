@@ -46,24 +46,29 @@ def _instances(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows.astype(object).to_dict("records")]
 
 
+def _serving(served: Stack, model: str, version: int | None) -> bool:
+    return served.serving_everywhere(version or 0) and all(r.get("model") == model for r in served.board().values())
+
+
 @pytest.mark.parametrize("name", ["diabetes_regression", "lightgbm_categorical", "column_transformer"])
 def test_an_example_publishes_a_version_the_app_swaps_to_under_load(served: Stack, client: httpx.Client, name: str) -> None:
     example = _module(name)
     model = f"example-{name.replace('_', '-')}"
     registry = served.registry
+    limit = swap_bound(served)  # measured on the suite's model, before the app leaves it
     assert example.main(["--registry", registry.uri, "--model", model]) == 0
     url = f"{served.cluster.http_url}/v1/models/{model}:predict"
     served.deploy(model=model, allow_schema_change=True)
     try:
-        wait_until(lambda: served.serving_everywhere(1), swap_bound(served), f"every replica serving {model} v1")
+        wait_until(lambda: _serving(served, model, 1), limit, f"every replica serving {model} v1")
         body = {"instances": registry.manifest(model, 1).samples.inputs[:1]}
-        with BackgroundLoad(url, body, concurrency=4, max_seconds=swap_bound(served) + 90) as load:
+        with BackgroundLoad(url, body, concurrency=4, max_seconds=limit + 90) as load:
             command = [sys.executable, str(EXAMPLES / f"{name}.py"), "--registry", registry.uri, "--model", model,
                        "--seed", "1", "--tolerance", "1.0"]  # fmt: skip
             done = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
             assert done.returncode == 0, done.stderr
             assert registry.resolve(model, "production") == 2, done.stdout
-            wait_until(lambda: served.serving_everywhere(2), swap_bound(served), f"every replica serving {model} v2")
+            wait_until(lambda: _serving(served, model, 2), limit, f"every replica serving {model} v2")
             result = load.stop()
         assert result.failed == [], result.failed[:5]
         assert result.versions() <= {"1", "2"} and len(result.samples) > 20
@@ -84,5 +89,5 @@ def test_an_example_publishes_a_version_the_app_swaps_to_under_load(served: Stac
     finally:
         served.deploy(allow_schema_change=True)  # back to the suite's model, whose features differ
         current = registry.resolve(MODEL, "production")
-        wait_until(lambda: served.serving_everywhere(current), swap_bound(served), f"back on {MODEL}")
+        wait_until(lambda: _serving(served, MODEL, current), limit, f"back on {MODEL}")
         served.deploy()
