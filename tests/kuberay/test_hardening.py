@@ -12,6 +12,7 @@ from typing import Any
 
 from packaging.requirements import Requirement
 
+from nonstop.config import MIN_SIGNING_KEY_CHARS, REQUIRE_SIGNATURES_ENV, Settings
 from nonstop_ops import kube
 from tests.kuberay.manifests import KUBERAY, REPO_ROOT, Build, cluster_spec, pod_templates, ray_containers
 from tests.kuberay.test_policy import selects
@@ -182,3 +183,26 @@ def test_the_head_is_a_serve_endpoint_clients_may_reach(builds: dict[str, Build]
         clients = build.named("NetworkPolicy", "nonstop-serve-clients")
         serving = [t for t in pod_templates(service) if "submitter" not in t.where]
         assert all(selects(clients["spec"]["podSelector"], t.labels) for t in serving), build.name
+
+
+def test_prod_refuses_unsigned_registries(builds: dict[str, Build]) -> None:
+    """The prod overlay turns the refusal on explicitly, for serving and training alike."""
+    prod = builds["overlays/prod"]
+    (config,) = [c for c in prod.of_kind("ConfigMap") if c["metadata"]["name"].startswith("nonstop-config")]
+    value = config["data"][REQUIRE_SIGNATURES_ENV]
+    key = "k" * MIN_SIGNING_KEY_CHARS
+    assert Settings(require_signatures=value, signing_key=key).signatures_required, value
+    assert len(registry_containers(prod)) >= 4
+    for where, container in registry_containers(prod):
+        names = [e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e]
+        assert config["metadata"]["name"] in names, f"prod {where} does not read {REQUIRE_SIGNATURES_ENV}"
+
+
+def test_the_rollback_command_runs_on_the_serving_clusters_head() -> None:
+    """During an upgrade two clusters have a head: the docs pick the active cluster's."""
+    docs = (REPO_ROOT / "docs" / "kubernetes.md").read_text()
+    section = docs.split("## Rolling back", 1)[1].split("\n## ", 1)[0]
+    assert "{.status.activeServiceStatus.rayClusterName}" in section
+    assert 'ray.io/cluster=$cluster,ray.io/node-type=head' in section
+    assert "head -n 1" not in section, "the first head listed may be the pending or the old cluster's"
+    assert "patch cronjob nonstop-train" in section
