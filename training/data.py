@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -59,17 +60,55 @@ def _read_one(fs: pafs.FileSystem, path: str) -> pd.DataFrame:
     try:
         if path.lower().endswith(".csv"):
             with fs.open_input_file(path) as handle:
-                return pd.read_csv(io.BytesIO(handle.read()))
-        return pq.read_table(path, filesystem=fs).to_pandas()
+                raw = handle.read()
+            _check_header(path, pd.read_csv(io.BytesIO(raw), header=None, nrows=1, dtype=str).iloc[0].tolist())
+            return pd.read_csv(io.BytesIO(raw))
+        table = pq.read_table(path, filesystem=fs)
+        _check_header(path, table.column_names)
+        _check_flat(path, table.schema)
+        return table.to_pandas()
     except pd.errors.EmptyDataError as exc:
         raise DataValidationError(f"{path}: the file is empty") from exc
     except (pd.errors.ParserError, OSError, ValueError) as exc:
         raise DataValidationError(f"{path}: cannot be read: {exc}") from exc
 
 
+def _check_header(path: str, names: list[object]) -> None:
+    """pandas renames a repeated CSV column `a` to `a.1`, which would train on it twice
+    under two names; a Parquet file keeps both. Either way the file is refused."""
+    repeated = sorted({str(n) for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataValidationError(f"{path}: column(s) {', '.join(map(repr, repeated))} appear more than once")
+
+
+def _check_flat(path: str, schema: pa.Schema) -> None:
+    """Lists, structs and maps have no place in a row of features; pandas would carry
+    them as Python objects into hashing and fitting."""
+    for field in schema:
+        if pa.types.is_nested(field.type):
+            raise DataValidationError(f"{path}: column {field.name!r} has nested type {field.type}: only flat columns are accepted")
+
+
+def _check_same_columns(files: list[str], frames: list[pd.DataFrame]) -> None:
+    """Daily partitions must agree on their columns: concatenation would otherwise fill
+    the gaps with nulls (or imputed values) without a word."""
+    first = list(map(str, frames[0].columns))
+    for path, frame in zip(files[1:], frames[1:], strict=True):
+        names = list(map(str, frame.columns))
+        missing = [n for n in first if n not in names]
+        extra = [n for n in names if n not in first]
+        if missing or extra:
+            detail = "; ".join(
+                part for part in (f"missing {', '.join(map(repr, missing))}" if missing else "",
+                                  f"extra {', '.join(map(repr, extra))}" if extra else "") if part
+            )  # fmt: skip
+            raise DataValidationError(f"{path}: columns differ from {files[0]}: {detail}")
+
+
 def read_data(uri: str) -> tuple[pd.DataFrame, DataFingerprint]:
     fs, files = list_data_files(uri)
     frames = [_read_one(fs, f) for f in files]
+    _check_same_columns(files, frames)
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     return frame, fingerprint(frame, public_uri(uri))
 

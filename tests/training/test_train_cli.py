@@ -6,10 +6,13 @@ import logging
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from nonstop.errors import DataValidationError
@@ -165,3 +168,62 @@ def test_no_credential_reaches_the_registry_logs_or_errors(
     shown = [out, err, caplog.text, str(refused.value)]
     shown += [p.read_bytes().decode(errors="replace") for p in (tmp_path / "registry").rglob("*") if p.is_file()]
     assert not [text for text in shown if token in text or key in text]
+
+
+# --- data shapes that once trained silently or crashed (issue 11) ----------------------
+
+
+def _repeated_csv_column(folder: Path) -> Path:
+    path = folder / "day.csv"
+    text = _frame().to_csv(index=False)
+    header, rest = text.split("\n", 1)
+    path.write_text(header.replace("mean_texture", "mean_radius", 1) + "\n" + rest)
+    return path
+
+
+def _partitions_that_differ(folder: Path) -> Path:
+    _frame().to_csv(folder / "day-1.csv", index=False)
+    demo.day_frame(1).drop(columns=["mean_area"]).assign(extra=1.0).to_csv(folder / "day-2.csv", index=False)
+    return folder
+
+
+def _nested(kind: str) -> Callable[[Path], Path]:
+    def write(folder: Path) -> Path:
+        table = pa.Table.from_pandas(_frame(), preserve_index=False)
+        rows = table.num_rows
+        values = {
+            "list": pa.array([[1.0, 2.0]] * rows),
+            "struct": pa.array([{"a": 1.0}] * rows),
+            "map": pa.array([[("k", 1.0)]] * rows, pa.map_(pa.string(), pa.float64())),
+        }[kind]
+        path = folder / "day.parquet"
+        pq.write_table(table.append_column("nested", values), path)
+        return path
+
+    return write
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (_repeated_csv_column, "day.csv: column\\(s\\) 'mean_radius' appear more than once"),
+        (_partitions_that_differ, "day-2.csv: columns differ from .*day-1.csv: missing 'mean_area'; extra 'extra'"),
+        (_nested("list"), "column 'nested' has nested type list<"),
+        (_nested("struct"), "column 'nested' has nested type struct<"),
+        (_nested("map"), "column 'nested' has nested type map<"),
+    ],
+)
+def test_repeated_differing_or_nested_columns_exit_nonzero_and_publish_nothing(
+    registry: Registry, tmp_path: Path, write: Callable[[Path], Path], message: str
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(DataValidationError, match=message):
+        train_into(registry, write(data))
+    assert not Path(registry.uri).exists()
+
+
+def test_the_cli_exits_nonzero_naming_a_repeated_column(registry: Registry, tmp_path: Path) -> None:
+    done = run_train(registry, _repeated_csv_column(tmp_path))
+    assert done.returncode == 2 and "'mean_radius' appear more than once" in done.stderr, done.stderr
+    assert not Path(registry.uri).exists()
