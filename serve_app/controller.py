@@ -47,8 +47,10 @@ class Controller:
         self._model = model
         self._state = RolloutState(alias=alias)
         self._ledger = registry.ledger(model)
-        self._window: dict[int, VersionStats] = {}
+        self._window: dict[int, VersionStats] = {}  # since the current step (or hold) began
         self._window_key: tuple[int | None, float, datetime | None] | None = None
+        self._rollout: dict[int, VersionStats] = {}  # since the rollout began: what quality is judged on
+        self._rollout_key: tuple[int | None, datetime | None] | None = None
         self._profiles: dict[int, DataProfile | None] = {}
         self._lock = threading.Lock()  # reports arrive on the actor's loop, ticks run in a thread
         self.last_decision: dict[str, Any] | None = None
@@ -59,24 +61,36 @@ class Controller:
         with self._lock:
             for version, tally in tallies.items():
                 self._window.setdefault(version, VersionStats()).merge(tally)
+                self._rollout.setdefault(version, VersionStats()).merge(tally)
 
     def refresh(self) -> RolloutState:
         """Fold in what the ledger gained; a new step (or hold) starts a new window."""
         self._state = replay(self._ledger.since_seq(self._state.last_seq), self._state.alias, self._state)
         key = (self._state.candidate, self._state.weight, self._state.step_started)
-        if key != self._window_key:
-            with self._lock:
+        rollout_key = (self._state.candidate, self._state.started)
+        with self._lock:
+            if key != self._window_key:
                 self._window_key, self._window = key, {}
+            if rollout_key != self._rollout_key:
+                self._rollout_key, self._rollout = rollout_key, {}
         return self._state
 
+    def window_requests(self) -> int:
+        """The candidate's requests since the current step began (advancing needs enough)."""
+        with self._lock:
+            tally = self._window.get(self._state.candidate or 0)
+            return tally.requests if tally else 0
+
     def evidence(self) -> Evidence | None:
+        """Over the whole rollout so far: a step change must not throw away what the
+        earlier steps showed (a fresh, small sample would look drifted by chance)."""
         state = self._state
         if not state.active or state.candidate is None or state.primary is None:
             return None
         numeric = not self._registry.manifest(self._model, state.candidate).classes
         with self._lock:
-            primary = self._window.get(state.primary, VersionStats()).model_copy(deep=True)
-            candidate = self._window.get(state.candidate, VersionStats()).model_copy(deep=True)
+            primary = self._rollout.get(state.primary, VersionStats()).model_copy(deep=True)
+            candidate = self._rollout.get(state.candidate, VersionStats()).model_copy(deep=True)
         return summarize(
             (state.primary, primary, self._profile(state.primary)),
             (state.candidate, candidate, self._profile(state.candidate)),
@@ -93,7 +107,7 @@ class Controller:
             return None
         now = now or datetime.now(UTC)
         window_done = (now - state.step_started).total_seconds() >= state.policy.window_s
-        decision = decide(state.policy, evidence, window_done, shadowing=state.weight == 0)
+        decision = decide(state.policy, evidence, window_done, self.window_requests(), shadowing=state.weight == 0)
         snapshot = evidence.model_dump(mode="json")
         if decision.verdict == "rollback":
             done = self._rollouts.rollback(CONTROLLER_ACTOR, decision.reason, snapshot)
@@ -177,3 +191,18 @@ def controller(registry_uri: str, signing_key: SecretStr | None, model: str, ali
     return RolloutController.options(
         name=controller_name(model, alias), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
     ).remote(registry_uri, signing_key, model, alias)
+
+
+class ControllerLink:
+    """A replica's line to its alias's controller: tallies sent without waiting for them."""
+
+    def __init__(self, registry_uri: str, signing_key: SecretStr | None) -> None:
+        self._registry_uri = registry_uri
+        self._signing_key = signing_key
+        self._handles: dict[tuple[str, str], Any] = {}
+
+    def send(self, model: str, alias: str, tallies: dict[int, dict[str, Any]]) -> None:
+        handle = self._handles.get((model, alias))
+        if handle is None:
+            handle = self._handles[(model, alias)] = controller(self._registry_uri, self._signing_key, model, alias)
+        handle.report.remote(tallies)

@@ -203,6 +203,7 @@ class VersionEvidence(BaseModel):
     p50_ms: float | None
     p99_ms: float | None
     input_rows: int
+    profile_rows: int | None = Field(default=None, description="rows the training profile was taken from")
     input_drift: dict[str, float] = Field(description="PSI per feature against this version's training profile")
 
     @property
@@ -233,6 +234,7 @@ def version_evidence(version: int, stats: VersionStats, profile: DataProfile | N
         p50_ms=None if p50 is None else p50 * 1000,
         p99_ms=None if p99 is None else p99 * 1000,
         input_rows=stats.input_rows,
+        profile_rows=profile.rows if profile is not None else None,
         input_drift={} if profile is None else feature_drift(profile, stats.inputs, stats.input_rows),
     )
 

@@ -49,7 +49,7 @@ class Policy(BaseModel):
     max_output_psi: float = Field(default=0.25, ge=0, description="candidate outputs against the primary's")
     max_input_psi: float = Field(default=0.25, ge=0, description="any feature against the candidate's training profile")
     min_compared: int = Field(default=50, ge=1, description="paired rows before judging agreement")
-    min_tail_sample: int = Field(default=100, ge=1, description="candidate requests before judging p99 (p50 before)")
+    min_tail_sample: int = Field(default=500, ge=1, description="candidate requests before judging p99 (p50 before)")
 
     @field_validator("steps")
     @classmethod
@@ -90,6 +90,7 @@ class RolloutState:
     paused: bool = False
     active: bool = False
     step_started: datetime | None = None
+    started: datetime | None = None
     outcome: str | None = None
     last_seq: int = 0
     history: list[str] = field(default_factory=list)
@@ -110,7 +111,7 @@ def replay(entries: Sequence[LedgerEntry], alias: str, state: RolloutState | Non
             continue
         if entry.action == START and entry.evidence is not None:
             state.policy = Policy.model_validate(entry.evidence.get("policy", {}))
-            state.active, state.paused, state.outcome = True, False, None
+            state.active, state.paused, state.outcome, state.started = True, False, None, entry.at
             state.step = -1 if entry.weight == 0 else 0
         elif entry.action == ADVANCE:
             state.step += 1
@@ -128,8 +129,12 @@ def replay(entries: Sequence[LedgerEntry], alias: str, state: RolloutState | Non
     return state
 
 
-def decide(policy: Policy, evidence: Evidence, window_done: bool, shadowing: bool = False) -> Decision:
-    """Judge a window. `window_done`: the step has run a full window (only then advance)."""
+def decide(
+    policy: Policy, evidence: Evidence, window_done: bool, window_requests: int | None = None, shadowing: bool = False
+) -> Decision:
+    """Judge the evidence so far. `window_done`: the step has run a full window (only then
+    advance), with `window_requests` answered by the candidate in it (default: all of
+    the evidence's)."""
     failures = _failures(policy, evidence, shadowing)
     if failures:
         return Decision("rollback", failures)
@@ -139,8 +144,8 @@ def decide(policy: Policy, evidence: Evidence, window_done: bool, shadowing: boo
     if shadowing:
         if evidence.compared < policy.min_compared:
             return Decision("hold", [f"only {evidence.compared} rows scored in the shadow (need {policy.min_compared})"])
-    elif candidate.requests < policy.min_requests:
-        return Decision("hold", [f"only {candidate.requests} candidate requests this window (need {policy.min_requests})"])
+    elif (answered := candidate.requests if window_requests is None else window_requests) < policy.min_requests:
+        return Decision("hold", [f"only {answered} candidate requests this window (need {policy.min_requests})"])
     return Decision("advance", ["every check passed over a full window"])
 
 
@@ -168,7 +173,8 @@ def _failures(policy: Policy, evidence: Evidence, shadowing: bool) -> list[str]:
     drifted = candidate.max_drift
     if drifted is not None and candidate.input_rows >= policy.drift_rows():
         name, index = drifted
-        if index > policy.max_input_psi and index > 4 * noise_psi(candidate.input_rows):
+        noise = noise_psi(candidate.input_rows) + (noise_psi(candidate.profile_rows) if candidate.profile_rows else 0.0)
+        if index > policy.max_input_psi and index > 4 * noise:
             failures.append(f"input {name!r} drifted from the candidate's training data: PSI {index:.2f} (max {policy.max_input_psi})")
     return failures
 

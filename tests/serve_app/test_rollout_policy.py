@@ -167,7 +167,7 @@ def test_controller_promotes_a_good_candidate_through_every_step(registry: Regis
     ]  # fmt: skip
     decision = ledger.entries()[-2]
     assert decision.actor == "rollout controller" and decision.evidence is not None
-    assert decision.evidence["candidate"]["requests"] == 400
+    assert decision.evidence["candidate"]["requests"] == 1200  # the whole rollout: three windows of 400
     served = ledger.serving_at(moments[0], "production")
     assert (served.version, served.candidate, served.weight) == (primary.version, candidate.version, 0.25)
     assert not Rollouts(registry, MODEL, "production").state().active
