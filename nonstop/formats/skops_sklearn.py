@@ -50,6 +50,7 @@ from sklearn import (
 from sklearn._loss import link, loss
 from sklearn.tree._tree import Tree
 
+from nonstop.archive import check_unpacked_size
 from nonstop.formats.base import UnreadableArtifact, UntrustedContent
 
 
@@ -227,6 +228,7 @@ class SkopsFormat:
         """(every name the artifact would construct, those refused), constructing nothing."""
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                check_unpacked_size(archive, len(data))  # before any member is inflated
                 schema, context = read_schema(archive)
                 root = get_tree(schema, context, trusted=None)
                 nodes = list(_nodes(root))
