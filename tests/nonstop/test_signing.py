@@ -130,3 +130,17 @@ def test_required_signatures_refuse_to_run_without_a_key(monkeypatch: pytest.Mon
     monkeypatch.setenv(REQUIRE_SIGNATURES_ENV, "")
     with pytest.raises(ConfigError, match="require_signatures"):
         Settings.from_env()
+
+
+def test_serving_refuses_to_build_when_signatures_are_required_and_the_key_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A Secret that went missing once turned verification off in silence."""
+    from serve_app.app import build_app  # the app builder Serve calls, as in production
+
+    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+    monkeypatch.setenv(REQUIRE_SIGNATURES_ENV, "true")
+    with pytest.raises(ConfigError, match=f"{REQUIRE_SIGNATURES_ENV} is on but {SIGNING_KEY_ENV} is not set"):
+        build_app({"registry": str(tmp_path / "registry")})
+    monkeypatch.setenv(SIGNING_KEY_ENV, KEY.get_secret_value())
+    assert build_app({"registry": str(tmp_path / "registry")}) is not None
