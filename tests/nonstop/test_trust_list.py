@@ -133,3 +133,21 @@ def test_a_type_outside_the_list_loads_only_when_the_operator_names_it() -> None
     assert "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor" in refused.value.refused
     loaded = SKOPS.loads(data, refused.value.refused)
     assert np.array_equal(loaded.predict(X), model.predict(X))
+
+
+def test_training_refuses_a_hostile_production_and_does_not_promote_past_it(
+    registry: Registry, demo_data: Path, mark: Path
+) -> None:
+    """`nonstop train` loads production to score it: with serving's policy, so the hostile
+    artifact is refused there too, nothing of it runs, and the gate stays closed."""
+    from training.job import TrainOptions, train
+    from training.publish import PromotionBlocked
+
+    good = train_into(registry, demo_data).manifest
+    draft = ManifestDraft(**good.model_dump(include=set(ManifestDraft.model_fields)))
+    hostile = registry.publish(MODEL, SKOPS.dumps(make_pipeline(FunctionTransformer(), Tripwire())), draft)
+    registry.promote(MODEL, hostile.version)
+    with pytest.raises(PromotionBlocked, match="Tripwire"):
+        train(TrainOptions(data=str(demo_data), model=MODEL, promote=True), registry)
+    assert registry.resolve(MODEL, "production") == hostile.version
+    assert not mark.exists()
