@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run down test test-fast bench clean fuzz
+.PHONY: install run down test test-fast bench bench-peers clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ test-fast: install
 ## FUZZ_SECONDS each (30 minutes unless told); findings under build/fuzz/<target>/artifacts
 fuzz: install
 	$(BIN)/python -m tests.fuzz.runner $${FUZZ_SECONDS:-1800} build/fuzz
+
+## nonstop side by side with KServe, MLServer and FastAPI + uvicorn (each in its own venv under
+## benchmarks/out/peers; wrk from Debian, installed if missing): docs/results/peers.{md,json,png}
+bench-peers: install
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m benchmarks.peers.compare $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) registry data build *.egg-info

@@ -65,7 +65,8 @@ def _cluster(ingress: str) -> local.LocalCluster:
     )
 
 
-def _wrk(url: str, payload: Payload, concurrency: int, seconds: float) -> dict[str, Any]:
+def run_wrk(url: str, payload: Payload, concurrency: int, seconds: float, nice: int = 0) -> dict[str, Any]:
+    """One wrk run; `nice` lowers the client's priority so the server gets the CPU first."""
     body, content_type = payload
     folder = Path(tempfile.mkdtemp(prefix="nonstop-wrk-"))
     (folder / "body").write_bytes(body)  # read by the script: binary bodies do not fit in Lua source
@@ -74,7 +75,7 @@ def _wrk(url: str, payload: Payload, concurrency: int, seconds: float) -> dict[s
         f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{content_type}"\n'
     )
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:.0f}s", "--latency", "-s", str(folder / "post.lua"), url],
+        ["nice", "-n", str(nice), "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(folder / "post.lua"), url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     shutil.rmtree(folder)
@@ -112,14 +113,14 @@ def _driver(url: str, payload: Payload, concurrency: int, seconds: float) -> dic
 
 
 def measure(url: str, payload: Payload, seconds: float) -> dict[int, dict[str, Any]]:
-    client = _wrk if shutil.which("wrk") else _driver
+    client = run_wrk if shutil.which("wrk") else _driver
     client(url, payload, 4, 2)  # warm-up
     return {c: client(url, payload, c, seconds) for c in CONCURRENCIES}
 
 
 def rows_per_second(url: str, payloads: dict[str, Payload], seconds: float) -> dict[str, float]:
     """1,000-row requests from 2 concurrent clients, per body format: rows answered per second."""
-    client = _wrk if shutil.which("wrk") else _driver
+    client = run_wrk if shutil.which("wrk") else _driver
     return {name: client(url, payload, 2, seconds)["rps"] * 1000 for name, payload in payloads.items()}
 
 

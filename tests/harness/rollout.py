@@ -103,6 +103,14 @@ class Stack:
         local.deploy(self.cluster, config)
 
 
+def wider_data(data: Path) -> Path:
+    """The scenario data with one feature more, beside it: what refuse_schema trains on."""
+    wider = data.parent / "rollout-wider.parquet"
+    frame, _ = read_data(str(data))
+    frame.assign(extra_feature=1.0).to_parquet(wider, index=False)
+    return wider
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
     started = time.monotonic()
     while not condition():
@@ -227,10 +235,7 @@ class RolloutCheck:
         return self._refusal("refuse_corrupt", bad)
 
     def _refuse_schema(self) -> Step:
-        wider = self.data.parent / "rollout-wider.parquet"
-        frame, _ = read_data(str(self.data))
-        frame.assign(extra_feature=1.0).to_parquet(wider, index=False)
-        return self._refusal("refuse_schema", self._train(wider, False))
+        return self._refusal("refuse_schema", self._train(wider_data(self.data), False))
 
     def _refuse_samples(self) -> Step:
         registry, model, old = self.stack.registry, self.stack.model, self._current()
