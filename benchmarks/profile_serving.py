@@ -1,6 +1,6 @@
 """Where a request's time goes: CPU per process and per layer, and what makes the tail.
 
-Starts the benchmark's nonstop stack (2 replicas behind HAProxy, ports 26xxx), then for each
+Starts the benchmark's nonstop stack (2 replicas behind HAProxy, ports 27xxx), then for each
 concurrency level runs one niced `wrk -t1` and, over the same window:
 
 - CPU seconds of every process of the cluster (psutil), per request answered: HAProxy,
@@ -43,7 +43,7 @@ from benchmarks.throughput import run_wrk
 from nonstop.config import Settings
 from nonstop_ops import cluster as local
 
-LOG_PORT = 26950
+LOG_PORT = 27950
 PYSPY_RATE = 250
 # (layer, pattern in a py-spy frame); a sample goes to the deepest frame that matches any.
 LAYERS = (
@@ -145,7 +145,7 @@ def classify(proc: psutil.Process) -> str:
     if name == "haproxy":
         return "HAProxy"
     match = re.search(r"ray::(\w+)", cmdline)
-    if "SERVE_REPLICA" in cmdline:
+    if "ServeReplica" in cmdline or "SERVE_REPLICA" in cmdline:
         return f"replica {proc.pid}"
     if match:
         return f"ray::{match.group(1)}"
@@ -209,6 +209,8 @@ def profile_level(cluster: local.LocalCluster, url: str, body: Any, c: int, seco
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# Where a request's time goes ({results['date']}; {results['machine']})", ""]
+    if results["env"] or results["access_log"]:
+        lines += [f"Changed: environment {results['env']}, access log {results['access_log'] or 'as configured'}.", ""]
     for c, level in results["levels"].items():
         w = level["wrk"]
         lines += [
@@ -242,18 +244,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/profile"))
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--levels", type=int, nargs="*", default=[1, 16])
-    parser.add_argument("--keep", action="store_true", help="leave the cluster running (stop it with nonstop_ops)")
+    parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="extra environment for `ray start`")
+    parser.add_argument("--access-log", choices=("on", "off"), help="override the deployment's logging_config")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="nonstop-profile-"))
     registry, _, samples, _ = prepare(scratch)
     os.environ["RAY_SERVE_HAPROXY_LOG_TARGET"] = f"127.0.0.1:{LOG_PORT}"  # read by `ray start`
-    cluster = local.LocalCluster.isolated(26000, "nonstop-peers")
+    os.environ.update(dict(pair.split("=", 1) for pair in args.env))
+    config = local.load_serve_config()
+    if args.access_log:
+        local.deployment_config(config).setdefault("logging_config", {})["enable_access_log"] = args.access_log == "on"
+    cluster = local.LocalCluster.isolated(27000, "nonstop-profile")
     log = HAProxyLog(LOG_PORT)
     local.stop(cluster)
     local.start(cluster, Settings(registry=registry.uri))
     try:
-        local.deploy(cluster, local.load_serve_config())
+        local.deploy(cluster, config)
         local.wait_ready(cluster, MODEL)
         url = f"{cluster.http_url}/v1/models/{MODEL}:predict"
         body = v1_body(samples[:1])
@@ -261,11 +268,12 @@ def main() -> None:
         levels = {str(c): profile_level(cluster, url, body, c, args.seconds, scratch, log) for c in args.levels}
     finally:
         log.close()
-        if not args.keep:
-            local.stop(cluster)
+        local.stop(cluster)
     results = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "env": args.env,
+        "access_log": args.access_log,
         "levels": levels,
     }
     (args.out / "profile.json").write_text(json.dumps(results, indent=2, default=str))
