@@ -145,6 +145,12 @@ class LocalCluster(BaseModel):
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.haproxy_metrics_port),
             "RAY_SERVE_HAPROXY_RETRY_ON": self.ingress_retry_on,
             "RAY_SERVE_HAPROXY_RETRIES": str(self.ingress_retries),
+            # Serve parses a metrics line per request from HAProxy in a Python actor:
+            # 0.08 ms of CPU per request (benchmarks/profile_serving.py) for series the
+            # replicas' own Serve metrics already give; and one HAProxy thread, not
+            # four, on a node whose cores serve Python replicas.
+            "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+            "RAY_SERVE_HAPROXY_NBTHREAD": "1",
         }
 
     def client_environment(self) -> dict[str, str]:

@@ -29,6 +29,7 @@ WORKERS = 2  # processes per peer: as many as nonstop has replicas, one per core
 SKLEARN = f"scikit-learn=={metadata.version('scikit-learn')}"
 Payload = tuple[bytes, str]  # body and its content type
 JSON = "application/json"
+START_TIMEOUT_S = 300  # KServe restarts workers slower than 5 s to answer a ping: slow on a busy machine
 
 
 def v1_body(rows: list[list[float]]) -> Payload:
@@ -164,7 +165,7 @@ class Running:
             self._process = subprocess.Popen(
                 self._argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=HERE, env=env
             )
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + START_TIMEOUT_S
         body, content_type = self._probe
         while True:
             if self._process.poll() is not None:
@@ -177,7 +178,7 @@ class Running:
                 pass
             if time.monotonic() > deadline:
                 self.__exit__()
-                raise RuntimeError(f"{self.peer.name} did not answer {self.url} within 120 s; see {self._log}")
+                raise RuntimeError(f"{self.peer.name} did not answer {self.url} within {START_TIMEOUT_S} s; see {self._log}")
             time.sleep(0.5)
 
     def __exit__(self, *_: Any) -> None:
