@@ -73,6 +73,11 @@ class ModelLoadError(NonstopError):
         self.version = version
         self.detail = detail
 
+    def __reduce__(self) -> tuple[type[ModelLoadError], tuple[str, int, str]]:
+        """Rebuilt as itself on the other side of a process boundary (a replica's loader
+        actor returns refusals as values); the default would call __init__ with the message."""
+        return type(self), (self.model, self.version, self.detail)
+
 
 class ArtifactIntegrityError(ModelLoadError):
     reason = "integrity"
