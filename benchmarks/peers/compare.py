@@ -209,8 +209,9 @@ def chart(result: dict[str, Any], path: Path) -> None:
         axis.grid(axis="y", alpha=0.3)
     axes[1].set_yscale("log")
     axes[0].legend(fontsize=8)
+    loads = [v for entry in summary.values() for v in entry["load_avg_1min"]]
     fig.suptitle(f"Same estimator, same wrk client, one server at a time; medians of {result['rounds']} rounds; "
-                 f"{result['machine']}, {result['date']}")  # fmt: skip
+                 f"{result['machine']}, {result['date']}; 1-min load average {min(loads):.1f}-{max(loads):.1f}")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
