@@ -1,8 +1,9 @@
 """Typed errors shared by the registry, training and serving.
 
-Each error carries the HTTP status it maps to, so the serving layer renders every
-failure through one handler and the CLI turns any of them into a clear message and a
-non-zero exit, without either side knowing the other's transport.
+An error says what went wrong and carries a stable short `reason` code (the one
+vocabulary of metrics, `nonstop status` and load failures); it knows nothing of how it
+is reported. The HTTP edge maps error types to statuses in one table
+(serve_app/routes.py), the CLI maps them to exit codes (nonstop_ops/cli.py `main`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 class NonstopError(Exception):
     """Base of every error this project raises on purpose."""
 
-    status_code: int = 500
+    reason: str = "error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -27,21 +28,21 @@ class NonstopError(Exception):
 
 
 class ModelNotFound(NonstopError):
-    status_code = 404
+    reason = "model_not_found"
 
 
 class VersionNotFound(NonstopError):
-    status_code = 404
+    reason = "version_not_found"
 
 
 class AliasNotFound(NonstopError):
-    status_code = 404
+    reason = "alias_not_found"
 
 
 class RegistryError(NonstopError):
     """The registry's storage is unreadable or inconsistent."""
 
-    status_code = 500
+    reason = "registry"
 
 
 class StorageError(RegistryError):
@@ -57,6 +58,8 @@ class TamperedAliasError(RegistryError):
     """An alias file whose signature is missing or wrong: it was not written by a holder
     of the signing key, so it may point anywhere, an old refused version included."""
 
+    reason = "tampered_alias"
+
 
 # --- loading and verification (a refused version) -----------------------------------
 
@@ -64,7 +67,6 @@ class TamperedAliasError(RegistryError):
 class ModelLoadError(NonstopError):
     """A version could not be made servable; `reason` is a stable short code."""
 
-    status_code = 503
     reason = "load_failed"
 
     def __init__(self, model: str, version: int, detail: str) -> None:
@@ -116,11 +118,11 @@ class SchemaMismatchError(ModelLoadError):
 
 
 class UnknownModel(NonstopError):
-    status_code = 404
+    reason = "unknown_model"
 
 
 class InvalidInput(NonstopError):
-    status_code = 422
+    reason = "invalid_input"
 
 
 def validation_problems(exc: ValidationError) -> str:
@@ -137,11 +139,11 @@ def clip(text: str, limit: int = 40) -> str:
 
 
 class PayloadTooLarge(NonstopError):
-    status_code = 413
+    reason = "payload_too_large"
 
 
 class ModelNotReady(NonstopError):
-    status_code = 503
+    reason = "model_not_ready"
 
 
 # --- training ---------------------------------------------------------------------------
@@ -150,8 +152,8 @@ class ModelNotReady(NonstopError):
 class DataValidationError(NonstopError):
     """Training data refused before anything is fitted or published."""
 
-    status_code = 422
+    reason = "invalid_data"
 
 
 class ConfigError(NonstopError):
-    status_code = 422
+    reason = "invalid_config"

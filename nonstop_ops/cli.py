@@ -1,7 +1,7 @@
 """The `nonstop` command: run the stack locally, train, and move aliases.
 
 Every command reads the registry from --registry or NONSTOP_REGISTRY. Errors the project
-raises on purpose end as one line on stderr and exit status 2, never a traceback.
+raises on purpose end as one line on stderr and a non-zero exit (`main`), never a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 import typer
@@ -22,6 +22,9 @@ from nonstop.config import Settings
 from nonstop.errors import NonstopError, validation_problems
 from nonstop.redact import public_uri
 from nonstop.registry import PRODUCTION, Registry
+
+if TYPE_CHECKING:
+    from serve_app.state import ReplicaStatus
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
@@ -50,10 +53,6 @@ def _cluster(http_port: int) -> local.LocalCluster:
     cluster = local.LocalCluster(http_port=http_port)
     cluster.use()
     return cluster
-
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, default=str))
 
 
 @app.command()
@@ -243,10 +242,10 @@ def status(
     http_port: HttpPortOpt = 8000,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Application status, the version each replica serves, and the aliases."""
+    """Application status, what each replica serves (or why it serves nothing), the aliases."""
     import ray
 
-    from serve_app.status_board import read_board
+    from serve_app.status_board import read_board, status_report
 
     cluster = _cluster(http_port)
     if not local.is_running(cluster):
@@ -257,23 +256,29 @@ def status(
         board = read_board()
     finally:
         ray.shutdown()
-    report = _status_report(details, board)
+    report = status_report(details, board)
     reg = _registry(registry)
-    for model in {r["model"] for r in report["replicas"] if r.get("model")}:
-        report["aliases"][model] = {a: r.model_dump(mode="json") for a, r in reg.aliases(model).items()}
+    for model in sorted({r.status.model for r in report.replicas if r.status and r.status.model}):
+        report.aliases[model] = reg.aliases(model)
     if as_json:
-        _print_json(report)
+        typer.echo(report.model_dump_json(indent=2))
         return
-    typer.echo(f"application: {report['status']}")
-    for replica in report["replicas"]:
-        error = f"  last error: {replica['last_error']}" if replica.get("last_error") else ""
-        typer.echo(
-            f"  replica {replica['replica_id']} [{replica['state']}] pid={replica.get('pid')} "
-            f"serves {replica.get('model')} v{replica.get('version')} since {replica.get('since')}{error}"
-        )
-    for model, aliases in report["aliases"].items():
+    typer.echo(f"application: {report.status}")
+    for replica in report.replicas:
+        typer.echo(f"  replica {replica.replica_id} [{replica.state}] {_describe(replica.status)}")
+    for model, aliases in report.aliases.items():
         for name, record in aliases.items():
-            typer.echo(f"  {model}@{name} -> v{record['version']}  history {[e['version'] for e in record['history']]}")
+            typer.echo(f"  {model}@{name} -> v{record.version}  history {[e.version for e in record.history]}")
+
+
+def _describe(status: ReplicaStatus | None) -> str:
+    """One line per replica: what it holds, or that it is not ready and why."""
+    if status is None:
+        return "has not reported yet"
+    held = ", ".join(f"{v.model} v{v.version} ({v.role}) since {v.since:%Y-%m-%d %H:%M:%S}" for v in status.versions)
+    error = f"  last error: {status.last_error.message}" if status.last_error else ""
+    serves = f"serves {held}" if held else f"NOT READY, nothing loaded for {status.target}"
+    return f"pid={status.pid} {serves}{error}"
 
 
 @app.command("kube-render")
@@ -289,22 +294,22 @@ def kube_render(
     raise typer.Exit(kube.main(argv))
 
 
-def _status_report(details: dict[str, Any], board: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    application = details.get("applications", {}).get("nonstop", {})
-    replicas = []
-    for deployment in application.get("deployments", {}).values():
-        for replica in deployment.get("replicas", []):
-            replica_id = replica["replica_id"]
-            replicas.append({"replica_id": replica_id, "state": replica["state"], **board.get(replica_id, {})})
-    return {"status": application.get("status", "NOT_DEPLOYED"), "replicas": replicas, "aliases": {}}
+EXIT_CODES: dict[type[NonstopError], int] = {NonstopError: 2, local.ClusterError: 3}
+
+
+def exit_code(exc: NonstopError) -> int:
+    """The code of the nearest listed ancestor of the error's type."""
+    return next(EXIT_CODES[k] for k in type(exc).__mro__ if k in EXIT_CODES)
 
 
 def main() -> None:
+    """Errors end as one line on stderr: exit 2 for anything refused (input, data, the
+    registry's content, configuration), 3 when there is no cluster to talk to."""
     try:
         app()
     except NonstopError as exc:
         typer.echo(f"error: {exc.message}", err=True)
-        sys.exit(2)
+        sys.exit(exit_code(exc))
     except ValidationError as exc:
         typer.echo(f"error: invalid {exc.title}: {validation_problems(exc)}", err=True)
         sys.exit(2)

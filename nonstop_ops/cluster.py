@@ -35,7 +35,7 @@ LOOPBACK = "127.0.0.1"
 
 
 class ClusterError(NonstopError):
-    status_code = 503
+    reason = "cluster"
 
 
 class LocalCluster(BaseModel):

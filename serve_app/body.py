@@ -20,7 +20,7 @@ from serve_app.config import Limits
 class BodyTimeout(InvalidInput):
     """The body did not arrive within the deadline."""
 
-    status_code = 408
+    reason = "body_timeout"
 
 
 async def read_body(request: Request, limits: Limits) -> bytes:

@@ -19,7 +19,7 @@ class ModelTarget(BaseModel):
     model: str
     version: int | None = Field(default=None, ge=1, description="pin a version; excludes alias")
     alias: str | None = Field(default=None, description="follow an alias; 'production' if neither is set")
-    poll_interval_s: float = Field(default=2.0, ge=0.1, le=3600)
+    poll_interval_s: float = Field(default=1.0, ge=0.1, le=3600, description="how often the alias (or a missing pinned version) is looked up")
     allow_schema_change: bool = Field(
         default=False,
         description="serve a version whose features differ from the one being served",

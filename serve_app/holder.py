@@ -1,9 +1,14 @@
-"""Holds the model a replica serves and replaces it without a request ever waiting.
+"""Keeps a replica's `ServingState` in line with its target, without a request waiting.
 
-A candidate is loaded and verified off the event loop; only then is the reference to the
-immutable `LoadedModel` replaced, in one assignment. A request reads that reference once,
-so it runs wholly on the old model or wholly on the new one. A refused candidate leaves
-the current model in place and is remembered, so the poller does not retry it forever.
+A candidate is loaded and verified off the event loop; only then is a new state, holding
+it, assigned in one reference assignment. A request reads the state once, so it runs
+wholly on the old version or wholly on the new one.
+
+Nothing in the registry can make a replica fail to start: a missing model, alias or
+pinned version, an unreadable registry, a refused artifact all leave the replica up,
+not ready (requests get "no version loaded" with the reason), and the poller keeps
+looking until something servable appears. A refused version is remembered so it is not
+loaded again at every poll; a version that did not exist yet is not a refusal.
 """
 
 from __future__ import annotations
@@ -12,13 +17,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from nonstop.errors import AliasNotFound, ModelLoadError, NonstopError, SchemaMismatchError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.registry import Registry
 from serve_app.config import ModelTarget
+from serve_app.state import LoadFailure, Role, ServingState
 
 log = logging.getLogger("nonstop.holder")
 
@@ -30,14 +35,6 @@ def stagger_s(rank: int, load_seconds: float) -> float:
     return rank * (load_seconds * 1.5 + 0.2)
 
 
-@dataclass(frozen=True)
-class LoadFailure:
-    version: int | None
-    reason: str
-    message: str
-    at: datetime
-
-
 class ModelHolder:
     def __init__(
         self,
@@ -45,82 +42,95 @@ class ModelHolder:
         policy: TrustPolicy,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
-        self.current: LoadedModel | None = None
-        self.target: ModelTarget | None = None
-        self.last_error: LoadFailure | None = None
+        self.state = ServingState()
+        self.rank = 0
+        self._target: ModelTarget | None = None
         self._registry = registry
         self._policy = policy
         self._on_change = on_change
-        self._refused: set[int] = set()
+        self._refused: set[tuple[str, int]] = set()
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._pending: asyncio.Task[None] | None = None
-        self.rank = 0
-
-    @property
-    def ready(self) -> bool:
-        return self.current is not None
 
     async def configure(self, target: ModelTarget) -> None:
-        """Apply a new target. Only a replica with nothing to serve waits for the load.
+        """Apply a new target. A replica with nothing of the target's model to serve
+        (at start, or after a change of model) loads before returning; otherwise the
+        load runs in the background.
 
-        Ray Serve sends no traffic to a replica while its `reconfigure` runs, so a
-        blocking load would take the replica out of rotation for the whole load.
+        Ray Serve sends no traffic to a replica while its `reconfigure` runs: a blocking
+        load would take a serving replica out of rotation for the whole load, while a
+        replica switching models must not be routed requests for the new name before it
+        can answer them. Never raises for what the registry holds: see the module doc.
         """
-        self.target = target
         self._refused.clear()
+        switching = target.model != self.state.model or self.state.primary is None
+        self._set(self.state.retargeted(target) if not switching else self.state)
+        self._target = target
         self._restart_poller(target)
-        if self.current is None:
-            await self.sync(raise_errors=True)
+        if switching:
+            await self.sync()
         else:
             self._pending = asyncio.create_task(self.sync())
 
-    async def sync(self, raise_errors: bool = False) -> None:
-        """Bring the served model in line with the target, if it is not already."""
+    async def sync(self) -> None:
+        """Bring the served state in line with the target, if it is not already."""
         async with self._lock:
-            target = self.target
+            target = self._target
             if target is None:
+                return
+            state = self.state.retargeted(target)
+            current = state.primary
+            if current is not None and target.version is not None and current.version == target.version:
                 return
             try:
                 version = await asyncio.to_thread(self._resolve, target)
-                if self.current and self.current.manifest.model == target.model and self.current.version == version:
+                if current is not None and current.version == version:
                     return
-                if version in self._refused:
+                if (target.model, version) in self._refused:
                     return
-                await asyncio.sleep(self._stagger_s())
+                await asyncio.sleep(0.0 if current is None else stagger_s(self.rank, current.load_seconds))
                 candidate = await asyncio.to_thread(load_version, self._registry, target.model, version, self._policy)
-                self._check_schema(target, candidate)
+                self._check_schema(target, current, candidate)
             except NonstopError as exc:
-                self._fail(exc)
-                if raise_errors:
-                    raise
+                self._fail(state, exc)
                 return
-            previous, self.current = self.current, candidate
+            self._set(state.with_version(candidate, Role.PRIMARY))
             log.info(
                 "serving %s v%d (was %s), loaded in %.3fs",
                 target.model,
                 candidate.version,
-                f"v{previous.version}" if previous else "nothing",
+                f"v{current.version}" if current else "nothing",
                 candidate.load_seconds,
             )
-        self._on_change()
 
-    def _stagger_s(self) -> float:
-        return 0.0 if self.current is None else stagger_s(self.rank, self.current.load_seconds)
+    @property
+    def ready(self) -> bool:
+        return self.state.ready
+
+    @property
+    def polling(self) -> bool:
+        """False once the poller ended, which only a bug or a close can do."""
+        return self._poller is not None and not self._poller.done()
+
+    def _set(self, state: ServingState) -> None:
+        if state is not self.state:
+            self.state = state
+            self._on_change()
 
     def _resolve(self, target: ModelTarget) -> int:
         if target.version is not None:
-            self._registry.manifest(target.model, target.version)
+            self._registry.manifest(target.model, target.version)  # VersionNotFound until it is published
             return target.version
-        alias = target.followed_alias
-        assert alias is not None
+        alias = target.followed_alias or ""
         version = self._registry.resolve(target.model, alias)
         if version is None:
-            raise AliasNotFound(f"model {target.model!r} has no alias {alias!r} to follow")
+            raise AliasNotFound(f"model {target.model!r} has no alias {alias!r} to follow (yet)")
         return version
 
-    def _check_schema(self, target: ModelTarget, candidate: LoadedModel) -> None:
-        current = self.current
+    @staticmethod
+    def _check_schema(target: ModelTarget, current: LoadedModel | None, candidate: LoadedModel) -> None:
+        """Schema continuity is a rule between versions of one model."""
         if current is None or target.allow_schema_change or current.manifest.same_schema(candidate.manifest):
             return
         ours = set(current.manifest.feature_names)
@@ -133,29 +143,27 @@ class ModelHolder:
             "set allow_schema_change in user_config to serve it",
         )
 
-    def _fail(self, exc: NonstopError) -> None:
-        """Record why; a failure that repeats at every poll (a forged alias, say) is
+    def _fail(self, state: ServingState, exc: NonstopError) -> None:
+        """Record why. Only a published version that was refused is remembered (and not
+        loaded again); a missing alias or version, or a registry error, is retried at
+        the next poll. A failure that repeats at every poll (a forged alias, say) is
         reported once, with the time it was first seen."""
-        version = exc.version if isinstance(exc, ModelLoadError) and exc.version else None
+        version = exc.version if isinstance(exc, ModelLoadError) else None
         if version is not None:
-            self._refused.add(version)
-        if self.last_error is not None and self.last_error.message == exc.message:
+            self._refused.add((exc.model, version))
+        if state.last_error is not None and state.last_error.message == exc.message:
+            self._set(state)
             return
-        self.last_error = LoadFailure(
-            version=version,
-            reason=getattr(exc, "reason", type(exc).__name__),
-            message=exc.message,
-            at=datetime.now(UTC),
-        )
+        failure = LoadFailure(version=version, reason=exc.reason, message=exc.message, at=datetime.now(UTC))
         log.warning("load refused: %s", exc.message)
-        self._on_change()
+        self._set(state.with_error(failure))
 
     def _restart_poller(self, target: ModelTarget) -> None:
+        """Every target is polled: an alias for where it points, a pinned version until
+        it is published and loaded (after that a poll costs nothing)."""
         if self._poller is not None:
             self._poller.cancel()
-            self._poller = None
-        if target.followed_alias is not None:
-            self._poller = asyncio.create_task(self._poll(target.poll_interval_s))
+        self._poller = asyncio.create_task(self._poll(target.poll_interval_s))
 
     async def _poll(self, interval: float) -> None:
         while True:
@@ -163,7 +171,7 @@ class ModelHolder:
             try:
                 await self.sync()
             except Exception:  # the poller must outlive any surprise; the next tick retries
-                log.exception("alias poll failed")
+                log.exception("poll failed")
 
     async def close(self) -> None:
         for task in (self._poller, self._pending):

@@ -2,21 +2,25 @@
 
 Ray prefixes them with `ray_` and Serve adds `deployment`, `replica` and `application`
 tags, so every series below can be told apart by replica without our help. The Grafana
-dashboard in docs/grafana is built on exactly these names.
+dashboard in docs/grafana is built on exactly these names. Every `reason` tag is an
+error's reason code (nonstop/errors.py): one vocabulary for refused requests and
+refused versions. Served versions and load failures are derived from the replica's
+`ReplicaStatus`, the same report `nonstop status` prints.
 """
 
 from __future__ import annotations
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from serve_app.holder import LoadFailure
+from serve_app.state import LoadFailure, ReplicaStatus
 
 _SWAP_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 _BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+Served = tuple[str, str, str]  # model, version, role
 
 
 class ServingMetrics:
-    """Implements the data plane's `Observer` and follows the holder's changes."""
+    """Implements the data plane's `Observer` and follows the replica's status."""
 
     def __init__(self) -> None:
         self._predictions = Counter(
@@ -35,12 +39,16 @@ class ServingMetrics:
             tag_keys=("model",),
         )
         self._served = Gauge(
-            "nonstop_served_version", description="1 for the version this replica serves", tag_keys=("model", "version")
+            "nonstop_served_version",
+            description="1 for each version this replica holds, by role",
+            tag_keys=("model", "version", "role"),
         )
+        self._ready = Gauge("nonstop_ready", description="1 if this replica has a version to answer with", tag_keys=("model",))
         self._batch = Histogram(
             "nonstop_batch_size", description="Requests predicted together", boundaries=_BATCH_BUCKETS, tag_keys=("model",)
         )
-        self._serving: tuple[str, str] | None = None
+        self._serving: set[Served] = set()
+        self._model: str | None = None
         self._last_failure: LoadFailure | None = None
 
     def predicted(self, model: str, version: int, rows: int) -> None:
@@ -52,22 +60,26 @@ class ServingMetrics:
     def batched(self, model: str, size: int) -> None:
         self._batch.observe(size, tags={"model": model})
 
-    def swapped(self, model: str, version: int, seconds: float) -> None:
-        if self._serving == (model, str(version)):
-            return
-        if self._serving is not None:
-            self._served.set(0, tags={"model": self._serving[0], "version": self._serving[1]})
-        self._serving = (model, str(version))
-        self._served.set(1, tags={"model": model, "version": str(version)})
-        self._swap.observe(seconds, tags={"model": model})
-
-    def refresh(self) -> None:
-        """Ray exports a gauge only for a while after it was set: keep saying what is served."""
-        if self._serving is not None:
-            self._served.set(1, tags={"model": self._serving[0], "version": self._serving[1]})
-
-    def load_failed(self, model: str, failure: LoadFailure) -> None:
-        if failure is self._last_failure:
-            return
+    def observe(self, status: ReplicaStatus) -> None:
+        """Follow a new status: swaps, refusals, and what is held now."""
+        held = {(v.model, str(v.version), v.role.value): v for v in status.versions}
+        for gone in self._serving - held.keys():
+            self._served.set(0, tags=dict(zip(("model", "version", "role"), gone, strict=True)))
+        for key in held.keys() - self._serving:
+            self._swap.observe(held[key].load_seconds, tags={"model": key[0]})
+        self._serving = set(held)
+        if self._model is not None and self._model != status.model:
+            self._ready.set(0, tags={"model": self._model})
+        self._model = status.model
+        failure = status.last_error
+        if failure is not None and failure != self._last_failure and status.model is not None:
+            self._load_failures.inc(tags={"model": status.model, "reason": failure.reason})
         self._last_failure = failure
-        self._load_failures.inc(tags={"model": model, "reason": failure.reason})
+        self.refresh(status)
+
+    def refresh(self, status: ReplicaStatus) -> None:
+        """Ray exports a gauge only for a while after it was set: keep saying what is held."""
+        for model, version, role in self._serving:
+            self._served.set(1, tags={"model": model, "version": version, "role": role})
+        if status.model is not None:
+            self._ready.set(1 if status.ready else 0, tags={"model": status.model})

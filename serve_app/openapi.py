@@ -12,8 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nonstop.manifest import FeatureSpec, Scalar
+from nonstop.manifest import Scalar
 from serve_app.arrow_input import ARROW_STREAM
+from serve_app.state import ModelMetadata
 
 Value = float | str | None
 
@@ -37,27 +38,6 @@ class ErrorBody(BaseModel):
     error: str = Field(description="what is wrong, in words")
 
 
-class LoadFailureBody(BaseModel):
-    version: int | None
-    reason: str
-    message: str
-    at: str
-
-
-class ModelMetadata(BaseModel):
-    name: str
-    ready: bool
-    version: str | None
-    target: str | None
-    loaded_at: str | None
-    load_seconds: float | None
-    features: list[FeatureSpec]
-    classes: list[Scalar]
-    metrics: dict[str, float]
-    created_at: str | None
-    last_error: LoadFailureBody | None
-
-
 class ModelList(BaseModel):
     models: list[str]
 
@@ -67,12 +47,16 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 VERSION_HEADER = "x-model-version"
+MODEL_HEADER = "x-model-name"
 
 PREDICT: dict[str, Any] = {
     "responses": {
         200: {
             "model": PredictResponse,
-            "headers": {VERSION_HEADER: {"description": "the version that answered", "schema": {"type": "string"}}},
+            "headers": {
+                VERSION_HEADER: {"description": "the version that answered", "schema": {"type": "string"}},
+                MODEL_HEADER: {"description": "the model that answered", "schema": {"type": "string"}},
+            },
         },
         **_errors(404, 413, 422, 503),
     },

@@ -1,62 +1,119 @@
-"""Thin HTTP routes (KServe V1 shape) over the data plane, and the error renderers."""
+"""Thin HTTP routes (KServe V1 shape) over the data plane, and the one error table.
+
+Errors carry no status codes: `HTTP_STATUS` below is the only place that maps an error
+type to an HTTP status, for these routes and any other mounted on the same app.
+"""
 
 from __future__ import annotations
 
 import json
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from nonstop.errors import NonstopError, clip
+from nonstop.errors import (
+    AliasNotFound,
+    ConfigError,
+    DataValidationError,
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    NonstopError,
+    PayloadTooLarge,
+    UnknownModel,
+    VersionNotFound,
+    clip,
+)
 from serve_app import openapi
-from serve_app.body import read_body
-from serve_app.dataplane import DataPlane
-from serve_app.openapi import VERSION_HEADER
-
+from serve_app.body import BodyTimeout, read_body
+from serve_app.config import Limits
+from serve_app.dataplane import DataPlane, InferenceResult
+from serve_app.decoding import body_matrix
+from serve_app.openapi import MODEL_HEADER, VERSION_HEADER
 
 MAX_ERROR_CHARS = 600
 
+HTTP_STATUS: dict[type[NonstopError], int] = {
+    UnknownModel: 404,
+    ModelNotFound: 404,
+    VersionNotFound: 404,
+    AliasNotFound: 404,
+    BodyTimeout: 408,
+    PayloadTooLarge: 413,
+    InvalidInput: 422,
+    DataValidationError: 422,
+    ConfigError: 422,
+    ModelNotReady: 503,
+    ModelLoadError: 503,
+}
 
-def _plane(request: Request) -> DataPlane:
+
+def http_status(exc: NonstopError) -> int:
+    """The status of the nearest listed ancestor of the error's type; 500 if none is."""
+    return next((HTTP_STATUS[k] for k in type(exc).__mro__ if k in HTTP_STATUS), 500)
+
+
+def plane_of(request: Request) -> DataPlane:
     return request.app.state.plane
 
 
-def _json(content: object, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+def limits_of(request: Request) -> Limits:
+    return request.app.state.limits
+
+
+def json_response(content: object, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """ASCII-escaped JSON: renders whatever text an error quotes, lone surrogates included."""
     return Response(json.dumps(content), status_code=status_code, media_type="application/json", headers=headers)
 
 
-async def _render_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, NonstopError)
+def answer_headers(result: InferenceResult) -> dict[str, str]:
+    """Which model and version answered, taken from the version that did."""
+    return {MODEL_HEADER: result.model, VERSION_HEADER: str(result.version)}
+
+
+async def _render_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, NonstopError):  # registered for NonstopError only
+        raise exc
+    model = request.path_params.get("model")
+    if model is not None:
+        plane_of(request).refused(model, exc)
     # bounded, and ASCII-escaped by json.dumps: any client text renders, lone surrogates included
-    return _json({"error": clip(exc.message, MAX_ERROR_CHARS)}, status_code=exc.status_code)
+    return json_response({"error": clip(exc.message, MAX_ERROR_CHARS)}, status_code=http_status(exc))
 
 
-async def _render_http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _render_http_error(_: Request, exc: Exception) -> Response:
     """Routing's own refusals (no such path, wrong method) in the one error shape."""
-    assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+    if not isinstance(exc, HTTPException):  # registered for HTTPException only
+        raise exc
+    return json_response({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
 
-def create_api() -> FastAPI:
-    """The app object; whoever hosts it sets `app.state.plane` before traffic arrives."""
+def create_api(plane: DataPlane, limits: Limits) -> FastAPI:
+    """The app object over one replica's data plane."""
     api = FastAPI(title="nonstop", summary="Predictions from the registry's current model version")
+    api.state.plane = plane
+    api.state.limits = limits
     api.add_exception_handler(NonstopError, _render_error)
     api.add_exception_handler(HTTPException, _render_http_error)
 
     @api.post("/v1/models/{model}:predict", **openapi.PREDICT)
     async def predict(model: str, request: Request) -> Response:
-        plane = _plane(request)
-        result = await plane.infer(model, await read_body(request, plane.limits), request.headers.get("content-type"))
-        return _json(result.body(), headers={VERSION_HEADER: str(result.version)})
+        binding = plane.bind(model)
+        body = await read_body(request, limits)
+        matrix = body_matrix(body, request.headers.get("content-type"), binding.features, limits)
+        result = await plane.infer(binding, matrix)
+        return json_response(
+            {"predictions": result.predictions, "model_version": str(result.version)}, headers=answer_headers(result)
+        )
 
     @api.get("/v1/models/{model}", **openapi.METADATA)
-    async def model_metadata(model: str, request: Request) -> Response:
-        return _json(_plane(request).metadata(model))
+    async def model_metadata(model: str) -> Response:
+        return Response(plane.metadata(model).model_dump_json(), media_type="application/json")
 
     @api.get("/v1/models", **openapi.LISTING)
-    async def list_models(request: Request) -> Response:
-        served = _plane(request).served_model()
-        return _json({"models": [served] if served else []})
+    async def list_models() -> Response:
+        return json_response({"models": plane.served_models()})
 
     return api

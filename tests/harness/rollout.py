@@ -25,6 +25,7 @@ from tests.harness.loadgen import BackgroundLoad, Sample
 from nonstop.manifest import ManifestDraft
 from nonstop.registry import Registry
 from tests.harness.rollout_stats import Event, ScenarioReport, report
+from serve_app.state import ReplicaStatus
 from serve_app.status_board import read_board
 from training.data import read_data
 
@@ -73,18 +74,20 @@ class Stack:
             if r["state"] == "RUNNING"
         }
 
-    def board(self) -> dict[str, dict[str, Any]]:
+    def board(self) -> dict[str, ReplicaStatus]:
         live = self.replicas()
         return {k: v for k, v in read_board().items() if k in live}
 
-    def serving_everywhere(self, version: int) -> bool:
+    def serving_everywhere(self, version: int, model: str | None = None) -> bool:
         board = self.board()
         wanted = local.deployment_config(self.config).get("num_replicas", 2)
-        return len(board) == len(self.replicas()) == wanted and all(r.get("version") == version for r in board.values())
+        return len(board) == len(self.replicas()) == wanted and all(r.serves(model or self.model, version) for r in board.values())
 
     def refusing_everywhere(self, version: int, reason: str) -> bool:
         board = self.board()
-        return bool(board) and all(f"version {version} refused ({reason})" in (r.get("last_error") or "") for r in board.values())
+        return bool(board) and all(
+            r.last_error is not None and (r.last_error.version, r.last_error.reason) == (version, reason) for r in board.values()
+        )
 
     def metadata(self) -> dict[str, Any]:
         return httpx.get(f"{self.cluster.http_url}/v1/models/{self.model}", timeout=10).json()

@@ -38,7 +38,7 @@ def test_promotion_shows_up_in_prometheus_by_version_and_replica(served: Stack, 
             if labels.get("model") == MODEL and labels.get("version") == str(new) and value == 1
         }
         predicted = [v for labels, v in _series(served, "ray_nonstop_predictions_total") if labels.get("version") == str(new)]
-        refused = [labels for labels, _ in _series(served, "ray_nonstop_prediction_errors_total") if labels.get("reason") == "InvalidInput"]
+        refused = [labels for labels, _ in _series(served, "ray_nonstop_prediction_errors_total") if labels.get("reason") == "invalid_input"]
         swaps = _series(served, "ray_nonstop_swap_duration_seconds_count")
         batches = _series(served, "ray_nonstop_batch_size_count")
         return {r.split("#")[-1] for r in serving} >= {r.split("#")[-1] for r in replicas} and sum(predicted) >= 20 and bool(refused and swaps and batches)

@@ -91,14 +91,15 @@ def test_a_replica_keeps_its_version_when_the_alias_is_forged(tmp_path: Path, de
 
     async def run() -> int | None:
         await holder.configure(ModelTarget(model=MODEL, poll_interval_s=3600))
-        assert holder.current is not None and holder.current.version == 1
+        assert holder.state.primary is not None and holder.state.primary.version == 1
         forged.write_text(json.dumps({**json.loads(forged.read_text()), "version": 2}))
         await holder.sync()
         await holder.close()
-        return holder.current.version if holder.current else None
+        return holder.state.primary.version if holder.state.primary else None
 
     assert asyncio.run(run()) == 1
-    assert holder.last_error is not None and "signature does not match" in holder.last_error.message
+    error = holder.state.last_error
+    assert error is not None and "signature does not match" in error.message
     with pytest.raises(TamperedAliasError):
         registry.rollback(MODEL)  # its history cannot be trusted
     taken_back = registry.promote(MODEL, 2)  # a key holder takes the alias back

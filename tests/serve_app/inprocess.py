@@ -27,8 +27,7 @@ def call(registry: Registry, method: str, path: str, limits: Limits = Limits(), 
     async def go() -> httpx.Response:
         holder = ModelHolder(registry, TrustPolicy())
         await holder.configure(ModelTarget(model=MODEL, poll_interval_s=3600))
-        api = create_api()
-        api.state.plane = DataPlane(holder, limits)
+        api = create_api(DataPlane(holder), limits)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://test") as client:
             response = await client.request(method, path, **kwargs)
         await holder.close()

@@ -62,8 +62,7 @@ def base_url(registry: Registry) -> Iterator[str]:
     """uvicorn in a thread on a free loopback port, stopped when the module is done."""
     holder = ModelHolder(registry, TrustPolicy())
     asyncio.run(holder.configure(ModelTarget(model=MODEL, version=1)))  # pinned: no poller to outlive the loop
-    api = create_api()
-    api.state.plane = DataPlane(holder, Limits(max_instances=64))
+    api = create_api(DataPlane(holder), Limits(max_instances=64))
     with serve_in_thread(api) as url:
         yield url
 

@@ -9,13 +9,16 @@ from typing import Any
 
 import pytest
 
+from nonstop import errors
 from nonstop.formats.skops_sklearn import SKOPS, TRUSTED_CALLABLES, TRUSTED_TYPES
 from nonstop.loading import TrustPolicy, load_version
 from nonstop.registry import Registry
 from nonstop.schema import rows_to_matrix
 from serve_app.config import Limits
+from serve_app.routes import HTTP_STATUS, http_status
 from tests.conftest import MODEL
 from tests.serve_app.inprocess import PREDICT, call, train_mixed
+
 
 def test_predict_matches_the_registry_model_in_both_instance_shapes(served: Registry) -> None:
     manifest = served.manifest(MODEL, 1)
@@ -27,7 +30,7 @@ def test_predict_matches_the_registry_model_in_both_instance_shapes(served: Regi
     for response in (as_lists, as_objects):
         assert response.status_code == 200, response.text
         assert response.json() == {"predictions": expected, "model_version": "1"}
-        assert response.headers["x-model-version"] == "1"
+        assert (response.headers["x-model-version"], response.headers["x-model-name"]) == ("1", MODEL)
 
 
 def test_metadata_describes_the_served_version(served: Registry) -> None:
@@ -115,3 +118,24 @@ def test_a_schema_with_text_and_nullable_columns_trains_loads_and_serves(registr
     assert len(response.json()["predictions"]) == 4 and set(response.json()["predictions"]) <= {0, 1}
     wrong = call(registry, "POST", PREDICT, json={"instances": [{**base, "colour": 3}]})
     assert wrong.status_code == 422 and "feature 'colour': expected a string, got int" in wrong.json()["error"]
+
+
+def test_one_table_maps_errors_to_statuses_and_errors_carry_none() -> None:
+    """Subclasses take their family's status; anything unlisted is a 500."""
+    assert not any(hasattr(t, "status_code") for t in vars(errors).values() if isinstance(t, type))
+    assert http_status(errors.ArtifactIntegrityError(MODEL, 1, "x")) == HTTP_STATUS[errors.ModelLoadError] == 503
+    assert http_status(errors.TamperedAliasError("x")) == 500
+    assert http_status(errors.UnknownModel("x")) == 404
+
+
+def test_an_empty_registry_answers_503_naming_why_and_metadata_says_not_ready(registry: Registry) -> None:
+    predict = call(registry, "POST", PREDICT, json={"instances": [[1.0] * 30]})
+    assert predict.status_code == 503
+    assert predict.json() == {
+        "error": f"model {MODEL!r} has no version loaded yet: model {MODEL!r} has no alias 'production' to follow (yet)"
+    }
+    metadata = call(registry, "GET", f"/v1/models/{MODEL}").json()
+    assert (metadata["ready"], metadata["version"], metadata["target"]) == (False, None, f"{MODEL}@production")
+    assert metadata["last_error"]["reason"] == "alias_not_found"
+    assert call(registry, "GET", "/v1/models").json() == {"models": [MODEL]}
+
