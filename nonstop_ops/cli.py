@@ -11,7 +11,7 @@ import json
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -53,6 +53,10 @@ def _cluster(http_port: int) -> local.LocalCluster:
     cluster = local.LocalCluster(http_port=http_port)
     cluster.use()
     return cluster
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
 
 
 @app.command()
