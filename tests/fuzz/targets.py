@@ -27,9 +27,8 @@ with atheris.instrument_imports(include=["serve_app", "nonstop"]):
     from nonstop.errors import InvalidInput, PayloadTooLarge, RegistryError, TamperedAliasError, TamperedManifestError
     from nonstop.manifest import DataFingerprint, FeatureSpec, Manifest, SampleSet
     from nonstop.registry import AliasEvent, AliasRecord, parse_alias, parse_manifest
-    from serve_app import arrow_input
+    from serve_app import arrow_input, decoding
     from serve_app.config import Limits
-    from serve_app.dataplane import DataPlane
 
 import pyarrow as pa
 
@@ -44,15 +43,8 @@ CLIENT_REFUSALS = (InvalidInput, PayloadTooLarge)  # 422 and 413: the only answe
 _counts: Counter[str] = Counter()
 
 
-def _plane() -> DataPlane:
-    """JSON decoding needs only the limits; no model is loaded or predicted."""
-    return DataPlane(holder=None, limits=LIMITS)  # type: ignore[arg-type]
-
-
 def decode_json(data: bytes) -> object:
-    plane = _plane()
-    instances = plane._instances(data)
-    return plane.to_matrix(instances, FEATURES)
+    return decoding.body_matrix(data, "application/json", FEATURES, LIMITS)
 
 
 def decode_arrow(data: bytes) -> object:
