@@ -66,7 +66,7 @@ def test_a_refused_first_version_starts_not_ready_and_a_good_one_is_served_later
         assert error is not None and (error.version, error.reason) == (1, "integrity")
         with pytest.raises(ModelNotReady, match="no version loaded yet: .*version 1 refused"):
             DataPlane(holder).bind(MODEL)
-        train_into(registry, demo_data)
+        registry.promote(MODEL, train_into(registry, demo_data, promote=False).manifest.version)
         await holder.sync()
         assert served_version(holder) == 2
         await holder.close()
