@@ -47,7 +47,7 @@ def _instances(rows: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _serving(served: Stack, model: str, version: int | None) -> bool:
-    return served.serving_everywhere(version or 0) and all(r.get("model") == model for r in served.board().values())
+    return served.serving_everywhere(version or 0, model=model)
 
 
 @pytest.mark.parametrize("name", ["diabetes_regression", "lightgbm_categorical", "column_transformer"])
