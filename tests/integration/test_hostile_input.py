@@ -7,8 +7,10 @@ that trickles in.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -17,8 +19,9 @@ import pytest
 
 from serve_app.arrow_input import ARROW_STREAM, arrow_stream
 from serve_app.config import Limits
-from tests.harness.rollout import Stack
-from tests.integration.conftest import BODY_TIMEOUT_S
+from tests.conftest import train_into
+from tests.harness.rollout import Stack, wait_until
+from tests.integration.conftest import BODY_TIMEOUT_S, swap_bound
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +139,28 @@ def test_hostile_bodies_get_a_4xx_that_renders_and_no_replica_restarts(served: S
     long_name = client.post(served.predict_url.replace(served.model, "m" * 8000), json={"instances": [[1]]})
     assert long_name.status_code == 404 and len(long_name.json()["error"]) < 1000
     assert served.replicas() == before
+
+
+@pytest.mark.parametrize("damage", ["fifo", "missing"])
+def test_an_unreadable_artifact_is_a_storage_refusal_and_the_old_version_keeps_serving(
+    served: Stack, client: httpx.Client, demo_data: Path, damage: str
+) -> None:
+    """A FIFO in place of the artifact hung the loader while it held the holder's lock; a
+    missing one raised an untyped FileNotFoundError."""
+    old = served.registry.resolve(served.model, "production")
+    bad = train_into(served.registry, demo_data, promote=False).manifest.version
+    artifact = Path(served.registry.uri) / served.model / "versions" / str(bad) / "model.skops"
+    artifact.unlink()
+    if damage == "fifo":
+        os.mkfifo(artifact)
+    before = served.replicas()
+    served.registry.promote(served.model, bad)
+    try:
+        wait_until(lambda: served.refusing_everywhere(bad, "storage"), swap_bound(served), f"every replica refusing v{bad}")
+        body = {"instances": served.registry.manifest(served.model, old).samples.inputs[:1]}
+        answers = [client.post(served.predict_url, json=body) for _ in range(10)]
+        assert {(a.status_code, a.headers.get("x-model-version")) for a in answers} == {(200, str(old))}
+        assert served.replicas() == before
+    finally:
+        served.registry.rollback(served.model)
+        wait_until(lambda: served.serving_everywhere(old), swap_bound(served), f"every replica back on v{old}")
