@@ -148,3 +148,13 @@ def test_what_a_killed_publisher_leaves_is_skipped_and_listed(registry: Registry
         "versions/1/.tmp-4567-manifest.json: left by an interrupted write",
         "aliases/.tmp-89ab-production.json: left by an interrupted write",
     ]
+
+
+def test_an_unreachable_object_store_is_a_typed_storage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyarrow's OSError escaped untyped from listing, reading and existence checks."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-example-secret-example")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    unreachable = Registry("s3://bucket/registry?endpoint_override=127.0.0.1:9&scheme=http")  # discard port: refused
+    with pytest.raises(StorageError, match="cannot access bucket/registry/m/versions: .*connect"):
+        unreachable.versions("m")
