@@ -95,8 +95,10 @@ class Forwarder:
             self._endpoints[name] = Endpoint(name, cluster, port)
 
     def set_ready(self, name: str, ready: bool) -> None:
+        """A probe that ends after its pod was deleted changes nothing."""
         with self._lock:
-            self._endpoints[name].ready = ready
+            if name in self._endpoints:
+                self._endpoints[name].ready = ready
 
     def remove_cluster(self, cluster: str) -> None:
         """The cluster's pods are being deleted: their endpoints leave the Service at once

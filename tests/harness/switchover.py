@@ -346,6 +346,10 @@ class Outcome:
     refused_connections: int
     samples: list[Sample] = field(repr=False)
 
+    def sent_from(self, start: float) -> Count:
+        """What the requests sent from `start` on (time.time()) saw."""
+        return Count.of([s for s in self.samples if s.sent_at >= start])
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
