@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from nonstop.profile import CategoryProfile, DataProfile, NumericProfile, bin_counts, psi
 
@@ -40,8 +40,11 @@ class VersionStats(BaseModel):
     compared: int = 0
     agreed: int = 0
     abs_diff: float = 0.0
+    _pending: np.ndarray | None = PrivateAttr(default=None)
+    _bins: InputBins | None = PrivateAttr(default=None)
 
     def merge(self, other: VersionStats) -> None:
+        other.settle()
         self.requests += other.requests
         self.errors += other.errors
         self.rows += other.rows
@@ -72,15 +75,27 @@ class VersionStats(BaseModel):
         for key in output_keys(predictions, output_edges):
             self.outputs[key] = self.outputs.get(key, 0) + 1
 
-    def saw(self, matrix: np.ndarray, names: Sequence[str], profile: DataProfile) -> None:
-        for position, name in enumerate(names):
-            baseline = profile.features.get(name)
-            if baseline is None:
-                continue
-            counts = feature_counts(matrix[:, position], baseline)
-            mine = self.inputs.get(name)
-            self.inputs[name] = counts if mine is None else [a + b for a, b in zip(mine, counts, strict=True)]
+    def saw(self, matrix: np.ndarray, bins: InputBins) -> None:
+        """Count a request's rows on the profile's bins: numbers in one vectorized pass
+        (tallied in a matrix until `settle`), categories one by one."""
+        counts = bins.count(matrix)
+        self._pending = counts if self._pending is None else self._pending + counts
+        self._bins = bins
+        for position, name, baseline in bins.categories:
+            self._add_inputs(name, feature_counts(matrix[:, position], baseline))
         self.input_rows += len(matrix)
+
+    def settle(self) -> VersionStats:
+        """Fold the vectorized counts into `inputs`; call before reading or sending them."""
+        if self._pending is not None and self._bins is not None:
+            for name, counts in self._bins.as_lists(self._pending).items():
+                self._add_inputs(name, counts)
+        self._pending = None
+        return self
+
+    def _add_inputs(self, name: str, counts: list[int]) -> None:
+        mine = self.inputs.get(name)
+        self.inputs[name] = counts if mine is None else [a + b for a, b in zip(mine, counts, strict=True)]
 
     def paired(self, mine: Sequence[Any], theirs: Sequence[Any]) -> None:
         """The same rows, predicted by this version and the one it is compared with."""
@@ -88,6 +103,37 @@ class VersionStats(BaseModel):
         self.agreed += sum(1 for a, b in zip(mine, theirs, strict=True) if a == b)
         if all(_is_number(v) for v in (*mine[:1], *theirs[:1])):
             self.abs_diff += float(np.abs(np.asarray(mine, dtype=float) - np.asarray(theirs, dtype=float)).sum())
+
+
+class InputBins:
+    """A version's profile compiled for live rows: the numeric features' bin edges as one
+    matrix (padded with +inf), so binning a request is a few numpy calls, not one per feature."""
+
+    def __init__(self, profile: DataProfile, names: Sequence[str]) -> None:
+        numeric = [(i, n, b) for i, n in enumerate(names) if isinstance(b := profile.features.get(n), NumericProfile)]
+        self.categories = [(i, n, b) for i, n in enumerate(names) if isinstance(b := profile.features.get(n), CategoryProfile)]
+        self._names = [n for _, n, _ in numeric]
+        self._positions = [i for i, _, _ in numeric]
+        self._lengths = [len(b.edges) for _, _, b in numeric]
+        self._width = max(self._lengths, default=0)
+        self._edges = np.full((len(numeric), self._width), np.inf)
+        for row, (_, _, baseline) in enumerate(numeric):
+            self._edges[row, : len(baseline.edges)] = baseline.edges
+
+    def count(self, matrix: np.ndarray) -> np.ndarray:
+        """(features, width + 2) counts: bin i as `bin_counts` numbers them, missing last."""
+        columns = np.asarray(matrix[:, self._positions], dtype=np.float64)
+        index = (columns[:, :, None] >= self._edges[None, :, :]).sum(axis=2)
+        index[np.isnan(columns)] = self._width + 1
+        span = self._width + 2
+        flat = index + np.arange(len(self._names))[None, :] * span
+        return np.bincount(flat.ravel(), minlength=len(self._names) * span).reshape(len(self._names), span)
+
+    def as_lists(self, counts: np.ndarray) -> dict[str, list[int]]:
+        return {
+            name: [*counts[row, : length + 1].tolist(), int(counts[row, self._width + 1])]
+            for row, (name, length) in enumerate(zip(self._names, self._lengths, strict=True))
+        }
 
 
 # --- pure statistics ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from nonstop.registry import Registry
 from nonstop.schema import frame_to_matrix
 from serve_app.controller import Controller
 from serve_app.evidence import (
+    InputBins,
     VersionStats,
     agreement_rate,
     distribution_psi,
@@ -89,7 +90,8 @@ def _tally(
     for _ in range(len(matrix)):
         stats.answered(latency_s, rows=1)
     stats.predicted(mine)
-    stats.saw(matrix, answering.manifest.feature_names, profile)
+    stats.saw(matrix, InputBins(profile, answering.manifest.feature_names))
+    stats.settle()
     stats.paired(mine, theirs)
     return stats
 
@@ -211,3 +213,37 @@ def test_manual_overrides(registry: Registry, versions: dict[str, int]) -> None:
     assert all(e.actor == "alice" for e in entries[-5:])
     with pytest.raises(Exception, match="steps"):
         Policy(steps=(0.5, 0.25, 1.0))
+
+
+def test_a_restarted_controller_carries_on_from_the_ledger(registry: Registry, versions: dict[str, int]) -> None:
+    Rollouts(registry, MODEL, "production").start(versions["good"], POLICY, actor="test")
+    first = Controller(registry, MODEL, "production")
+    primary, candidate = _model(registry, versions["primary"]), _model(registry, versions["good"])
+    first.refresh()
+    first.report({primary.version: _tally(registry, primary, candidate, _live(), 0.002).model_dump(),
+                  candidate.version: _tally(registry, candidate, primary, _live(), 0.002).model_dump()})  # fmt: skip
+    assert first.tick(datetime.now(UTC) + timedelta(seconds=61)) is not None
+    restarted = Controller(registry, MODEL, "production")  # what Ray builds after the actor died
+    state = restarted.refresh()
+    assert (state.active, state.step, state.weight, state.candidate) == (True, 1, 0.25, candidate.version)
+    assert state.policy == POLICY
+    assert restarted.tick(datetime.now(UTC)) is None  # no evidence yet in its window: it waits, it does not reset
+
+
+def test_vectorized_input_bins_count_as_the_profile_does(registry: Registry, versions: dict[str, int]) -> None:
+    from serve_app.evidence import feature_counts
+
+    profile = read_profile(registry, MODEL, versions["primary"])
+    assert profile is not None
+    loaded = _model(registry, versions["primary"])
+    matrix = frame_to_matrix(_live(rows=50), loaded.manifest.features).copy()
+    matrix[3, 0] = np.nan
+    stats = VersionStats()
+    stats.saw(matrix, InputBins(profile, loaded.manifest.feature_names))
+    stats.saw(matrix[:7], InputBins(profile, loaded.manifest.feature_names))
+    stats.settle()
+    for position, name in enumerate(loaded.manifest.feature_names):
+        whole = feature_counts(matrix[:, position], profile.features[name])
+        part = feature_counts(matrix[:7, position], profile.features[name])
+        assert stats.inputs[name] == [a + b for a, b in zip(whole, part, strict=True)], name
+    assert stats.input_rows == 57
