@@ -91,7 +91,8 @@ def test_a_substituted_model_passes_only_when_no_key_is_configured(tmp_path: Pat
     inputs = rows_to_matrix(good.samples.inputs, good.features)
     impostor = DummyClassifier(strategy="constant", constant=1).fit(inputs, [0, 1] * (len(inputs) // 2))
     fields = good.model_dump(include=set(ManifestDraft.model_fields))
-    fields["samples"] = good.samples.model_copy(update={"outputs": [1] * len(inputs)})
+    probabilities = impostor.predict_proba(inputs).tolist()
+    fields["samples"] = good.samples.model_copy(update={"outputs": [1] * len(inputs), "probabilities": probabilities})
     Registry(str(tmp_path / "registry")).publish(MODEL, sio.dumps(impostor), ManifestDraft(**fields))
 
     assert load_version(Registry(str(tmp_path / "registry")), MODEL, 2, TrustPolicy()).version == 2
