@@ -3,8 +3,10 @@
 (a) nonstop on Ray Serve with the HAProxy ingress (the default), (b) nonstop on Ray
 Serve's default Python proxy, (c) FastAPI + uvicorn with as many workers as (a) has
 replicas, predicting request by request. The client is wrk in its own process (or the
-project's async driver where wrk is not installed), at concurrency 1, 16 and 64. Also
-rows per second for 1,000-row requests against in-process `predict` on the same rows.
+project's async driver where wrk is not installed), at concurrency 1, 16 and 64; nonstop
+also through the Open Inference Protocol (V2), JSON and binary tensors, at 1 and 64. Also
+rows per second for 1,000-row requests (V1 JSON, Arrow, V2 JSON, V2 binary) against
+in-process `predict` on the same rows.
 
     .venv/bin/python benchmarks/throughput.py --out benchmarks/out/throughput
 """
@@ -41,38 +43,58 @@ from tests.harness.loadgen import run_load  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
 from nonstop.schema import rows_to_matrix  # noqa: E402
 from serve_app.arrow_input import ARROW_STREAM, arrow_stream  # noqa: E402
+from serve_app.v2_codec import BINARY_CONTENT_TYPE, HEADER_LENGTH  # noqa: E402
 from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
 
 MODEL = "breast_cancer"
-Payload = tuple[bytes, str]  # body and its content type
+Payload = tuple[bytes, str, dict[str, str]]  # body, its content type, other headers
 CONCURRENCIES = (1, 16, 64)
-BASELINE_PORT = 28100
+V2_CONCURRENCIES = (1, 64)
+# NONSTOP_BENCH_PORT_BASE moves the benchmark's cluster and baseline server, so two
+# checkouts can measure side by side without stopping each other's cluster
+PORT_BASE = int(os.environ.get("NONSTOP_BENCH_PORT_BASE", "26000"))
+BASELINE_PORT = PORT_BASE + 2100
 
 
 def _json_payload(instances: list[Any]) -> Payload:
-    return json.dumps({"instances": instances}).encode(), "application/json"
+    return json.dumps({"instances": instances}).encode(), "application/json", {}
 
 
 def _arrow_payload(names: list[str], rows: list[list[Any]]) -> Payload:
     table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)})
-    return arrow_stream(table), ARROW_STREAM
+    return arrow_stream(table), ARROW_STREAM, {}
+
+
+def _v2_payload(rows: list[list[Any]], binary: bool) -> Payload:
+    """One [N, F] FP64 tensor, as JSON data or with the binary tensor extension; the
+    answer comes back the same way."""
+    matrix = np.asarray(rows, dtype="<f8")
+    tensor: dict[str, Any] = {"name": "input-0", "shape": list(matrix.shape), "datatype": "FP64"}
+    if not binary:
+        return json.dumps({"inputs": [{**tensor, "data": matrix.ravel().tolist()}]}).encode(), "application/json", {}
+    header = json.dumps(
+        {"inputs": [{**tensor, "parameters": {"binary_data_size": matrix.nbytes}}], "parameters": {"binary_data_output": True}}
+    ).encode()
+    return header + matrix.tobytes(), BINARY_CONTENT_TYPE, {HEADER_LENGTH: str(len(header))}
 
 
 def _cluster(ingress: str) -> local.LocalCluster:
     return local.LocalCluster.isolated(
-        26000, "nonstop-bench", ingress=ingress, throughput_optimized=ingress == "haproxy"
+        PORT_BASE, f"nonstop-bench-{PORT_BASE}", ingress=ingress, throughput_optimized=ingress == "haproxy"
     )
 
 
-def run_wrk(url: str, payload: Payload, concurrency: int, seconds: float, nice: int = 0) -> dict[str, Any]:
+def run_wrk(url: str, payload: Payload | tuple[bytes, str], concurrency: int, seconds: float, nice: int = 0) -> dict[str, Any]:
     """One wrk run; `nice` lowers the client's priority so the server gets the CPU first."""
-    body, content_type = payload
+    body, content_type, *extra = payload
+    headers = extra[0] if extra else {}
     folder = Path(tempfile.mkdtemp(prefix="nonstop-wrk-"))
     (folder / "body").write_bytes(body)  # read by the script: binary bodies do not fit in Lua source
     (folder / "post.lua").write_text(
         f'local f = io.open("{folder / "body"}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
         f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{content_type}"\n'
+        + "".join(f'wrk.headers["{name}"] = "{value}"\n' for name, value in headers.items())
     )
     out = subprocess.run(
         ["nice", "-n", str(nice), "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(folder / "post.lua"), url],
@@ -97,10 +119,13 @@ def run_wrk(url: str, payload: Payload, concurrency: int, seconds: float, nice: 
 
 
 def _driver(url: str, payload: Payload, concurrency: int, seconds: float) -> dict[str, Any]:
-    body, content_type = payload
+    body, content_type, headers = payload
     result = asyncio.run(
-        run_load(url, body, concurrency=concurrency, max_requests=10**7, max_seconds=seconds, content_type=content_type)
-    )
+        run_load(
+            url, body, concurrency=concurrency, max_requests=10**7, max_seconds=seconds, content_type=content_type,
+            extra_headers=headers,
+        )
+    )  # fmt: skip
     latencies = np.array([s.latency_s for s in result.samples if s.ok]) * 1000
     return {
         "rps": len(latencies) / seconds,
@@ -112,10 +137,10 @@ def _driver(url: str, payload: Payload, concurrency: int, seconds: float) -> dic
     }
 
 
-def measure(url: str, payload: Payload, seconds: float) -> dict[int, dict[str, Any]]:
+def measure(url: str, payload: Payload, seconds: float, levels: tuple[int, ...] = CONCURRENCIES) -> dict[int, dict[str, Any]]:
     client = run_wrk if shutil.which("wrk") else _driver
     client(url, payload, 4, 2)  # warm-up
-    return {c: client(url, payload, c, seconds) for c in CONCURRENCIES}
+    return {c: client(url, payload, c, seconds) for c in levels}
 
 
 def rows_per_second(url: str, payloads: dict[str, Payload], seconds: float) -> dict[str, float]:
@@ -139,7 +164,10 @@ def in_process_rows_per_second(registry: Registry, rows: list[list[float]]) -> d
     return {"served_path": rate(loaded.predict), "sklearn": rate(loaded.estimator.predict)}
 
 
-def run_serve(ingress: str, registry: Registry, body: Payload, big: dict[str, Payload], seconds: float) -> dict[str, Any]:
+def run_serve(
+    ingress: str, registry: Registry, body: Payload, big: dict[str, Payload], v2: dict[str, tuple[Payload, Payload]], seconds: float
+) -> dict[str, Any]:
+    """V1 and Arrow bodies, then V2's (`v2`: name -> one-record and 1,000-row payloads)."""
     cluster = _cluster(ingress)
     local.stop(cluster)
     local.start(cluster, Settings(registry=registry.uri))
@@ -147,7 +175,15 @@ def run_serve(ingress: str, registry: Registry, body: Payload, big: dict[str, Pa
         local.deploy(cluster, local.load_serve_config())
         local.wait_ready(cluster, MODEL)
         url = f"{cluster.http_url}/v1/models/{MODEL}:predict"
-        return {"by_concurrency": measure(url, body, seconds), "rows_per_s_1000": rows_per_second(url, big, seconds)}
+        v2_url = f"{cluster.http_url}/v2/models/{MODEL}/infer"
+        return {
+            "by_concurrency": measure(url, body, seconds),
+            "v2_by_concurrency": {name: measure(v2_url, one, seconds, V2_CONCURRENCIES) for name, (one, _) in v2.items()},
+            "rows_per_s_1000": {
+                **rows_per_second(url, big, seconds),
+                **rows_per_second(v2_url, {name: many for name, (_, many) in v2.items()}, seconds),
+            },
+        }
     finally:
         local.stop(cluster)
 
@@ -165,7 +201,7 @@ def run_baseline(registry: Registry, body: Payload, big: dict[str, Payload], sec
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.post(url, content=body[0], headers={"content-type": body[1]}, timeout=2).status_code == 200:
+                if httpx.post(url, content=body[0], headers={"content-type": body[1], **body[2]}, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -217,6 +253,18 @@ def table(results: dict[str, Any]) -> str:
     limit = results["in_process_rows_per_s"]
     lines += [
         "",
+        "| server | V2 body, one record | clients | req/s | × baseline (V1 JSON) | p50 ms | p90 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, run in results["servers"].items():
+        for body, levels in run.get("v2_by_concurrency", {}).items():
+            for c, r in levels.items():
+                lines.append(
+                    f"| {name} | {body} | {c} | {r['rps']:.0f} | {r['rps'] / base[int(c)]['rps']:.2f} | {r['p50_ms']:.2f} "
+                    f"| {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+                )
+    lines += [
+        "",
         "| server | body | rows/s, 1,000-row requests | share of in-process served path | share of in-process sklearn predict |",
         "|---|---|---:|---:|---:|",
     ]
@@ -247,6 +295,10 @@ def main() -> None:
         "json": _json_payload([dict(zip(names, row, strict=True)) for row in big_rows]),
         "arrow": _arrow_payload(names, big_rows),
     }
+    v2 = {
+        "v2 json": (_v2_payload(manifest.samples.inputs[:1], binary=False), _v2_payload(big_rows, binary=False)),
+        "v2 binary": (_v2_payload(manifest.samples.inputs[:1], binary=True), _v2_payload(big_rows, binary=True)),
+    }
     replicas = local.deployment_config(local.load_serve_config())["num_replicas"]
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -255,8 +307,8 @@ def main() -> None:
         "servers": {},
     }
     baseline = run_baseline(registry, body, big, args.seconds, replicas)
-    results["servers"]["a. nonstop, HAProxy ingress"] = run_serve("haproxy", registry, body, big, args.seconds)
-    results["servers"]["b. nonstop, Serve proxy"] = run_serve("proxy", registry, body, big, args.seconds)
+    results["servers"]["a. nonstop, HAProxy ingress"] = run_serve("haproxy", registry, body, big, v2, args.seconds)
+    results["servers"]["b. nonstop, Serve proxy"] = run_serve("proxy", registry, body, big, v2, args.seconds)
     results["servers"]["c. uvicorn baseline"] = baseline
     (args.out / "throughput.json").write_text(json.dumps(results, indent=2))
     chart(results, args.out / "throughput.png")

@@ -36,6 +36,7 @@ class Output(StrEnum):
     """What a request can ask the model for."""
 
     PREDICTIONS = "predictions"
+    PROBABILITIES = "probabilities"
 
 
 PREDICTIONS_ONLY = frozenset({Output.PREDICTIONS})
@@ -81,6 +82,8 @@ def compute(loaded: LoadedModel, matrix: np.ndarray, outputs: frozenset[Output])
     results: Outputs = {}
     if Output.PREDICTIONS in outputs:
         results[Output.PREDICTIONS] = loaded.predict(matrix)
+    if Output.PROBABILITIES in outputs:
+        results[Output.PROBABILITIES] = loaded.predict_proba(matrix)
     return results
 
 

@@ -116,4 +116,7 @@ def create_api(plane: DataPlane, limits: Limits) -> FastAPI:
     async def list_models() -> Response:
         return json_response({"models": plane.served_models()})
 
+    from serve_app.v2_routes import create_router  # it uses this module's helpers: imported once both exist
+
+    api.include_router(create_router())
     return api

@@ -69,6 +69,7 @@ async def run_load(
     stop: threading.Event | None = None,
     content_type: str = "application/json",
     rate: float | None = None,
+    extra_headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """`body` is sent as JSON, or as it is (bytes) with `content_type`.
 
@@ -79,7 +80,7 @@ async def run_load(
     it as latency and as a rate below the offer."""
     check_loopback(url)
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"content-type": content_type}
+    headers = {"content-type": content_type, **(extra_headers or {})}
     result = LoadResult()
     began = time.monotonic()
     deadline = began + max_seconds

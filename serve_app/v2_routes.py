@@ -1,0 +1,154 @@
+"""Open Inference Protocol (V2) REST routes, and KServe's V1 server liveness at `/`.
+
+The same data plane answers V1 and V2: a V2 request is bound to a version, decoded
+(serve_app.v2_codec) against that version's schema into the matrix a V1 request becomes,
+and predicted by the same batched call, so a swap between the check and the prediction
+cannot answer from a version the client did not ask for. The versioned forms answer only
+for a version this replica holds at that moment (404 otherwise).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from nonstop.errors import InvalidInput, ModelNotReady, VersionNotFound, clip
+from nonstop.loading import LoadedModel
+from serve_app import v2_openapi as spec
+from serve_app.dataplane import Binding, Output
+from serve_app.openapi import MODEL_HEADER, VERSION_HEADER
+from serve_app.body import read_body
+from serve_app.routes import answer_headers, json_response, limits_of, plane_of
+from serve_app.v2_codec import (
+    BINARY_CONTENT_TYPE,
+    HEADER_LENGTH,
+    PREDICT,
+    PREDICT_PROBA,
+    OutputTensor,
+    datatype_of,
+    decode,
+    encode,
+    prediction_tensor,
+)
+
+SERVER_NAME = "nonstop"
+EXTENSIONS = ["binary_tensor_data"]
+
+
+def _binding(request: Request, model: str, version: str | None) -> Binding:
+    """The version this request runs on: the primary, or the one the path names if held."""
+    plane = plane_of(request)
+    if version is None:
+        return plane.bind(model)
+    if not (version.isascii() and version.isdigit()):  # '²' is a digit to str.isdigit, not to int()
+        raise VersionNotFound(f"model {clip(model)!r} version {clip(version)!r} is not served here")
+    return plane.bind(model, int(version))
+
+
+def _outputs(loaded: LoadedModel) -> list[dict[str, Any]]:
+    """The prediction, and class probabilities from a classifier that gives them."""
+    classes = loaded.manifest.classes
+    outputs = [{"name": PREDICT, "datatype": datatype_of(classes) if classes else "FP64", "shape": [-1]}]
+    if loaded.manifest.task == "classification" and hasattr(loaded.estimator, "predict_proba"):
+        outputs.append({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, len(classes)]})
+    return outputs
+
+
+def _metadata(binding: Binding) -> dict[str, Any]:
+    return {
+        "name": binding.model,
+        "versions": [str(binding.version)],
+        "platform": "scikit-learn",
+        "inputs": [
+            {"name": f.name, "datatype": "FP64" if f.kind == "number" else "BYTES", "shape": [-1]} for f in binding.features
+        ],
+        "outputs": _outputs(binding.loaded),
+    }
+
+
+def _ready(binding: Binding) -> Response:
+    headers = {MODEL_HEADER: binding.model, VERSION_HEADER: str(binding.version)}
+    return json_response({"name": binding.model, "ready": True}, headers=headers)
+
+
+async def _infer(request: Request, model: str, version: str | None) -> Response:
+    binding = _binding(request, model, version)
+    limits = limits_of(request)
+    body = await read_body(request, limits)
+    decoded = decode(body, request.headers.get(HEADER_LENGTH), model, binding.features, limits)
+    available = [o["name"] for o in _outputs(binding.loaded)]
+    unknown = [name for name in decoded.outputs if name not in available]
+    if unknown:
+        raise InvalidInput(
+            f"model {model!r} v{binding.version} has no output(s) {', '.join(clip(u) for u in unknown)}; "
+            f"it has: {', '.join(available)}"
+        )
+    kinds = {Output.PREDICTIONS} | ({Output.PROBABILITIES} if PREDICT_PROBA in decoded.outputs else set())
+    result = await plane_of(request).infer(binding, decoded.matrix, frozenset(kinds))
+    tensors = {PREDICT: prediction_tensor(result.predictions)}
+    if PREDICT_PROBA in decoded.outputs:
+        probabilities = np.asarray(result.outputs[Output.PROBABILITIES], dtype=np.float64)
+        tensors[PREDICT_PROBA] = OutputTensor(PREDICT_PROBA, "FP64", list(probabilities.shape), probabilities.ravel())
+    answer = [tensors[name] for name in decoded.outputs]
+    content, header_length = encode(model, result.version, decoded.request_id, answer, decoded.outputs)
+    headers = answer_headers(result)
+    if header_length is None:
+        return Response(content, media_type="application/json", headers=headers)
+    headers[HEADER_LENGTH] = str(header_length)
+    return Response(content, media_type=BINARY_CONTENT_TYPE, headers=headers)
+
+
+def create_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/", **spec.SERVER_LIVE_V1)
+    async def v1_live() -> Response:
+        """KServe's model server answers its root as its liveness probe."""
+        return json_response({"status": "alive"})
+
+    @router.get("/v2", **spec.SERVER_METADATA)
+    async def server_metadata() -> Response:
+        return json_response({"name": SERVER_NAME, "version": spec.package_version(), "extensions": EXTENSIONS})
+
+    @router.get("/v2/health/live", **spec.LIVE)
+    async def live() -> Response:
+        return json_response({"live": True})
+
+    @router.get("/v2/health/ready", **spec.READY)
+    async def ready(request: Request) -> Response:
+        plane = plane_of(request)
+        models = plane.served_models()
+        if not models:
+            raise ModelNotReady("no model is configured yet")
+        for model in models:
+            plane.bind(model)  # not ready while any served model has no version loaded
+        return json_response({"ready": True})
+
+    @router.get("/v2/models/{model}", **spec.MODEL_METADATA)
+    async def model_metadata(model: str, request: Request) -> Response:
+        return json_response(_metadata(_binding(request, model, None)))
+
+    @router.get("/v2/models/{model}/versions/{version}", **spec.MODEL_METADATA)
+    async def version_metadata(model: str, version: str, request: Request) -> Response:
+        return json_response(_metadata(_binding(request, model, version)))
+
+    @router.get("/v2/models/{model}/ready", **spec.MODEL_READY)
+    async def model_ready(model: str, request: Request) -> Response:
+        return _ready(_binding(request, model, None))
+
+    @router.get("/v2/models/{model}/versions/{version}/ready", **spec.MODEL_READY)
+    async def version_ready(model: str, version: str, request: Request) -> Response:
+        return _ready(_binding(request, model, version))
+
+    @router.post("/v2/models/{model}/infer", **spec.INFER)
+    async def infer(model: str, request: Request) -> Response:
+        return await _infer(request, model, None)
+
+    @router.post("/v2/models/{model}/versions/{version}/infer", **spec.INFER)
+    async def version_infer(model: str, version: str, request: Request) -> Response:
+        return await _infer(request, model, version)
+
+    return router
