@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-TARGETS = ("json", "arrow", "manifest", "alias")
+TARGETS = ("json", "arrow", "v2", "manifest", "alias")
 _DONE = re.compile(rb"Done (\d+) runs in (\d+) second")
 
 

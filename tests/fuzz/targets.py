@@ -27,7 +27,7 @@ with atheris.instrument_imports(include=["serve_app", "nonstop"]):
     from nonstop.errors import InvalidInput, PayloadTooLarge, RegistryError, TamperedAliasError, TamperedManifestError
     from nonstop.manifest import DataFingerprint, FeatureSpec, Manifest, SampleSet
     from nonstop.registry import AliasEvent, AliasRecord, parse_alias, parse_manifest
-    from serve_app import arrow_input, decoding
+    from serve_app import arrow_input, decoding, v2_codec
     from serve_app.config import Limits
 
 import pyarrow as pa
@@ -51,6 +51,12 @@ def decode_arrow(data: bytes) -> object:
     return arrow_input.arrow_matrix(data, FEATURES, LIMITS)
 
 
+def decode_v2(data: bytes) -> object:
+    """The first two bytes choose Inference-Header-Content-Length (0: none, a JSON-only body)."""
+    length = int.from_bytes(data[:2], "little")
+    return v2_codec.decode(data[2:], str(length) if length else None, "m", FEATURES, LIMITS)
+
+
 def decode_manifest(data: bytes) -> object:
     return parse_manifest("m", 1, data)
 
@@ -68,6 +74,7 @@ TARGETS: dict[str, tuple[Callable[[bytes], object], tuple[type[Exception], ...]]
     "native-crash": (native_crash, ()),
     "json": (decode_json, CLIENT_REFUSALS),
     "arrow": (decode_arrow, CLIENT_REFUSALS),
+    "v2": (decode_v2, CLIENT_REFUSALS),
     "manifest": (decode_manifest, (RegistryError, TamperedManifestError)),
     "alias": (decode_alias, (RegistryError, TamperedAliasError)),
 }
@@ -91,6 +98,25 @@ def seeds(target: str) -> list[bytes]:
         with pa.ipc.new_stream(sink, plain.schema) as writer:
             writer.write_table(plain, max_chunksize=1)
         return [arrow_input.arrow_stream(t) for t in (plain, encoded, large)] + [sink.getvalue().to_pybytes()]
+    if target == "v2":
+        as_json = {
+            "inputs": [
+                {"name": "x", "shape": [2], "datatype": "FP64", "data": [1.5, None]},
+                {"name": "y", "shape": [2, 1], "datatype": "INT64", "data": [[2], [3]]},
+                {"name": "colour", "shape": [2], "datatype": "BYTES", "data": ["red", None]},
+            ]
+        }
+        binary = {
+            "inputs": [
+                {"name": "x", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}},
+                {"name": "y", "shape": [2], "datatype": "INT8", "parameters": {"binary_data_size": 2}},
+                {"name": "colour", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 13}},
+            ],
+            "outputs": [{"name": "predict", "parameters": {"binary_data": True}}],
+        }
+        header = json.dumps(binary).encode()
+        tensors = b"\x00\x00\xc0?\x00\x00\x00@" + b"\x02\x03" + b"\x03\x00\x00\x00red\x02\x00\x00\x00\xc3\xa9"
+        return [b"\x00\x00" + json.dumps(as_json).encode(), len(header).to_bytes(2, "little") + header + tensors]
     if target == "manifest":
         manifest = Manifest(
             features=FEATURES,
