@@ -31,8 +31,9 @@ from nonstop.config import Settings
 from nonstop.loading import TrustPolicy
 from nonstop.registry import Registry
 from serve_app.config import AppArgs, ModelTarget
-from serve_app.dataplane import DataPlane, Job, Outputs, run_batch
+from serve_app.dataplane import PREDICTIONS_ONLY, DataPlane, Job, Outputs, run_batch
 from serve_app.holder import ModelHolder
+from serve_app.loader import OutOfProcessLoader
 from serve_app.metrics import ServingMetrics
 from serve_app.routes import create_api
 from serve_app.state import ReplicaStatus
@@ -48,7 +49,13 @@ class ModelServer:
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._board = board()
         self._metrics = ServingMetrics()
-        self._holder = ModelHolder(Registry(registry, signing_key=signing_key), TrustPolicy(extra_types=args.trusted_types), self._report)
+        policy = TrustPolicy(extra_types=args.trusted_types)
+        self._holder = ModelHolder(
+            Registry(registry, signing_key=signing_key),
+            policy,
+            self._report,
+            load=OutOfProcessLoader(registry, signing_key, policy),
+        )
         self._plane = DataPlane(self._holder, self._predict, self._metrics)
         self._limits = args.limits
         self._heartbeat: asyncio.Task[None] | None = None
@@ -67,6 +74,12 @@ class ModelServer:
         await self._holder.configure(target)
 
     async def _predict(self, job: Job) -> Outputs:
+        if job.loaded.fast is not None and job.outputs == PREDICTIONS_ONLY:
+            # The numpy path predicts in microseconds: queueing for a batch (a task hop,
+            # Serve's batch metrics) would cost more than batching saves, about a tenth
+            # of a replica's CPU by py-spy (benchmarks/profile_serving.py).
+            self._metrics.batched(job.loaded.manifest.model, 1)
+            return run_batch([job])[0]
         return await self._predict_batch(job)
 
     @serve.batch

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from nonstop.errors import AliasNotFound, ModelLoadError, NonstopError, SchemaMismatchError
@@ -26,6 +26,7 @@ from serve_app.config import ModelTarget
 from serve_app.state import LoadFailure, Role, ServingState
 
 log = logging.getLogger("nonstop.holder")
+Loader = Callable[[str, int], Awaitable[LoadedModel]]  # (model, version) -> verified model
 
 
 def stagger_s(rank: int, load_seconds: float) -> float:
@@ -41,13 +42,17 @@ class ModelHolder:
         registry: Registry,
         policy: TrustPolicy,
         on_change: Callable[[], None] = lambda: None,
+        load: Loader | None = None,
     ) -> None:
+        """`load` is where candidates load: the deployment passes its out-of-process
+        loader (serve_app/loader.py); without one they load in a thread of this process."""
         self.state = ServingState()
         self.rank = 0
         self._target: ModelTarget | None = None
         self._registry = registry
         self._policy = policy
         self._on_change = on_change
+        self._load = load or self._load_here
         self._refused: set[tuple[str, int]] = set()
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
@@ -90,7 +95,7 @@ class ModelHolder:
                 if (target.model, version) in self._refused:
                     return
                 await asyncio.sleep(0.0 if current is None else stagger_s(self.rank, current.load_seconds))
-                candidate = await asyncio.to_thread(load_version, self._registry, target.model, version, self._policy)
+                candidate = await self._load(target.model, version)
                 self._check_schema(target, current, candidate)
             except NonstopError as exc:
                 self._fail(state, exc)
@@ -103,6 +108,9 @@ class ModelHolder:
                 f"v{current.version}" if current else "nothing",
                 candidate.load_seconds,
             )
+
+    async def _load_here(self, model: str, version: int) -> LoadedModel:
+        return await asyncio.to_thread(load_version, self._registry, model, version, self._policy)
 
     @property
     def ready(self) -> bool:

@@ -103,17 +103,20 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Medians over rounds per server, level and figure; the spread alongside."""
-    servers = list(rounds[0])
+def summarize(all_rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Medians over rounds per server, level and figure (over the rounds in which the
+    server started); the spread alongside."""
+    servers = list(dict.fromkeys(s for r in all_rounds for s in r))
     out: dict[str, Any] = {}
     for server in servers:
+        rounds = [r for r in all_rounds if server in r]
         entry: dict[str, Any] = {"one_row": {}, "big": {}}
         for c in map(str, LEVELS):
             runs = [r[server]["one_row"][c] for r in rounds]
             entry["one_row"][c] = {k: _median(runs, k) for k in ("rps", "p50_ms", "p90_ms", "p99_ms")}
             entry["one_row"][c]["rps_range"] = [min(r["rps"] for r in runs), max(r["rps"] for r in runs)]
             entry["one_row"][c]["errors"] = sum(r["errors"] for r in runs)
+        entry["rounds"] = len(rounds)
         for kind in rounds[0][server]["big"]:
             entry["big"][kind] = {}
             for c in map(str, LEVELS):
@@ -159,6 +162,8 @@ def table(result: dict[str, Any]) -> str:
             r = entry["one_row"][c]
             cells += [f"{r['rps']:,.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.1f}"]
         label = f"**{server}**" if server == NONSTOP else server
+        if entry["rounds"] < result["rounds"]:
+            label += f" ({entry['rounds']} of {result['rounds']} rounds: it did not start in the others)"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     cells = []
     for c in map(str, LEVELS):
@@ -238,11 +243,16 @@ def main() -> None:
         this: dict[str, dict[str, Any]] = {}
         for server in order:
             print(f"round {n + 1}/{args.rounds}: {server} (load average {os.getloadavg()[0]:.2f})", flush=True)
-            if server == NONSTOP:
-                this[server] = run_nonstop(registry, rows, big_rows, names, args.seconds)
-            else:
-                this[server] = run_peer(server, args.scratch, model_dir, rows, big_rows, args.seconds)
-        rounds.append({s: this[s] for s in args.servers})
+            for attempt in (1, 2):  # a busy machine can keep a server from starting; once more, then skip
+                try:
+                    if server == NONSTOP:
+                        this[server] = run_nonstop(registry, rows, big_rows, names, args.seconds)
+                    else:
+                        this[server] = run_peer(server, args.scratch, model_dir, rows, big_rows, args.seconds)
+                    break
+                except (RuntimeError, local.ClusterError) as exc:
+                    print(f"  {server} failed to start (attempt {attempt}): {exc}", flush=True)
+        rounds.append({s: this[s] for s in args.servers if s in this})
         (args.scratch / "rounds.json").write_text(json.dumps(rounds, indent=2))  # kept if a later round fails
     summary = summarize(rounds)
     result = {

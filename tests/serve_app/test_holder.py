@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from nonstop.errors import ModelNotReady, UnknownModel
-from nonstop.loading import TrustPolicy
+from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.registry import Registry
 from serve_app.config import Limits, ModelTarget
 from serve_app.dataplane import DataPlane
@@ -280,3 +280,22 @@ def test_a_change_to_a_model_not_published_yet_leaves_nothing_of_the_old_one(reg
         await holder.close()
 
     asyncio.run(scenario())
+
+
+def test_candidates_load_where_the_holder_is_told(registry: Registry, demo_data: Path) -> None:
+    """The deployment hands the holder its out-of-process loader; every load goes there."""
+    train_into(registry, demo_data)
+    asked: list[tuple[str, int]] = []
+
+    async def load(model: str, version: int) -> LoadedModel:
+        asked.append((model, version))
+        return await asyncio.to_thread(load_version, registry, model, version, TrustPolicy())
+
+    async def scenario() -> int | None:
+        holder = ModelHolder(registry, TrustPolicy(), load=load)
+        await holder.configure(FOLLOW)
+        await holder.close()
+        return served_version(holder)
+
+    assert asyncio.run(scenario()) == 1
+    assert asked == [(MODEL, 1)]
