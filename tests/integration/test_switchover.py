@@ -1,0 +1,78 @@
+"""KubeRay's NewCluster switchover with two real Ray clusters, shortened (issue 12).
+
+The serveConfigV2 and the settings that decide the switchover (head in the serve Service,
+the worker readiness probe, the preStop drain) come from the built prod overlay; the
+operator's and the kubelet's moves are emulated by tests/harness/switchover.py, the
+Service by tests/harness/forwarder.py. One chain, two cluster starts, three scenarios:
+the first start on an empty registry with the first training run, then a code upgrade
+through a NewCluster switch whose new workers answer their probes slowly. The full,
+separate scenarios and the unfixed settings: benchmarks/switchover.py.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nonstop.registry import Registry
+from nonstop_ops import cluster as local
+from tests.conftest import MODEL, train_into
+from tests.harness.switchover import ServiceSettings, Timing
+from tests.harness.switchover_scenarios import Stage, first_start_then_upgrade
+from tests.kuberay.manifests import KUBERAY, find_kubectl, load_all, run_kubectl
+
+# Two Ray clusters started one after the other on a 2-core machine shared with the rest.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+
+# Two slots next to the tier's own cluster (NONSTOP_TEST_PORT_BASE): base+1000 and
+# base+1010 (isolated() uses base+1 .. base+800); the Service on any free port.
+PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "46000")) + 1000
+# The replicas poll the registry on their own: after one answers with the first version,
+# the other follows within its poll interval plus its load (0.5 s and well under 1 s).
+FIRST_VERSION_EVERYWHERE_S = 10.0
+SHORT = Timing(rate=10.0, concurrency=4, settle_s=2.0, deletion_delay_s=3.0, ready_timeout_s=240.0)
+
+
+@pytest.fixture(scope="module")
+def rayservice() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        built = load_all(run_kubectl(find_kubectl(), "kustomize", str(KUBERAY / "overlays/prod"), tmp=Path(tmp)))
+    (service,) = [o for o in built if o["kind"] == "RayService"]
+    return service
+
+
+def test_first_start_and_a_new_cluster_switch_lose_no_request(
+    rayservice: dict[str, Any], demo_data: Path, tmp_path: Path
+) -> None:
+    settings = ServiceSettings.of(rayservice, SHORT.deletion_delay_s)
+    body_source = Registry(str(tmp_path / "samples"))
+    train_into(body_source, demo_data)
+    body = {"instances": body_source.manifest(MODEL, body_source.latest(MODEL)).samples.inputs[:1]}
+    registry = Registry(str(tmp_path / "registry"))  # empty: the RayService comes first
+    stage = Stage(
+        clusters=(
+            local.LocalCluster.isolated(PORT_BASE, f"nst-{PORT_BASE}"),
+            local.LocalCluster.isolated(PORT_BASE + 10, f"nst-{PORT_BASE + 10}"),
+        ),
+        serve_config_v2=rayservice["spec"]["serveConfigV2"],
+        registry=registry.uri,
+        body=body,
+        timing=SHORT,
+    )
+
+    first, upgrade = first_start_then_upgrade(stage, settings, lambda: train_into(registry, demo_data))
+
+    report = f"first start: {first.as_dict()}\nupgrade: {upgrade.as_dict()}"
+    # Until every replica holds the first version the Service answers, and says it cannot
+    # serve yet (503); it never refuses a connection. Then nothing fails.
+    assert first.first_ok_at is not None, report
+    assert all(s.error is None and s.status == 503 for s in first.samples if not s.ok), report
+    assert first.sent_from(first.first_ok_at + FIRST_VERSION_EVERYWHERE_S).failed == 0, report
+    # Through the switch, the slow probes and the old cluster's deletion: nothing lost.
+    assert upgrade.count.total > 0 and upgrade.count.failed == 0, report
+    assert upgrade.count.backwards == 0 and upgrade.count.versions == ("1",), report
+    assert set(upgrade.accepted) == {f"nst-{PORT_BASE}", f"nst-{PORT_BASE + 10}"}, report
