@@ -78,16 +78,19 @@ class LoadedModel:
     def gives_probabilities(self) -> bool:
         return self.manifest.task == "classification" and hasattr(self.estimator, "predict_proba")
 
+    def require_probabilities(self) -> None:
+        """Refuse up front, so a request asking a regressor for probabilities fails alone
+        and not inside a batch it shares with others."""
+        if not self.gives_probabilities:
+            kind = "a regression model" if self.manifest.task == "regression" else "a classifier without predict_proba"
+            raise InvalidInput(f"model {self.manifest.model!r} v{self.version} gives no probabilities ({kind})")
+
     def predict_proba(self, matrix: np.ndarray) -> list[list[float]]:
         """One row of class probabilities per input row, columns in `manifest.classes` order."""
-        probabilities = None
-        if self.manifest.task == "classification":
-            probabilities = self.format.predict_proba(self.estimator, self.inputs(matrix))
+        self.require_probabilities()
+        probabilities = self.format.predict_proba(self.estimator, self.inputs(matrix))
         if probabilities is None:
-            raise InvalidInput(
-                f"model {self.manifest.model!r} v{self.version} gives no probabilities "
-                f"(a {self.manifest.task} model{'' if self.manifest.task == 'regression' else ' without predict_proba'})"
-            )
+            raise InvalidInput(f"model {self.manifest.model!r} v{self.version} gives no probabilities")
         return probabilities.tolist()
 
 

@@ -36,7 +36,7 @@ class Output(StrEnum):
     """What a request can ask the model for."""
 
     PREDICTIONS = "predictions"
-    PROBABILITIES = "probabilities"
+    PROBABILITIES = "probabilities"  # a classifier's, columns in the manifest's `classes` order
 
 
 PREDICTIONS_ONLY = frozenset({Output.PREDICTIONS})
@@ -167,6 +167,8 @@ class DataPlane:
         return Binding(model, primary)
 
     async def infer(self, binding: Binding, matrix: np.ndarray, outputs: frozenset[Output] = PREDICTIONS_ONLY) -> InferenceResult:
+        if Output.PROBABILITIES in outputs:
+            binding.loaded.require_probabilities()  # refused alone, never inside a shared batch
         job = Job(binding.loaded, matrix, outputs)
         results = run_batch([job])[0] if self._batched is None else await self._batched(job)
         self._observer.predicted(binding.model, binding.version, len(matrix))

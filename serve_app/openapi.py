@@ -30,8 +30,12 @@ class PredictRequest(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    predictions: list[Scalar]
+    predictions: list[Scalar] = Field(description="one per instance: a class label, or a number for a regression")
     model_version: str
+    probabilities: list[list[float]] | None = Field(
+        default=None, description="only with ?probabilities=true: one list per instance, in `classes` order"
+    )
+    classes: list[Scalar] | None = Field(default=None, description="only with ?probabilities=true: the columns' classes")
 
 
 class ErrorBody(BaseModel):
@@ -61,6 +65,16 @@ PREDICT: dict[str, Any] = {
         **_errors(404, 413, 422, 503),
     },
     "openapi_extra": {
+        "parameters": [
+            {
+                "name": "probabilities",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "boolean", "default": False},
+                "description": "also answer a classifier's class probabilities (and their classes); "
+                "a model without them answers 422. KServe V1 clients that leave it out get the V1 answer unchanged",
+            }
+        ],
         "requestBody": {
             "required": True,
             "content": {

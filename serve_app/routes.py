@@ -7,6 +7,7 @@ type to an HTTP status, for these routes and any other mounted on the same app.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -29,7 +30,7 @@ from nonstop.errors import (
 from serve_app import openapi
 from serve_app.body import BodyTimeout, read_body
 from serve_app.config import Limits
-from serve_app.dataplane import DataPlane, InferenceResult
+from serve_app.dataplane import PREDICTIONS_ONLY, DataPlane, InferenceResult, Output
 from serve_app.decoding import body_matrix
 from serve_app.openapi import MODEL_HEADER, VERSION_HEADER
 
@@ -57,6 +58,20 @@ def http_status(exc: NonstopError) -> int:
 
 def plane_of(request: Request) -> DataPlane:
     return request.app.state.plane
+
+
+def requested_outputs(request: Request) -> frozenset[Output]:
+    """`?probabilities=true` adds a classifier's probabilities; without it the answer is
+    KServe V1's, unchanged."""
+    flag = request.query_params.get("probabilities")
+    if flag is None or flag.lower() in _NO:
+        return PREDICTIONS_ONLY
+    if flag.lower() in _YES:
+        return PREDICTIONS_ONLY | {Output.PROBABILITIES}
+    raise InvalidInput(f"query parameter 'probabilities' must be true or false, not {clip(flag)!r}")
+
+
+_YES, _NO = frozenset({"true", "1"}), frozenset({"false", "0"})
 
 
 def limits_of(request: Request) -> Limits:
@@ -103,10 +118,13 @@ def create_api(plane: DataPlane, limits: Limits) -> FastAPI:
         binding = plane.bind(model)
         body = await read_body(request, limits)
         matrix = body_matrix(body, request.headers.get("content-type"), binding.features, limits)
-        result = await plane.infer(binding, matrix)
-        return json_response(
-            {"predictions": result.predictions, "model_version": str(result.version)}, headers=answer_headers(result)
-        )
+        asked = requested_outputs(request)
+        result = await plane.infer(binding, matrix, asked)
+        content: dict[str, Any] = {"predictions": result.predictions, "model_version": str(result.version)}
+        if Output.PROBABILITIES in asked:
+            content["probabilities"] = result.outputs[Output.PROBABILITIES]
+            content["classes"] = binding.loaded.manifest.classes
+        return json_response(content, headers=answer_headers(result))
 
     @api.get("/v1/models/{model}", **openapi.METADATA)
     async def model_metadata(model: str) -> Response:

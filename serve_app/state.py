@@ -17,11 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from nonstop.loading import LoadedModel
-from nonstop.manifest import FeatureSpec, Scalar
+from nonstop.manifest import FeatureSpec, Scalar, Task
 from serve_app.config import ModelTarget
 
 
@@ -124,11 +125,19 @@ class ServingState:
             loaded_at=primary.loaded_at if primary else None,
             load_seconds=primary.load_seconds if primary else None,
             features=manifest.features if manifest else [],
+            task=manifest.task if manifest else None,
             classes=manifest.classes if manifest else [],
+            output=_output_shape(primary) if primary else None,
             metrics=manifest.metrics if manifest else {},
             created_at=manifest.created_at if manifest else None,
             last_error=self.last_error,
         )
+
+
+def _output_shape(loaded: LoadedModel) -> OutputShape:
+    if loaded.manifest.task == "regression":
+        return OutputShape(prediction="number", probabilities=None)
+    return OutputShape(prediction="class", probabilities=len(loaded.manifest.classes) if loaded.gives_probabilities else None)
 
 
 class VersionStatus(BaseModel):
@@ -170,6 +179,17 @@ class ReplicaStatus(BaseModel):
         return primary is not None and (primary.model, primary.version) == (model, version)
 
 
+class OutputShape(BaseModel):
+    """What one instance's answer is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prediction: Literal["class", "number"] = Field(description="a class label, or a number (regression)")
+    probabilities: int | None = Field(
+        description="with ?probabilities=true: this many floats per instance, in `classes` order; null if the model gives none"
+    )
+
+
 class ModelMetadata(BaseModel):
     """`GET /v1/models/{model}`: the version loaded as primary, the target, the last error."""
 
@@ -182,7 +202,9 @@ class ModelMetadata(BaseModel):
     loaded_at: datetime | None
     load_seconds: float | None
     features: list[FeatureSpec]
+    task: Task | None = None
     classes: list[Scalar]
+    output: OutputShape | None = None
     metrics: dict[str, float]
     created_at: datetime | None
     last_error: LoadFailure | None

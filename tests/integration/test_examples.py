@@ -77,14 +77,19 @@ def test_an_example_publishes_a_version_the_app_swaps_to_under_load(served: Stac
         estimator = format_named(manifest.format).loads(registry.read_artifact(model, 2))
         rows = example.load_data().drop(columns=example.LABEL).head(ROWS)[manifest.feature_names]
         expected = estimator.predict(rows).tolist()
-        answer = client.post(url, json={"instances": _instances(rows)})
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["predictions"] == expected and answer.headers["x-model-version"] == "2"
         table = pa.table({c: pa.array(rows[c].astype(object).where(rows[c].notna(), None).tolist()) for c in rows.columns})
-        arrow = client.post(url, content=arrow_stream(table), headers={"content-type": ARROW_STREAM})
-        assert arrow.status_code == 200, arrow.text
-        assert arrow.json()["predictions"] == expected
-        if manifest.task == "regression":
+        probabilities = manifest.task == "classification"
+        params = {"probabilities": "true"} if probabilities else {}
+        answer = client.post(url, params=params, json={"instances": _instances(rows)})
+        arrow = client.post(url, params=params, content=arrow_stream(table), headers={"content-type": ARROW_STREAM})
+        for got in (answer, arrow):
+            assert got.status_code == 200, got.text
+            assert got.json()["predictions"] == expected and got.headers["x-model-version"] == "2"
+        assert arrow.json() == answer.json()
+        if probabilities:
+            assert answer.json()["classes"] == estimator.classes_.tolist()
+            assert answer.json()["probabilities"] == estimator.predict_proba(rows).tolist()
+        else:
             assert all(isinstance(p, float) for p in expected)
     finally:
         served.deploy(allow_schema_change=True)  # back to the suite's model, whose features differ
