@@ -34,6 +34,7 @@ AliasOpt = Annotated[str, typer.Option("--alias", help="alias to move")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="why, for the promotion ledger (`nonstop history`)")]
 HttpPortOpt = Annotated[int, typer.Option("--http-port", help="Serve HTTP port on 127.0.0.1")]
 DEMO_DATA = Path("data/demo")
+SERVE_PORT = local.serve_port()  # from the packaged serve_config.yaml
 
 
 def _registry(uri: str | None) -> Registry:
@@ -193,7 +194,7 @@ def sign(model: ModelOpt, registry: RegistryOpt = None) -> None:
 @app.command()
 def up(
     registry: RegistryOpt = None,
-    http_port: HttpPortOpt = 8000,
+    http_port: HttpPortOpt = SERVE_PORT,
     config: Annotated[Path | None, typer.Option("--config", help="Serve config (default: the packaged serve_config.yaml)")] = None,
 ) -> None:
     """Start a local Ray head (if none), train a first version if needed, deploy, wait."""
@@ -234,7 +235,7 @@ def up(
 
 
 @app.command()
-def down(http_port: HttpPortOpt = 8000) -> None:
+def down(http_port: HttpPortOpt = SERVE_PORT) -> None:
     """Stop the local Ray cluster and Serve's haproxy, and check the port is free."""
     local.stop(_cluster(http_port))
     typer.echo("stopped")
@@ -243,7 +244,7 @@ def down(http_port: HttpPortOpt = 8000) -> None:
 @app.command()
 def status(
     registry: RegistryOpt = None,
-    http_port: HttpPortOpt = 8000,
+    http_port: HttpPortOpt = SERVE_PORT,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Application status, what each replica serves (or why it serves nothing), the aliases."""

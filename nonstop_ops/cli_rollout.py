@@ -17,7 +17,7 @@ import yaml
 
 from nonstop.errors import ConfigError
 from nonstop_ops import cluster as local
-from nonstop_ops.cli import HttpPortOpt, ModelOpt, ReasonOpt, RegistryOpt, _actor, _print_json, _registry, app
+from nonstop_ops.cli import SERVE_PORT, HttpPortOpt, ModelOpt, ReasonOpt, RegistryOpt, _actor, _print_json, _registry, app
 from nonstop.registry import PRODUCTION
 from serve_app.rollout_policy import Policy
 from serve_app.rollouts import Rollouts
@@ -76,7 +76,7 @@ def status(
     model: ModelOpt,
     alias: AliasOpt = PRODUCTION,
     registry: RegistryOpt = None,
-    http_port: HttpPortOpt = 8000,
+    http_port: HttpPortOpt = SERVE_PORT,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     live: Annotated[bool, typer.Option("--live/--no-live", help="ask the local cluster's controller for evidence")] = True,
 ) -> None:

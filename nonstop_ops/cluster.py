@@ -24,7 +24,7 @@ from typing import Any, Literal
 import httpx
 import psutil
 import yaml
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nonstop.config import REGISTRY_ENV, Settings
 from nonstop.errors import NonstopError
@@ -45,7 +45,7 @@ class LocalCluster(BaseModel):
 
     gcs_port: int = 6379
     dashboard_port: int = 8265
-    http_port: int = 8000
+    http_port: int = Field(default_factory=lambda: serve_port())
     client_server_port: int = 10001
     dashboard_agent_port: int = 52365
     metrics_export_port: int = 8080
@@ -293,6 +293,12 @@ def load_serve_config(path: Path | None = None) -> dict[str, Any]:
     """An operator's Serve config file, or the packaged one."""
     text = serve_config_text() if path is None else path.read_text()
     return yaml.safe_load(text)
+
+
+def serve_port(config: dict[str, Any] | None = None) -> int:
+    """Serve's HTTP port: `http_options.port` of the (packaged) Serve config, the one
+    place it is written."""
+    return int((config or load_serve_config())["http_options"]["port"])
 
 
 def deployment_config(config: dict[str, Any], app: str = "nonstop", deployment: str = "ModelServer") -> dict[str, Any]:

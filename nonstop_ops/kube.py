@@ -31,8 +31,6 @@ GENERATED_NAME = Path("base") / "serve-config.generated.yaml"
 CONSTRAINTS_NAME = Path("constraints.txt")
 PROJECT = "nonstop"
 DEFAULT_KUBERAY_DIR = Path("kuberay")
-SERVE_PORT = 8000
-
 HTTP_HOST = "0.0.0.0"
 PROXY_LOCATION = "EveryNode"
 MAX_REPLICAS_PER_NODE = 1
@@ -44,7 +42,6 @@ def kubernetes_serve_config(config: dict[str, Any]) -> dict[str, Any]:
     """The local Serve config with the three Kubernetes patches; the input is not changed."""
     result = copy.deepcopy(config)
     result.setdefault("http_options", {})["host"] = HTTP_HOST
-    result["http_options"].setdefault("port", SERVE_PORT)
     result["proxy_location"] = PROXY_LOCATION
     for application in result.get("applications", []):
         for deployment in application.get("deployments", []):
