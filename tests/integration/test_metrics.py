@@ -41,6 +41,9 @@ def test_promotion_shows_up_in_prometheus_by_version_and_replica(served: Stack, 
         refused = [labels for labels, _ in _series(served, "ray_nonstop_prediction_errors_total") if labels.get("reason") == "invalid_input"]
         swaps = _series(served, "ray_nonstop_swap_duration_seconds_count")
         batches = _series(served, "ray_nonstop_batch_size_count")
+        ready = {labels["replica"] for labels, value in _series(served, "ray_nonstop_ready") if labels.get("model") == MODEL and value == 1}
+        if {r.split("#")[-1] for r in ready} < {r.split("#")[-1] for r in replicas}:
+            return False
         return {r.split("#")[-1] for r in serving} >= {r.split("#")[-1] for r in replicas} and sum(predicted) >= 20 and bool(refused and swaps and batches)
 
     wait_until(exported, 60, "metrics for the new version on the Prometheus endpoint")
