@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from nonstop.errors import AliasNotFound, ModelLoadError, NonstopError, SchemaMismatchError
+from nonstop.errors import AliasNotFound, ArtifactUnreadableError, ModelLoadError, NonstopError, SchemaMismatchError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.registry import Registry
 from serve_app.config import ModelTarget
@@ -152,12 +152,12 @@ class ModelHolder:
         )
 
     def _fail(self, state: ServingState, exc: NonstopError) -> None:
-        """Record why. Only a published version that was refused is remembered (and not
-        loaded again); a missing alias or version, or a registry error, is retried at
-        the next poll. A failure that repeats at every poll (a forged alias, say) is
+        """Record why. Only a published version that was refused for what it holds is
+        remembered (and not loaded again); a missing alias or version, a registry or
+        storage error, is retried at the next poll. A failure that repeats at every poll (a forged alias, say) is
         reported once, with the time it was first seen."""
         version = exc.version if isinstance(exc, ModelLoadError) else None
-        if version is not None:
+        if version is not None and not isinstance(exc, ArtifactUnreadableError):  # storage may come back
             self._refused.add((exc.model, version))
         if state.last_error is not None and state.last_error.message == exc.message:
             self._set(state)

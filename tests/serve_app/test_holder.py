@@ -299,3 +299,30 @@ def test_candidates_load_where_the_holder_is_told(registry: Registry, demo_data:
 
     assert asyncio.run(scenario()) == 1
     assert asked == [(MODEL, 1)]
+
+
+def test_an_unreadable_artifact_is_reported_once_and_served_once_storage_is_back(
+    registry: Registry, demo_data: Path, tmp_path: Path
+) -> None:
+    """Storage can come back (an object store that was unreachable, a file restored): not
+    a refusal to remember, unlike a version refused for what it holds."""
+    train_into(registry, demo_data)
+    artifact = tmp_path / "registry" / MODEL / "versions" / "2" / "model.skops"
+
+    async def scenario() -> None:
+        holder = ModelHolder(registry, TrustPolicy())
+        await holder.configure(FOLLOW)
+        train_into(registry, demo_data)
+        saved = artifact.read_bytes()
+        artifact.unlink()
+        await holder.sync()
+        failure = holder.state.last_error
+        assert served_version(holder) == 1 and failure is not None and (failure.version, failure.reason) == (2, "storage")
+        await holder.sync()
+        assert holder.state.last_error is failure  # reported once
+        artifact.write_bytes(saved)
+        await holder.sync()
+        assert served_version(holder) == 2
+        await holder.close()
+
+    asyncio.run(scenario())
