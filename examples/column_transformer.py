@@ -1,10 +1,11 @@
 """Breast-cancer diagnosis with a custom Pipeline: a ColumnTransformer by column name.
 
 Numbers are imputed and scaled, the categorical `size_band` is one-hot encoded, a
-logistic regression decides. `build` is also a factory for the CLI:
+logistic regression decides. `build` is also a factory for `nonstop train --pipeline
+examples/column_transformer.py:build`, on data that has these columns (not the demo
+data, whose columns are named differently):
 
     python examples/column_transformer.py --registry registry
-    nonstop train --data data/demo --model breast_cancer --pipeline examples/column_transformer.py:build
     ray job submit --working-dir . -- python examples/column_transformer.py
 """
 
