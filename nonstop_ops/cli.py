@@ -159,6 +159,8 @@ def models(
                 f"  v{version}  {manifest.created_at:%Y-%m-%d %H:%M:%S}  {metric}={manifest.metrics.get(metric, float('nan')):.4f}"
                 f"  rows={manifest.data.rows}  parent={manifest.parent_version}  {' '.join(marks)}"
             )
+        for leftover in reg.leftovers(name):
+            typer.echo(f"  skipped: {leftover}")
 
 
 @app.command("promote")

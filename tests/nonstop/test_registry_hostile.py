@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -148,6 +150,11 @@ def test_what_a_killed_publisher_leaves_is_skipped_and_listed(registry: Registry
         "versions/1/.tmp-4567-manifest.json: left by an interrupted write",
         "aliases/.tmp-89ab-production.json: left by an interrupted write",
     ]
+    listing = subprocess.run(
+        [sys.executable, "-m", "nonstop_ops", "models", "--model", "m", "--registry", registry.uri],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "skipped: versions/2: claimed but never published (no manifest)" in listing.stdout
 
 
 def test_an_unreachable_object_store_is_a_typed_storage_error(monkeypatch: pytest.MonkeyPatch) -> None:
