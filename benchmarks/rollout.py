@@ -4,7 +4,7 @@ Starts its own local cluster (ports 36xxx, its own registry), serves a random fo
 enough to take seconds to load, runs the scenarios of tests.harness.rollout with traffic
 flowing, and writes report.json, report.md and timeline.png:
 
-    .venv/bin/python benchmarks/rollout.py --out benchmarks/out/rollout
+    .venv/bin/python -m benchmarks.rollout --out benchmarks/out/rollout
 """
 
 from __future__ import annotations

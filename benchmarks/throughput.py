@@ -8,7 +8,7 @@ also through the Open Inference Protocol (V2), JSON and binary tensors, at 1 and
 rows per second for 1,000-row requests (V1 JSON, Arrow, V2 JSON, V2 binary) against
 in-process `predict` on the same rows.
 
-    .venv/bin/python benchmarks/throughput.py --out benchmarks/out/throughput
+    .venv/bin/python -m benchmarks.throughput --out benchmarks/out/throughput
 """
 
 from __future__ import annotations
