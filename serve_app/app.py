@@ -17,10 +17,12 @@ Failing the health check is kept for a replica that is really broken: its poller
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI
 from pydantic import SecretStr
 from ray import serve
@@ -28,10 +30,12 @@ from ray.serve import Application
 from ray.serve.schema import ReplicaRank
 
 from nonstop.config import Settings
-from nonstop.loading import TrustPolicy
+from nonstop.loading import LoadedModel, TrustPolicy
 from nonstop.registry import Registry
+from serve_app.canary import Canary
 from serve_app.config import AppArgs, ModelTarget
-from serve_app.dataplane import PREDICTIONS_ONLY, DataPlane, Job, Outputs, run_batch
+from serve_app.controller import ControllerLink
+from serve_app.dataplane import PREDICTIONS_ONLY, DataPlane, Job, Output, Outputs, run_batch
 from serve_app.holder import ModelHolder
 from serve_app.loader import OutOfProcessLoader
 from serve_app.metrics import ServingMetrics
@@ -40,6 +44,7 @@ from serve_app.state import ReplicaStatus
 from serve_app.status_board import board
 
 HEARTBEAT_S = 5.0
+log = logging.getLogger("nonstop.app")
 
 
 @serve.deployment
@@ -50,15 +55,14 @@ class ModelServer:
         self._board = board()
         self._metrics = ServingMetrics()
         policy = TrustPolicy(extra_types=args.trusted_types)
-        self._holder = ModelHolder(
-            Registry(registry, signing_key=signing_key),
-            policy,
-            self._report,
-            load=OutOfProcessLoader(registry, signing_key, policy),
-        )
-        self._plane = DataPlane(self._holder, self._predict, self._metrics)
+        store, loader = Registry(registry, signing_key=signing_key), OutOfProcessLoader(registry, signing_key, policy)
+        self._holder = ModelHolder(store, policy, self._report, load=loader)
+        link = ControllerLink(registry, signing_key)
+        self._canary = Canary(store, policy, self._holder.hold, link.send, self._score, load=loader)
+        self._plane = DataPlane(self._holder, self._predict, self._metrics, self._canary)
         self._limits = args.limits
         self._heartbeat: asyncio.Task[None] | None = None
+        self._following: asyncio.Task[None] | None = None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Called by Serve after __init__: the routes get this replica's data plane."""
@@ -67,6 +71,8 @@ class ModelServer:
     async def reconfigure(self, config: dict[str, Any], rank: ReplicaRank | None = None) -> None:
         if self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._beat())
+        if self._following is None:
+            self._following = asyncio.create_task(self._follow_rollouts())
         target = ModelTarget.model_validate(config)
         self._holder.rank = rank.rank if rank is not None else 0
         self._predict_batch.set_max_batch_size(target.max_batch_size)
@@ -82,6 +88,10 @@ class ModelServer:
             return run_batch([job])[0]
         return await self._predict_batch(job)
 
+    async def _score(self, loaded: LoadedModel, matrix: np.ndarray) -> list[Any]:
+        """A rollout's comparison, predicted as any request of its version is."""
+        return (await self._predict(Job(loaded, matrix)))[Output.PREDICTIONS]
+
     @serve.batch
     async def _predict_batch(self, jobs: list[Job]) -> list[Outputs]:
         """Requests that queued while the previous batch ran are predicted together:
@@ -94,6 +104,16 @@ class ModelServer:
         """Fails only for a broken replica, never for a missing model (module doc)."""
         if not self._holder.polling:
             raise RuntimeError("the registry poller of this replica stopped")
+
+    async def _follow_rollouts(self) -> None:
+        """The alias's rollout in the ledger, at the alias's poll interval (serve_app/canary.py)."""
+        while True:
+            target = self._holder.state.target
+            await asyncio.sleep(target.poll_interval_s if target else 1.0)
+            try:
+                await self._canary.sync(self._holder.state)
+            except Exception:  # the follower must outlive any surprise; the next poll retries
+                log.exception("following the rollout failed")
 
     async def _beat(self) -> None:
         """Fresh status for `nonstop status` and the gauges, between changes."""

@@ -19,6 +19,7 @@ ran) without this module knowing about Ray.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -29,6 +30,7 @@ import numpy as np
 from nonstop.errors import ModelNotReady, NonstopError, UnknownModel, VersionNotFound, clip
 from nonstop.loading import LoadedModel
 from nonstop.manifest import FeatureSpec
+from serve_app.canary import Canary, Route
 from serve_app.state import ModelMetadata, Role, ServingState
 
 
@@ -111,6 +113,7 @@ class Binding:
 
     model: str
     loaded: LoadedModel
+    route: Route | None = None  # set while a rollout runs: see serve_app/canary.py
 
     @property
     def version(self) -> int:
@@ -133,10 +136,17 @@ class InferenceResult:
 
 
 class DataPlane:
-    def __init__(self, source: StateSource, batched: Predictor | None = None, observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        source: StateSource,
+        batched: Predictor | None = None,
+        observer: Observer | None = None,
+        canary: Canary | None = None,
+    ) -> None:
         self._source = source
         self._batched = batched
         self._observer = observer or _Unobserved()
+        self._canary = canary
 
     def served_models(self) -> list[str]:
         model = self._source.state.model
@@ -151,8 +161,9 @@ class DataPlane:
             raise UnknownModel(f"unknown model {clip(model)!r}; this server serves {state.model!r}")
         return state
 
-    def bind(self, model: str, version: int | None = None) -> Binding:
-        """The primary version of `model`, or the loaded `version` asked for."""
+    def bind(self, model: str, version: int | None = None, key: str | None = None) -> Binding:
+        """The primary version of `model` (or, while a rollout runs, the candidate for its
+        share of requests; `key` makes the choice sticky), or the loaded `version` asked for."""
         state = self._state_for(model)
         if version is not None:
             held = next((v.loaded for v in state.versions if v.loaded.version == version), None)
@@ -164,15 +175,30 @@ class DataPlane:
         if primary is None:
             why = f": {state.last_error.message}" if state.last_error else ""
             raise ModelNotReady(f"model {model!r} has no version loaded yet{why}")
-        return Binding(model, primary)
+        route = self._canary.route(state, key) if self._canary is not None else None
+        return Binding(model, route.answer if route else primary, route)
 
     async def infer(self, binding: Binding, matrix: np.ndarray, outputs: frozenset[Output] = PREDICTIONS_ONLY) -> InferenceResult:
         if Output.PROBABILITIES in outputs:
             binding.loaded.require_probabilities()  # refused alone, never inside a shared batch
-        job = Job(binding.loaded, matrix, outputs)
-        results = run_batch([job])[0] if self._batched is None else await self._batched(job)
+        started = time.perf_counter()
+        route = binding.route
+        try:
+            results = await self._run(Job(binding.loaded, matrix, outputs))
+        except Exception:
+            if route is None or self._canary is None or not route.by_candidate or route.compare is None:
+                raise
+            # a candidate that fails costs the client nothing: the primary answers instead
+            self._canary.failed(route.answer, time.perf_counter() - started)
+            binding, route = Binding(binding.model, route.compare), None
+            results = await self._run(Job(binding.loaded, matrix, outputs))
+        if route is not None and self._canary is not None:
+            self._canary.answered(route, matrix, results.get(Output.PREDICTIONS, []), time.perf_counter() - started)
         self._observer.predicted(binding.model, binding.version, len(matrix))
         return InferenceResult(model=binding.model, version=binding.version, outputs=results)
+
+    async def _run(self, job: Job) -> Outputs:
+        return run_batch([job])[0] if self._batched is None else await self._batched(job)
 
     def refused(self, model: str, exc: NonstopError) -> None:
         """Count a refused request by the error's reason code; a model name the client

@@ -95,7 +95,8 @@ class ModelHolder:
                 if (target.model, version) in self._refused:
                     return
                 await asyncio.sleep(0.0 if current is None else stagger_s(self.rank, current.load_seconds))
-                candidate = await self._load(target.model, version)
+                held = state.held(Role.CANDIDATE)  # a promoted canary is already loaded and verified
+                candidate = held if held is not None and held.version == version else await self._load(target.model, version)
                 self._check_schema(target, current, candidate)
             except NonstopError as exc:
                 self._fail(state, exc)
@@ -111,6 +112,15 @@ class ModelHolder:
 
     async def _load_here(self, model: str, version: int) -> LoadedModel:
         return await asyncio.to_thread(load_version, self._registry, model, version, self._policy)
+
+    async def hold(self, loaded: LoadedModel | None, role: Role) -> None:
+        """Put `loaded` in `role` beside the primary (None: drop what holds it), under the
+        lock `sync` changes the state under, so neither undoes the other's change."""
+        async with self._lock:
+            if loaded is None:
+                self._set(self.state.without(role))
+            elif loaded.manifest.model == self.state.model:
+                self._set(self.state.with_version(loaded, role))
 
     @property
     def ready(self) -> bool:

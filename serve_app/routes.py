@@ -29,6 +29,7 @@ from nonstop.errors import (
 )
 from serve_app import openapi
 from serve_app.body import BodyTimeout, read_body
+from serve_app.canary import KEY_HEADER
 from serve_app.config import Limits
 from serve_app.dataplane import PREDICTIONS_ONLY, DataPlane, InferenceResult, Output
 from serve_app.decoding import body_matrix
@@ -115,7 +116,7 @@ def create_api(plane: DataPlane, limits: Limits) -> FastAPI:
 
     @api.post("/v1/models/{model}:predict", **openapi.PREDICT)
     async def predict(model: str, request: Request) -> Response:
-        binding = plane.bind(model)
+        binding = plane.bind(model, key=request.headers.get(KEY_HEADER))
         body = await read_body(request, limits)
         matrix = body_matrix(body, request.headers.get("content-type"), binding.features, limits)
         asked = requested_outputs(request)

@@ -27,9 +27,11 @@ from serve_app.config import ModelTarget
 
 
 class Role(StrEnum):
-    """Why a loaded version is held. Only the primary answers requests today."""
+    """Why a loaded version is held: the primary answers; a candidate answers a rollout's
+    share of requests, or only scores in the shadow (serve_app/canary.py)."""
 
     PRIMARY = "primary"
+    CANDIDATE = "candidate"
 
 
 class LoadFailure(BaseModel):
@@ -79,6 +81,9 @@ class ServingState:
             raise ValueError(f"a state for {self.model!r} cannot hold a version of {loaded.manifest.model!r}")
         kept = tuple(v for v in self.versions if v.role is not role)
         return replace(self, versions=(*kept, ServedVersion(loaded, role)))
+
+    def without(self, role: Role) -> ServingState:
+        return replace(self, versions=tuple(v for v in self.versions if v.role is not role))
 
     def with_error(self, failure: LoadFailure) -> ServingState:
         return replace(self, last_error=failure)

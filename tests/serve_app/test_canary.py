@@ -1,0 +1,79 @@
+"""Canary by weight inside one replica, in process: a real holder, registry, ledger and models."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from nonstop.loading import TrustPolicy
+from nonstop.registry import Registry
+from nonstop.schema import frame_to_matrix
+from serve_app.canary import Canary, share_of
+from serve_app.config import ModelTarget
+from serve_app.dataplane import DataPlane
+from serve_app.holder import ModelHolder
+from serve_app.rollout_policy import Policy
+from serve_app.rollouts import Rollouts
+from serve_app.state import Role
+from tests.conftest import MODEL, train_into
+from training import demo
+
+FOLLOW = ModelTarget(model=MODEL, alias="production", poll_interval_s=3600)
+
+
+def test_a_key_keeps_its_version_and_stays_on_the_candidate_as_the_share_grows() -> None:
+    keys = [f"user-{i}" for i in range(4000)]
+    at_5 = {k for k in keys if share_of(k, 7) < 0.05}
+    at_25 = {k for k in keys if share_of(k, 7) < 0.25}
+    assert at_5 < at_25
+    assert 0.03 < len(at_5) / len(keys) < 0.07 and 0.22 < len(at_25) / len(keys) < 0.28
+    assert share_of("user-1", 7) == share_of("user-1", 7) != share_of("user-1", 8)
+
+
+def test_a_replica_follows_the_rollout_answers_by_weight_and_tallies(registry: Registry, demo_data: Path) -> None:
+    primary = train_into(registry, demo_data).manifest.version
+    candidate = train_into(registry, demo_data, promote=False).manifest.version
+    reports: list[tuple[str, str, dict[int, dict[str, Any]]]] = []
+    frame = demo.day_frame(5)
+
+    skipped: list[int] = []
+
+    async def scenario() -> tuple[dict[int, int], Role | None, Role | None]:
+        holder = ModelHolder(registry, TrustPolicy())
+        await holder.configure(FOLLOW)
+        canary = Canary(registry, TrustPolicy(), holder.hold, lambda m, a, t: reports.append((m, a, t)))
+        plane = DataPlane(holder, canary=canary)
+        await canary.sync(holder.state)
+        assert holder.state.held(Role.CANDIDATE) is None and plane.bind(MODEL).route is None  # no rollout: no routing
+        Rollouts(registry, MODEL, "production").start(candidate, Policy(steps=(0.25, 1.0)), actor="test")
+        await canary.sync(holder.state)
+        during = holder.state.held(Role.CANDIDATE)
+        answered: dict[int, int] = {}
+        for index in range(400):
+            binding = plane.bind(MODEL, key=f"k{index}")
+            rows = frame.iloc[[index % len(frame)]]
+            result = await plane.infer(binding, frame_to_matrix(rows, binding.features))
+            answered[result.version] = answered.get(result.version, 0) + 1
+            await asyncio.sleep(0.002)  # as between requests of a server: off-path work gets its turn
+        await asyncio.sleep(0.2)  # off-path comparisons finish
+        skipped.append(canary.skipped)
+        canary._last_report = 0.0
+        await canary.sync(holder.state)  # reports the tallies
+        Rollouts(registry, MODEL, "production").rollback("test", "enough", kind="override")
+        await canary.sync(holder.state)
+        after = holder.state.held(Role.CANDIDATE)
+        await holder.close()
+        return answered, during and Role.CANDIDATE, after and Role.CANDIDATE
+
+    answered, during, after = asyncio.run(scenario())
+    assert during is Role.CANDIDATE and after is None
+    assert 60 < answered[candidate] < 140 and answered[primary] + answered[candidate] == 400
+    model, alias, tallies = reports[-1]
+    assert (model, alias) == (MODEL, "production")
+    assert tallies[candidate]["requests"] == answered[candidate]
+    # the primary scored the candidate's answers off the path, but for those skipped as over the bound
+    assert tallies[candidate]["compared"] + skipped[0] == answered[candidate]
+    assert tallies[candidate]["compared"] >= 0.8 * answered[candidate]
+    assert tallies[candidate]["agreed"] >= 0.9 * tallies[candidate]["compared"]
+    assert tallies[primary]["requests"] == answered[primary] and tallies[primary]["input_rows"] == answered[primary]
