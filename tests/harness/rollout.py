@@ -74,6 +74,12 @@ class Stack:
             if r["state"] == "RUNNING"
         }
 
+    def settled(self) -> bool:
+        """The app RUNNING with all its replicas: the last deploy is wholly applied."""
+        app = local.app_status(self.cluster)["applications"]["nonstop"]
+        wanted = local.deployment_config(self.config)["num_replicas"]
+        return app["status"] == "RUNNING" and len(self.replicas()) == wanted
+
     def board(self) -> dict[str, ReplicaStatus]:
         live = self.replicas()
         return {k: v for k, v in read_board().items() if k in live}

@@ -18,7 +18,7 @@ import ray
 from nonstop_ops import cluster as local
 from nonstop.config import Settings
 from nonstop.registry import Registry
-from tests.harness.rollout import Stack
+from tests.harness.rollout import Stack, wait_until
 from serve_app.holder import stagger_s
 from tests.conftest import MODEL, train_into
 
@@ -52,6 +52,15 @@ def served(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> Iterato
     finally:
         ray.shutdown()
         local.stop(TEST_CLUSTER)
+
+
+@pytest.fixture(autouse=True)
+def settled_stack(request: pytest.FixtureRequest) -> None:
+    """A test on the shared stack starts once a previous test's last deploy (a code
+    update, a change of model, replicas restarted on purpose) is wholly applied."""
+    if "served" in request.fixturenames:
+        stack: Stack = request.getfixturevalue("served")
+        wait_until(stack.settled, 180, "the app RUNNING with all its replicas")
 
 
 @pytest.fixture

@@ -60,13 +60,8 @@ def _app_status(served: Stack) -> str:
     return local.app_status(served.cluster)["applications"]["nonstop"]["status"]
 
 
-def _settled(served: Stack) -> bool:
-    """The app RUNNING with all its replicas: a previous test's last deploy is applied."""
-    return _app_status(served) == "RUNNING" and len(served.replicas()) == local.deployment_config(served.config)["num_replicas"]
-
-
 def test_train_promote_swaps_every_replica_in_place_under_load(served: Stack, demo_data: Path) -> None:
-    wait_until(lambda: _settled(served), 120, "the app settled")
+    wait_until(lambda: served.settled(), 120, "the app settled")
     before = served.replicas()
     old = served.registry.resolve(MODEL, "production")
     limit = swap_bound(served)
@@ -122,7 +117,7 @@ def test_pinning_a_version_by_serve_deploy_applies_in_place(served: Stack, clien
     finally:
         served.deploy()
         current = served.registry.resolve(MODEL, "production")
-        wait_until(lambda: served.serving_everywhere(current) and _settled(served), swap_bound(served), "back on the alias")
+        wait_until(lambda: served.serving_everywhere(current) and served.settled(), swap_bound(served), "back on the alias")
 
 
 def _answers_by_model(url: str, body: dict, stop: threading.Event, seen: list[tuple[int, str | None]]) -> None:
@@ -179,7 +174,7 @@ def test_a_change_of_model_by_serve_deploy_serves_only_the_new_model(served: Sta
         stop.set()
         served.deploy()
         current = served.registry.resolve(MODEL, "production")
-        wait_until(lambda: served.serving_everywhere(current) and _settled(served), limit, f"back on {MODEL}")
+        wait_until(lambda: served.serving_everywhere(current) and served.settled(), limit, f"back on {MODEL}")
 
 
 def test_replicas_started_on_an_empty_registry_run_not_ready_then_serve_what_appears(served: Stack, demo_data: Path) -> None:
@@ -211,4 +206,4 @@ def test_replicas_started_on_an_empty_registry_run_not_ready_then_serve_what_app
     finally:
         served.deploy()
         current = served.registry.resolve(MODEL, "production")
-        wait_until(lambda: served.serving_everywhere(current) and _settled(served), 180, f"back on {MODEL}")
+        wait_until(lambda: served.serving_everywhere(current) and served.settled(), 180, f"back on {MODEL}")
