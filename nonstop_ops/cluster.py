@@ -230,9 +230,15 @@ def start(cluster: LocalCluster, settings: Settings) -> None:
 
 
 def stop(cluster: LocalCluster, timeout_s: float = 30.0) -> None:
-    """End this cluster's processes, children first, and wait for its HTTP port to close."""
-    _end(cluster_pids(cluster))
+    """End this cluster's processes, children first, and wait for its ports to close.
+
+    A process the cluster starts while the first ones are ending (a worker a raylet was
+    spawning) is caught by the next pass."""
     deadline = time.monotonic() + timeout_s
+    while pids := cluster_pids(cluster):
+        if time.monotonic() > deadline:
+            raise ClusterError(f"processes {pids} of the cluster on port {cluster.gcs_port} outlived stopping it")
+        _end(pids)
     while port_open(cluster.http_port) or port_open(cluster.gcs_port):
         if time.monotonic() > deadline:
             raise ClusterError(f"ports {cluster.http_port}/{cluster.gcs_port} still open after stopping the cluster")
@@ -244,15 +250,22 @@ def cluster_pids(cluster: LocalCluster) -> list[int]:
 
     The roots are the processes whose command line names this cluster's Ray temp folder
     (GCS, raylet, dashboard, log monitor) or haproxy folder (Serve puts each config in a
-    hashed subfolder of it); workers and the replicas are their descendants.
+    hashed subfolder of it), and Ray's client server, which names neither but is started
+    with this cluster's GCS address and outlives the head otherwise; workers and the
+    replicas are their descendants.
     """
     prefixes = [str(Path(folder).resolve()) + "/" for folder in (cluster.ray_temp_dir, cluster.haproxy_dir)]
     prefixes += [f"={p}" for p in prefixes]
+    gcs_suffix = f":{cluster.gcs_port}"
     me = os.getpid()
     roots: list[psutil.Process] = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info.get("cmdline") or []
-        if proc.info["pid"] != me and any(any(p in arg or arg == p[:-1] for p in prefixes) for arg in cmdline):
+        names_folder = any(any(p in arg or arg == p[:-1] for p in prefixes) for arg in cmdline)
+        client_server = "ray.util.client.server" in cmdline and any(
+            arg.startswith("--address=") and arg.endswith(gcs_suffix) for arg in cmdline
+        )
+        if proc.info["pid"] != me and (names_folder or client_server):
             roots.append(proc)
     ordered: list[int] = []
     for root in roots:

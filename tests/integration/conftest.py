@@ -52,6 +52,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> Iterato
     finally:
         ray.shutdown()
         local.stop(TEST_CLUSTER)
+        leftovers = local.cluster_pids(TEST_CLUSTER)
+        if leftovers:  # every process the tier started ends with it, Ray's client server included
+            raise RuntimeError(f"processes {leftovers} outlived the test cluster")
 
 
 @pytest.fixture(autouse=True)
