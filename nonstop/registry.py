@@ -181,7 +181,7 @@ class Registry:
     def manifest(self, model: str, version: int) -> Manifest:
         data = self._manifest_bytes(model, version)
         if self._signing_key is not None:
-            self._check_signature(model, version, data)
+            self._check_signature(model, version, data, self._signing_key)
         return parse_manifest(model, version, data)
 
     def _manifest_bytes(self, model: str, version: int) -> bytes:
@@ -192,14 +192,13 @@ class Registry:
             raise VersionNotFound(f"model {model!r} has no version {version}")
         return self._storage.read_bytes(path, MAX_MANIFEST_BYTES)
 
-    def _check_signature(self, model: str, version: int, data: bytes) -> None:
-        assert self._signing_key is not None
+    def _check_signature(self, model: str, version: int, data: bytes, key: SecretStr) -> None:
         path = self._version_path(model, version, SIGNATURE_NAME)
         if not self._storage.exists(path):
             raise TamperedManifestError(
                 model, version, "the manifest has no signature (published without a signing key?)"
             )
-        if not is_valid(self._signing_key, data, self._storage.read_bytes(path, MAX_SIGNATURE_BYTES)):
+        if not is_valid(key, data, self._storage.read_bytes(path, MAX_SIGNATURE_BYTES)):
             raise TamperedManifestError(
                 model, version, "the manifest's signature does not match (edited, or signed with another key)"
             )
@@ -284,7 +283,7 @@ class Registry:
     def alias(self, model: str, alias: str) -> AliasRecord:
         record = self._read_alias(model, alias)
         if self._signing_key is not None:
-            self._check_alias_signature(model, record)
+            self._check_alias_signature(model, record, self._signing_key)
         return record
 
     def _read_alias(self, model: str, alias: str) -> AliasRecord:
@@ -293,12 +292,11 @@ class Registry:
             raise AliasNotFound(f"model {model!r} has no alias {alias!r}")
         return parse_alias(model, alias, self._storage.read_bytes(path, MAX_ALIAS_BYTES))
 
-    def _check_alias_signature(self, model: str, record: AliasRecord) -> None:
-        assert self._signing_key is not None
+    def _check_alias_signature(self, model: str, record: AliasRecord, key: SecretStr) -> None:
         where = f"alias {record.alias!r} of {model!r} (pointing at v{record.version})"
         if record.signature is None:
             raise TamperedAliasError(f"{where} has no signature (written without a signing key?); see `nonstop sign`")
-        if not is_valid(self._signing_key, record.signed_bytes(model), record.signature.encode()):
+        if not is_valid(key, record.signed_bytes(model), record.signature.encode()):
             raise TamperedAliasError(f"{where}: the signature does not match (edited, copied, or another key)")
 
     def resolve(self, model: str, alias: str) -> int | None:
@@ -388,7 +386,7 @@ class Registry:
         for name in self._alias_names(model):
             record = self._read_alias(model, name)
             if record.signature is not None:
-                self._check_alias_signature(model, record)
+                self._check_alias_signature(model, record, key)
                 continue
             self.manifest(model, record.version)
             self._write_alias(model, name, record.version, record.history)
