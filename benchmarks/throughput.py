@@ -169,11 +169,7 @@ def run_serve(
 ) -> dict[str, Any]:
     """V1 and Arrow bodies, then V2's (`v2`: name -> one-record and 1,000-row payloads)."""
     cluster = _cluster(ingress)
-    local.stop(cluster)
-    local.start(cluster, Settings(registry=registry.uri))
-    try:
-        local.deploy(cluster, local.load_serve_config())
-        local.wait_ready(cluster, MODEL)
+    with local.serving(cluster, Settings(registry=registry.uri), local.load_serve_config(), MODEL):
         url = f"{cluster.http_url}/v1/models/{MODEL}:predict"
         v2_url = f"{cluster.http_url}/v2/models/{MODEL}/infer"
         return {
@@ -184,8 +180,6 @@ def run_serve(
                 **rows_per_second(v2_url, {name: many for name, (_, many) in v2.items()}, seconds),
             },
         }
-    finally:
-        local.stop(cluster)
 
 
 def run_baseline(registry: Registry, body: Payload, big: dict[str, Payload], seconds: float, workers: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ port), never every Ray process on the machine: two clusters can run side by side
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.resources
 import os
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -332,6 +334,19 @@ def deploy(cluster: LocalCluster, config: dict[str, Any]) -> None:
     config.setdefault("http_options", {}).update({"host": LOOPBACK, "port": cluster.http_port})
     ServeDeploySchema.model_validate(config)
     ServeSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers()).deploy_applications(config)
+
+
+@contextlib.contextmanager
+def serving(cluster: LocalCluster, settings: Settings, config: dict[str, Any], model: str) -> Iterator[dict[str, Any]]:
+    """A fresh cluster with `config` deployed and `model` ready (its metadata is yielded),
+    stopped on the way out whatever happens: what every benchmark run starts from."""
+    stop(cluster)
+    start(cluster, settings)
+    try:
+        deploy(cluster, config)
+        yield wait_ready(cluster, model)
+    finally:
+        stop(cluster)
 
 
 def app_status(cluster: LocalCluster) -> dict[str, Any]:

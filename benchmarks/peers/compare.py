@@ -81,16 +81,10 @@ def measure(url: str, small: Payload, bigs: dict[str, Payload], seconds: float) 
 
 def run_nonstop(registry: Registry, rows: list[list[float]], big_rows: list[list[float]], names: list[str], seconds: float) -> dict[str, Any]:
     cluster = _cluster()
-    local.stop(cluster)
-    local.start(cluster, Settings(registry=registry.uri))
-    try:
-        local.deploy(cluster, local.load_serve_config())
-        local.wait_ready(cluster, MODEL)
+    with local.serving(cluster, Settings(registry=registry.uri), local.load_serve_config(), MODEL):
         url = f"{cluster.http_url}/v1/models/{MODEL}:predict"
         bigs = {"json": v1_body(big_rows), "arrow": _arrow_payload(names, big_rows)}
         return measure(url, v1_body(rows), bigs, seconds)
-    finally:
-        local.stop(cluster)
 
 
 def run_peer(name: str, scratch: Path, model_dir: Path, rows: list[list[float]], big_rows: list[list[float]], seconds: float) -> dict[str, Any]:
