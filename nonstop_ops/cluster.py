@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nonstop.config import REGISTRY_ENV, Settings
-from nonstop.errors import NonstopError
+from nonstop.errors import ConfigError, NonstopError, validation_problems
 
 SERVE_CONFIG_PACKAGE = "serve_app"
 SERVE_CONFIG_NAME = "serve_config.yaml"
@@ -325,6 +325,22 @@ def deployment_config(config: dict[str, Any], app: str = "nonstop", deployment: 
     raise ClusterError(f"serve config has no deployment {app}/{deployment}")
 
 
+def check_user_config(config: dict[str, Any]) -> None:
+    """The app's user_config (model target, canary block) as a replica would read it:
+    refused here, naming the field, before anything is sent. A replica refuses it too
+    (serve_app/app.py), for configs deployed by other means (`serve deploy`, KubeRay)."""
+    from pydantic import ValidationError
+
+    from serve_app.config import ModelTarget
+
+    try:
+        ModelTarget.model_validate(deployment_config(config).get("user_config") or {})
+    except ValidationError as exc:
+        raise ConfigError(f"user_config refused: {validation_problems(exc)}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"user_config refused: {exc.message}") from None
+
+
 def deploy(cluster: LocalCluster, config: dict[str, Any]) -> None:
     """What `serve deploy` does, with the HTTP listener pinned to this cluster's port."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
@@ -333,6 +349,7 @@ def deploy(cluster: LocalCluster, config: dict[str, Any]) -> None:
     config = copy.deepcopy(config)
     config.setdefault("http_options", {}).update({"host": LOOPBACK, "port": cluster.http_port})
     ServeDeploySchema.model_validate(config)
+    check_user_config(config)
     ServeSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers()).deploy_applications(config)
 
 

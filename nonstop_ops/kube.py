@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from packaging.requirements import Requirement
 
-from nonstop_ops.cluster import load_serve_config
+from nonstop_ops.cluster import check_user_config, load_serve_config
 
 GENERATED_NAME = Path("base") / "serve-config.generated.yaml"
 CONSTRAINTS_NAME = Path("constraints.txt")
@@ -50,7 +50,9 @@ def kubernetes_serve_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(config: dict[str, Any]) -> str:
-    """The generated file's text: the serveConfigV2 the base copies into the RayService."""
+    """The generated file's text: the serveConfigV2 the base copies into the RayService;
+    a user_config a replica would refuse (a bad canary block, say) is refused here."""
+    check_user_config(config)
     return _HEADER + yaml.safe_dump(kubernetes_serve_config(config), sort_keys=False, default_flow_style=False)
 
 

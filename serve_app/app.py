@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from ray import serve
 from ray.serve import Application
 from ray.serve.schema import ReplicaRank
 
 from nonstop.config import Settings
+from nonstop.errors import ConfigError, validation_problems
 from nonstop.loading import LoadedModel, TrustPolicy
 from nonstop.registry import Registry
 from serve_app.canary import Canary
@@ -39,6 +40,7 @@ from serve_app.dataplane import PREDICTIONS_ONLY, DataPlane, Job, Output, Output
 from serve_app.holder import ModelHolder
 from serve_app.loader import OutOfProcessLoader
 from serve_app.metrics import ServingMetrics
+from serve_app.rollouts import Rollouts
 from serve_app.routes import create_api
 from serve_app.state import ReplicaStatus
 from serve_app.status_board import board
@@ -57,12 +59,14 @@ class ModelServer:
         policy = TrustPolicy(extra_types=args.trusted_types)
         store, loader = Registry(registry, signing_key=signing_key), OutOfProcessLoader(registry, signing_key, policy)
         self._holder = ModelHolder(store, policy, self._report, load=loader)
-        link = ControllerLink(registry, signing_key)
-        self._canary = Canary(store, policy, self._holder.hold, link.send, self._score, load=loader)
+        self._link = ControllerLink(registry, signing_key)
+        self._store = store
+        self._canary = Canary(store, policy, self._holder.hold, self._link.send, self._score, load=loader)
         self._plane = DataPlane(self._holder, self._predict, self._metrics, self._canary)
         self._limits = args.limits
         self._heartbeat: asyncio.Task[None] | None = None
         self._following: asyncio.Task[None] | None = None
+        self._applying: asyncio.Task[None] | None = None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Called by Serve after __init__: the routes get this replica's data plane."""
@@ -73,11 +77,51 @@ class ModelServer:
             self._heartbeat = asyncio.create_task(self._beat())
         if self._following is None:
             self._following = asyncio.create_task(self._follow_rollouts())
-        target = ModelTarget.model_validate(config)
+        try:
+            target = ModelTarget.model_validate(config)
+        except (ValidationError, ConfigError) as exc:
+            self._refuse(exc)
+            return
+        self._holder.config_refused(None)
         self._holder.rank = rank.rank if rank is not None else 0
         self._predict_batch.set_max_batch_size(target.max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(target.batch_wait_timeout_s)
         await self._holder.configure(target)
+        if self._applying is not None:
+            self._applying.cancel()
+        self._applying = asyncio.create_task(self._apply_canary(target))
+
+    def _refuse(self, exc: ValidationError | ConfigError) -> None:
+        """A bad user_config is refused, never half applied. Raising would make Serve stop
+        this replica (2.60 deployment_state: a failed reconfigure is a failed start), so a
+        replica that serves keeps its last good target and says why in every answer; one
+        that never had a target has nothing to keep serving, and fails to start."""
+        problems = validation_problems(exc) if isinstance(exc, ValidationError) else exc.message
+        current = self._holder.state.target
+        if current is None:
+            raise ConfigError(f"user_config refused: {problems}") from None
+        message = f"user_config refused, still serving {current.describe()}: {problems}"
+        log.error(message)
+        self._holder.config_refused(message)
+
+    async def _apply_canary(self, target: ModelTarget) -> None:
+        """The config's canary block, to the alias's controller (serve_app/rollouts.py
+        `apply_config`), retried while the controller is out of reach (restarting)."""
+        alias = target.followed_alias
+        if alias is None:
+            return
+        canary = target.canary.model_dump(mode="json") if target.canary is not None else None
+        if canary is None and not (await asyncio.to_thread(Rollouts(self._store, target.model, alias).state)).from_config:
+            return  # no block, none before it: no controller is needed for this
+        while True:
+            try:
+                outcome = await self._link.apply_config(target.model, alias, canary)
+                break
+            except Exception as exc:  # the controller restarting, Ray busy: the next try may reach it
+                log.warning("cannot hand the canary block to the rollout controller yet: %r", exc)
+                await asyncio.sleep(1.0)
+        if outcome["refused"]:
+            self._holder.config_refused(f"user_config canary refused: {outcome['refused']}")
 
     async def _predict(self, job: Job) -> Outputs:
         if job.loaded.fast is not None and job.outputs == PREDICTIONS_ONLY:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nonstop.registry import PRODUCTION, check_name
+from serve_app.rollout_policy import CanaryConfig
 
 
 class ModelTarget(BaseModel):
@@ -31,6 +32,7 @@ class ModelTarget(BaseModel):
         le=1.0,
         description="how long a batch waits to fill; 0 takes what queued while the last batch ran",
     )
+    canary: CanaryConfig | None = Field(default=None, description="roll a candidate out to the followed alias (README, Canary)")
 
     @model_validator(mode="after")
     def _one_target(self) -> ModelTarget:
@@ -39,6 +41,8 @@ class ModelTarget(BaseModel):
             raise ValueError("set either 'version' or 'alias', not both")
         if self.alias is not None:
             check_name("alias", self.alias)
+        if self.canary is not None and self.version is not None:
+            raise ValueError("canary: a pinned 'version' serves that version only; follow an alias to run a canary")
         return self
 
     @property

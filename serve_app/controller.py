@@ -7,6 +7,11 @@ replicas follow. It keeps nothing a restart would lose but the current window's 
 the rollout itself (candidate, step, policy, pause) is replayed from the ledger, so a
 restarted controller (or one on another node, on KubeRay) carries on. One controller per
 model and alias, named after them, created by whichever replica or CLI asks first.
+
+It is also the one writer of the serve config's canary block (`apply_config`): every
+replica hands it the block it was configured with, and the actor applies them one at a
+time, between its own looks, so the block starts one rollout however many replicas (or
+restarts) carry it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from nonstop.profile import DataProfile, read_profile
 from nonstop.registry import Registry
 from serve_app.evidence import Evidence, VersionStats, summarize
 from serve_app.rollout_metrics import RolloutMetrics
-from serve_app.rollout_policy import RolloutState, decide, replay
+from serve_app.rollout_policy import CanaryConfig, RolloutState, decide, replay
 from serve_app.rollouts import CONTROLLER_ACTOR, Rollouts
 
 log = logging.getLogger("nonstop.controller")
@@ -103,8 +108,8 @@ class Controller:
         evidence = self.evidence()
         if self._metrics is not None:
             self._metrics.observed(state.candidate, state.weight, evidence)
-        if evidence is None or state.policy is None or state.step_started is None:
-            return None
+        if evidence is None or state.policy is None or state.step_started is None or not state.policy.automatic:
+            return None  # a manual rollout: judged and exported, moved by `nonstop rollout` only
         now = now or datetime.now(UTC)
         window_done = (now - state.step_started).total_seconds() >= state.policy.window_s
         decision = decide(state.policy, evidence, window_done, self.window_requests(), shadowing=state.weight == 0)
@@ -157,7 +162,9 @@ class RolloutController:
     def __init__(self, registry_uri: str, signing_key: SecretStr | None, model: str, alias: str) -> None:
         registry = Registry(registry_uri, signing_key=signing_key)
         self._controller = Controller(registry, model, alias, RolloutMetrics(model, alias))
+        self._rollouts = Rollouts(registry, model, alias)
         self._loop: asyncio.Task[None] | None = None
+        self._writing = asyncio.Lock()  # a config applied and a tick never write the ledger at once
 
     async def report(self, stats: dict[int, dict[str, Any]]) -> None:
         self._ensure_loop()
@@ -168,6 +175,17 @@ class RolloutController:
         await asyncio.to_thread(self._controller.refresh)
         return self._controller.status()
 
+    async def apply_config(self, canary: dict[str, Any] | None) -> dict[str, str | None]:
+        """A replica's canary block (serve_app/rollouts.py `apply_config`); a refusal is
+        returned, not raised, so the replica can show it as it is."""
+        self._ensure_loop()
+        spec = CanaryConfig.model_validate(canary) if canary is not None else None
+        async with self._writing:
+            try:
+                return {"done": await asyncio.to_thread(self._rollouts.apply_config, spec), "refused": None}
+            except NonstopError as exc:
+                return {"done": None, "refused": exc.message}
+
     def _ensure_loop(self) -> None:
         if self._loop is None or self._loop.done():
             self._loop = asyncio.get_running_loop().create_task(self._run())
@@ -175,7 +193,8 @@ class RolloutController:
     async def _run(self) -> None:
         while True:
             try:
-                await asyncio.to_thread(self._controller.tick)
+                async with self._writing:
+                    await asyncio.to_thread(self._controller.tick)
                 self._controller.last_error = None
             except NonstopError as exc:  # an unreadable ledger or registry: say so, try again
                 self._controller.last_error = exc.message
@@ -202,7 +221,13 @@ class ControllerLink:
         self._handles: dict[tuple[str, str], Any] = {}
 
     def send(self, model: str, alias: str, tallies: dict[int, dict[str, Any]]) -> None:
+        self._handle(model, alias).report.remote(tallies)
+
+    async def apply_config(self, model: str, alias: str, canary: dict[str, Any] | None) -> dict[str, str | None]:
+        return await self._handle(model, alias).apply_config.remote(canary)
+
+    def _handle(self, model: str, alias: str) -> Any:
         handle = self._handles.get((model, alias))
         if handle is None:
             handle = self._handles[(model, alias)] = controller(self._registry_uri, self._signing_key, model, alias)
-        handle.report.remote(tallies)
+        return handle

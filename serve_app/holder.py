@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from nonstop.errors import AliasNotFound, ArtifactUnreadableError, ModelLoadError, NonstopError, SchemaMismatchError
+from nonstop.errors import (
+    AliasNotFound, ArtifactUnreadableError, ConfigError, ModelLoadError, NonstopError, SchemaMismatchError,
+)  # fmt: skip
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.registry import Registry
 from serve_app.config import ModelTarget
@@ -121,6 +124,15 @@ class ModelHolder:
                 self._set(self.state.without(role))
             elif loaded.manifest.model == self.state.model:
                 self._set(self.state.with_version(loaded, role))
+
+    def config_refused(self, message: str | None) -> None:
+        """A user_config this replica would not apply (None: the last one was applied):
+        the state says so as its last error, so every answer and `nonstop status` show it."""
+        state = self.state
+        if message is not None:
+            self._set(state.with_error(LoadFailure(version=None, reason=ConfigError.reason, message=message, at=datetime.now(UTC))))
+        elif state.last_error is not None and state.last_error.reason == ConfigError.reason:
+            self._set(replace(state, last_error=None))
 
     @property
     def ready(self) -> bool:

@@ -14,14 +14,17 @@ evidence. The last step (100%) is the promotion itself: the alias moves to the c
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from nonstop.errors import ConfigError
 from nonstop.ledger import LedgerEntry
+from nonstop.registry import check_name
 from serve_app.evidence import Evidence, noise_psi
 
 START, ADVANCE, HOLD, ROLLBACK, PROMOTE = "start", "advance", "hold", "rollback", "promote"
@@ -50,6 +53,9 @@ class Policy(BaseModel):
     max_input_psi: float = Field(default=0.25, ge=0, description="any feature against the candidate's training profile")
     min_compared: int = Field(default=50, ge=1, description="paired rows before judging agreement")
     min_tail_sample: int = Field(default=500, ge=1, description="candidate requests before judging p99 (p50 before)")
+    automatic: bool = Field(
+        default=True, description="the controller advances and rolls back; false: it only judges, a person moves the rollout"
+    )
 
     @field_validator("steps")
     @classmethod
@@ -64,6 +70,40 @@ class Policy(BaseModel):
         """Rows before input drift is judged: enough that sampling noise is a quarter of
         the threshold (decile bins)."""
         return max(self.min_error_sample, int(4 * 9 / self.max_input_psi) + 1)
+
+
+class CanaryConfig(Policy):
+    """`canary:` in the deployment's user_config: the candidate (a version, or an alias
+    such as `staging` resolved when the block is first applied) and the policy's fields.
+
+    A block starts its rollout once, when it is new or changed (a fingerprint of it goes
+    into the ledger's start entry); redeploying it, or a replica restarting with it,
+    does nothing more (serve_app/rollouts.py `apply_config`)."""
+
+    version: int | None = Field(default=None, ge=1, description="the candidate version; excludes alias")
+    alias: str | None = Field(default=None, description="the alias naming the candidate; excludes version")
+
+    @model_validator(mode="after")
+    def _one_candidate(self) -> CanaryConfig:
+        if (self.version is None) == (self.alias is None):
+            raise ValueError("name the candidate with either 'version' or 'alias'")
+        if self.alias is not None:
+            try:
+                check_name("alias", self.alias)
+            except ConfigError as exc:  # a ValueError, so pydantic names the field
+                raise ValueError(exc.message) from None
+        return self
+
+    def policy(self) -> Policy:
+        return Policy.model_validate(self.model_dump(exclude={"version", "alias"}))
+
+    def fingerprint(self) -> str:
+        """The same block always gives the same fingerprint, whatever its key order."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    def record(self) -> dict[str, Any]:
+        """What the ledger's start entry keeps of the block."""
+        return {"fingerprint": self.fingerprint(), "canary": self.model_dump(mode="json", exclude_defaults=True)}
 
 
 @dataclass(frozen=True)
@@ -92,6 +132,8 @@ class RolloutState:
     step_started: datetime | None = None
     started: datetime | None = None
     outcome: str | None = None
+    from_config: bool = False  # the rollout (current or last) was started by the serve config's canary block
+    applied_config: str | None = None  # fingerprint of the last canary block the serve config started
     last_seq: int = 0
     history: list[str] = field(default_factory=list)
 
@@ -113,6 +155,10 @@ def replay(entries: Sequence[LedgerEntry], alias: str, state: RolloutState | Non
             state.policy = Policy.model_validate(entry.evidence.get("policy", {}))
             state.active, state.paused, state.outcome, state.started = True, False, None, entry.at
             state.step = -1 if entry.weight == 0 else 0
+            config = entry.evidence.get("serve_config")
+            state.from_config = isinstance(config, dict)
+            if isinstance(config, dict):
+                state.applied_config = config.get("fingerprint")
         elif entry.action == ADVANCE:
             state.step += 1
         elif entry.action in (PAUSE, RESUME):

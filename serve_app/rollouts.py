@@ -1,8 +1,17 @@
 """Every move of a rollout, written to the promotion ledger: by the controller or a person.
 
-The controller (automatic decisions) and `nonstop rollout` (manual overrides) go through
-these same functions, so a rollout reads the same in the ledger whoever moved it, and a
-move is refused with the same message whoever asks for one that makes no sense.
+The controller (automatic decisions), `nonstop rollout` (manual overrides) and the serve
+config's `canary:` block (`apply_config`, run by the controller for the replicas) go
+through these same functions, so a rollout reads the same in the ledger whoever moved it,
+and a move is refused with the same message whoever asks for one that makes no sense.
+
+The serve config and the CLI: the latest change wins. A canary block acts when it is new
+or changed: it starts its rollout (aborting one under way, whoever started it), recorded
+as "canary set by serve config" with the block and its fingerprint. After that the
+rollout is the ledger's like any other: the controller judges it, `nonstop rollout`
+pauses, advances or aborts it, and the same block redeployed (or a replica restarting
+with it) changes nothing, so an abort by hand stands. Removing the block aborts the
+rollout it started, never one started by hand.
 """
 
 from __future__ import annotations
@@ -12,9 +21,12 @@ from typing import Any
 from nonstop.errors import ConfigError
 from nonstop.ledger import EntryDraft, Kind, LedgerEntry
 from nonstop.registry import Registry
-from serve_app.rollout_policy import ABORT, ADVANCE, HOLD, PAUSE, RESUME, ROLLBACK, START, Policy, RolloutState, replay
+from serve_app.rollout_policy import (
+    ABORT, ADVANCE, HOLD, PAUSE, RESUME, ROLLBACK, START, CanaryConfig, Policy, RolloutState, replay,
+)  # fmt: skip
 
 CONTROLLER_ACTOR = "rollout controller"
+CONFIG_ACTOR = "serve config"
 
 
 class Rollouts:
@@ -33,17 +45,52 @@ class Rollouts:
         state = self.state()
         if state.active:
             raise ConfigError(f"a rollout of v{state.candidate} to {self.model}@{self.alias} is under way; abort it first")
+        return self._start(candidate, policy, actor, reason)
+
+    def apply_config(self, canary: CanaryConfig | None) -> str | None:
+        """The serve config's canary block (None: the config has none), applied once per
+        change (module doc). Returns what was done; raises (ConfigError, VersionNotFound)
+        for a block naming a candidate that cannot be rolled out, leaving any rollout
+        under way alone."""
+        state = self.state()
+        if canary is None:
+            if state.active and state.from_config:
+                return self.rollback(CONFIG_ACTOR, "the canary block was removed from the serve config", kind="override")
+            return None
+        if canary.fingerprint() == state.applied_config:
+            return None
+        candidate = canary.version if canary.version is not None else self.registry.resolve(self.model, canary.alias or "")
+        if candidate is None:
+            raise ConfigError(f"user_config canary.alias: {self.model}@{canary.alias} points at nothing")
+        self._check_candidate(candidate)
+        if state.active:
+            self.rollback(CONFIG_ACTOR, f"superseded by the serve config's canary of v{candidate}", kind="override")
+        entry = self._start(candidate, canary.policy(), CONFIG_ACTOR, config=canary.record())
+        return entry.reason
+
+    def _check_candidate(self, candidate: int) -> int:
+        """The primary it would replace; refuses a candidate that cannot be rolled out."""
         primary = self.registry.resolve(self.model, self.alias)
         if primary is None:
             raise ConfigError(f"{self.model}@{self.alias} points at nothing: promote a first version instead")
         if candidate == primary:
             raise ConfigError(f"v{candidate} already is {self.model}@{self.alias}")
         self.registry.manifest(self.model, candidate)  # must exist, and be signed with a key
+        return primary
+
+    def _start(
+        self, candidate: int, policy: Policy, actor: str, reason: str = "", config: dict[str, Any] | None = None
+    ) -> LedgerEntry:
+        primary = self._check_candidate(candidate)
         weight = 0.0 if policy.shadow else policy.steps[0]
         first = "shadow scoring" if policy.shadow else f"{weight:.0%} of requests"
+        how = "" if policy.automatic else ", moved by hand only"
+        default = f"{'canary set by serve config' if config else 'start'}: v{candidate} against v{primary}, {first}{how}"
+        evidence: dict[str, Any] = {"policy": policy.model_dump(mode="json")}
+        if config is not None:
+            evidence["serve_config"] = config
         return self._append(
-            "canary_step", START, actor, reason or f"start: v{candidate} against v{primary}, {first}",
-            candidate=candidate, weight=weight, evidence={"policy": policy.model_dump(mode="json")},
+            "canary_step", START, actor, reason or default, candidate=candidate, weight=weight, evidence=evidence
         )  # fmt: skip
 
     def advance(self, actor: str, reason: str, evidence: dict[str, Any] | None = None, kind: Kind = "decision") -> str:
