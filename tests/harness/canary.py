@@ -12,7 +12,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -124,19 +124,37 @@ class RolloutRun:
 
 
 def run_rollout(
-    registry: Registry, model: str, candidate: int, policy: Policy, load: CanaryLoad, *, settle_s: float, timeout_s: float
+    registry: Registry, model: str, candidate: int, policy: Policy, load: CanaryLoad, *, settle_s: float, timeout_s: float,
+    trigger: Callable[[], object] | None = None, during: Callable[[LedgerEntry], object] | None = None,
 ) -> RolloutRun:
-    """Start the rollout under `load`, wait until the ledger says it ended, keep loading
-    `settle_s` more (the replicas follow), and return what the clients saw."""
+    """Start the rollout under `load` (through the ledger, or by `trigger`, e.g. a deploy
+    of a config with a canary block), call `during` with its start entry, wait until the
+    ledger says it ended, keep loading `settle_s` more (the replicas follow), and return
+    what the clients saw."""
     rollouts = Rollouts(registry, model, "production")
+    ledger = registry.ledger(model)
     primary = registry.resolve(model, "production")
     if primary is None:
         raise ValueError(f"{model}@production points at nothing")
+    before = ledger.entries()[-1].seq if ledger.entries() else 0
     with load:
         time.sleep(settle_s)
-        first = rollouts.start(candidate, policy, actor="integration test")
+        if trigger is None:
+            rollouts.start(candidate, policy, actor="integration test")
+        else:
+            trigger()
+
+        def started() -> LedgerEntry | None:
+            return next((e for e in ledger.since_seq(before) if e.action == "start" and e.candidate == candidate), None)
+
+        wait_until(lambda: started() is not None, timeout_s, f"rollout of v{candidate} to start")
+        first = started()
+        if first is None:
+            raise AssertionError("unreachable: the start was just seen")
+        if during is not None:
+            during(first)
         wait_until(lambda: not rollouts.state().active, timeout_s, f"rollout of v{candidate} to end")
         ended = datetime.now(UTC)
         time.sleep(settle_s)
-    entries = [e for e in registry.ledger(model).entries() if e.seq >= first.seq]
+    entries = [e for e in ledger.entries() if e.seq >= first.seq]
     return RolloutRun(candidate, primary, load.answers, entries, first.at, ended)

@@ -1,0 +1,259 @@
+"""Canaries set by the serve config, and rollouts that survive faults, under constant load.
+
+Each rollout here is started the way an operator on KubeRay or with `serve deploy` would:
+a deploy of the Serve config with a `canary:` block in user_config (serve_app/rollouts.py
+`apply_config`). Then faults in the middle of automatic rollouts: the controller actor's
+process killed with SIGKILL, one replica killed with SIGKILL. Windows are 4 s here.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from ray.util.state import list_actors
+
+from nonstop.errors import ConfigError
+from nonstop.ledger import LedgerEntry
+from nonstop_ops import cluster as local
+from serve_app.canary import share_of
+from serve_app.controller import controller_name
+from serve_app.rollout_policy import Policy
+from serve_app.rollouts import CONFIG_ACTOR, Rollouts
+from serve_app.state import Role
+from tests.conftest import MODEL, train_into
+from tests.harness.canary import CanaryLoad, RolloutRun, run_rollout
+from tests.harness.rollout import Stack, wait_until
+from tests.integration.conftest import SLACK_S
+from tests.integration.test_canary import FOLLOW_S, SETTLE_S, WINDOW_S, _load, _shuffled
+from training.job import TrainOptions, train
+
+pytestmark = pytest.mark.integration
+BLOCK: dict[str, Any] = {
+    "steps": [0.3, 0.6, 1.0], "window_s": WINDOW_S, "min_requests": 20, "min_error_sample": 15, "min_compared": 40,
+    "latency_slack_ms": 25.0, "min_tail_sample": 1000,
+}  # fmt: skip
+TIMEOUT_S = 8 * WINDOW_S + SLACK_S + 30
+CONCURRENCY = 4  # CanaryLoad's clients: the bound on requests lost to a kill -9
+
+
+def _by_config(served: Stack, candidate: int, **overrides: Any) -> Any:
+    return lambda: served.deploy(canary={**BLOCK, "version": candidate, **overrides})
+
+
+def _steps(run: RolloutRun) -> list[tuple[str, str, float | None]]:
+    return [(e.kind, e.action, e.weight) for e in run.entries]
+
+
+def _answers_follow_the_keys(run: RolloutRun) -> None:
+    """Sticky by key at the configured weight: a key the candidate answered hashes below
+    the highest share it reached, and the candidate never answered past the promotion."""
+    highest = max(e.weight or 0.0 for e in run.entries if e.kind != "alias_move")
+    promoted = next((e.at.timestamp() for e in run.entries if e.action == "promote"), float("inf"))
+    by_candidate = [a for a in run.answers if a.version == run.candidate and a.sent_at < promoted]
+    assert by_candidate and all(share_of(a.key, run.candidate) < highest for a in by_candidate)
+
+
+@pytest.fixture(scope="module")
+def versions(served: Stack, demo_data: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    registry = served.registry
+    tmp = tmp_path_factory.mktemp("canary-config")
+    made = {"collapsed": train(TrainOptions(data=str(_shuffled(tmp)), model=MODEL), registry).manifest.version}
+    for name in ("good", "controller_kill", "replica_kill"):
+        made[name] = train_into(registry, demo_data, promote=False).manifest.version
+    return made
+
+
+@pytest.fixture(scope="module")
+def bad_config_run(served: Stack) -> tuple[list[Any], str, list[str]]:
+    """A deploy with a bad canary block: by `nonstop`'s deploy (refused before sending),
+    then as `serve deploy`/the KubeRay operator would send it (the replicas refuse it)."""
+    refusals: list[str] = []
+    with _load(served) as load:
+        wait_until(lambda: len(load.answers) > 50, 60, "load to flow")
+        with pytest.raises(ConfigError) as refused:
+            served.deploy(canary={"version": 2, "steps": [0.5, 0.2, 1.0]})
+        config = copy.deepcopy(served.config)
+        local.deployment_config(config)["user_config"]["canary"] = {"version": 2, "stepz": [0.5, 1.0]}
+        config["http_options"] = {"host": "127.0.0.1", "port": served.cluster.http_port}
+        local.submit_serve_config(served.cluster, yaml.safe_dump(config))
+
+        def everywhere() -> bool:
+            board = served.board()
+            errors = [r.last_error for r in board.values()]
+            refusals[:] = [e.message for e in errors if e is not None and e.reason == "invalid_config"]
+            return len(refusals) == len(served.replicas()) == 2
+
+        wait_until(everywhere, 120, "every replica refusing the bad user_config")
+        metadata = served.metadata()
+        seen = len(load.answers)
+        wait_until(lambda: len(load.answers) > seen + 200, 60, "more load on the refused config")
+        served.deploy()  # the good config again: the refusal is cleared
+        wait_until(lambda: all(r.last_error is None for r in served.board().values()), 120, "the refusal cleared")
+    assert metadata["ready"] and metadata["last_error"]["reason"] == "invalid_config"
+    return load.answers, str(refused.value), refusals
+
+
+def test_a_bad_canary_block_is_refused_naming_the_field_and_the_old_config_keeps_serving(
+    served: Stack, bad_config_run: tuple[list[Any], str, list[str]]
+) -> None:
+    answers, deploy_refusal, replica_refusals = bad_config_run
+    assert "canary.steps: steps must be strictly increasing" in deploy_refusal
+    primary = served.registry.resolve(MODEL, "production")
+    assert all("canary.stepz: Extra inputs are not permitted" in m and f"still serving {MODEL}@production" in m for m in replica_refusals)
+    assert [a for a in answers if not a.ok] == []
+    assert {a.version for a in answers} == {primary}
+    assert Rollouts(served.registry, MODEL, "production").state().active is False
+
+
+@pytest.fixture(scope="module")
+def config_runs(served: Stack, versions: dict[str, int], bad_config_run: Any) -> dict[str, RolloutRun]:
+    runs = {}
+    for name in ("collapsed", "good"):
+        candidate = versions[name]
+        runs[name] = run_rollout(
+            served.registry, MODEL, candidate, Policy(), _load(served), settle_s=SETTLE_S, timeout_s=TIMEOUT_S,
+            trigger=_by_config(served, candidate),
+        )  # fmt: skip
+    served.deploy()  # the block removed: its rollout ended, so nothing more is written
+    return runs
+
+
+def test_a_canary_block_in_the_serve_config_splits_traffic_sticky_by_key_and_is_promoted(
+    served: Stack, config_runs: dict[str, RolloutRun]
+) -> None:
+    run = config_runs["good"]
+    assert run.failed == [], run.failed[:5]
+    start = run.entries[0]
+    assert (start.actor, start.weight) == (CONFIG_ACTOR, 0.3) and start.reason.startswith("canary set by serve config")
+    assert start.evidence is not None and start.evidence["serve_config"]["canary"]["version"] == run.candidate
+    assert _steps(run)[1:] == [
+        ("decision", "advance", 0.6), ("decision", "promote", None), ("alias_move", "promote", 0.0),
+    ], [(e.action, e.reason) for e in run.entries]  # fmt: skip
+    assert served.registry.resolve(MODEL, "production") == run.candidate
+    _answers_follow_the_keys(run)
+    first_step_end = run.entries[1].at.timestamp()
+    settled = run.started.timestamp() + FOLLOW_S
+    in_step = [a for a in run.answers if settled < a.sent_at < first_step_end - FOLLOW_S]
+    below = {a.key for a in in_step if share_of(a.key, run.candidate) < 0.3}
+    assert in_step and {a.key for a in in_step if a.version == run.candidate} == below
+    # one start only, though both replicas (and every later deploy) carried the block
+    starts = [e for e in served.registry.ledger(MODEL).entries() if e.action == "start" and e.candidate == run.candidate]
+    assert len(starts) == 1
+
+
+def test_a_bad_candidate_set_by_the_serve_config_is_rolled_back_automatically(config_runs: dict[str, RolloutRun]) -> None:
+    run = config_runs["collapsed"]
+    outcome = run.outcome
+    assert (outcome.kind, outcome.action, outcome.actor) == ("decision", "rollback", "rollout controller"), _steps(run)
+    assert "agrees with the primary" in outcome.reason
+    assert [a for a in run.answers if not a.ok] == []
+    _answers_follow_the_keys(run)
+    exposed = min(a.sent_at for a in run.answers if a.version == run.candidate)
+    assert outcome.at.timestamp() - exposed <= 2 * WINDOW_S + FOLLOW_S
+
+
+# --- faults in the middle of an automatic rollout ---------------------------------------------------
+
+
+def _controller_pid(served: Stack) -> int | None:
+    alive = list_actors(
+        address=served.cluster.dashboard_url, filters=[("name", "=", controller_name(MODEL, "production")), ("state", "=", "ALIVE")]
+    )
+    return alive[0].pid if alive else None
+
+
+@pytest.fixture(scope="module")
+def controller_killed(served: Stack, versions: dict[str, int], config_runs: Any) -> tuple[RolloutRun, int, int]:
+    pids: list[int] = []
+
+    def kill(_: LedgerEntry) -> None:
+        wait_until(lambda: _controller_pid(served) is not None, 30, "the controller alive")
+        pid = _controller_pid(served) or 0
+        pids.append(pid)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: _controller_pid(served) not in (None, pid), 60, "the controller restarted")
+        pids.append(_controller_pid(served) or 0)
+
+    candidate = versions["controller_kill"]
+    run = run_rollout(
+        served.registry, MODEL, candidate, Policy(), _load(served), settle_s=SETTLE_S, timeout_s=TIMEOUT_S,
+        trigger=_by_config(served, candidate), during=kill,
+    )  # fmt: skip
+    served.deploy()
+    return run, pids[0], pids[1]
+
+
+def test_a_controller_killed_mid_rollout_comes_back_and_carries_on_from_the_ledger(
+    served: Stack, controller_killed: tuple[RolloutRun, int, int]
+) -> None:
+    run, killed, restarted = controller_killed
+    assert killed != restarted
+    assert _steps(run) == [
+        ("canary_step", "start", 0.3), ("decision", "advance", 0.6),
+        ("decision", "promote", None), ("alias_move", "promote", 0.0),
+    ], [(e.action, e.actor, e.reason) for e in run.entries]  # fmt: skip
+    assert run.failed == [], run.failed[:5]
+    assert served.registry.resolve(MODEL, "production") == run.candidate
+    assert served.registry.ledger(MODEL).verify().ok
+
+
+@pytest.fixture(scope="module")
+def replica_killed(served: Stack, versions: dict[str, int], controller_killed: Any) -> tuple[RolloutRun, float, float]:
+    """The rollout is paused (by hand, as `nonstop rollout pause` does) while a replica is
+    killed and replaced, so the replacement is seen at the step; then resumed. Returns
+    the run and the span in which both replicas, the replacement one of them, served the
+    paused step."""
+    rollouts = Rollouts(served.registry, MODEL, "production")
+    candidate = versions["replica_kill"]
+    load = _load(served)
+    span: list[float] = []
+
+    def kill(_: LedgerEntry) -> None:
+        rollouts.pause("integration test", "a replica is about to be killed")
+        wait_until(lambda: all(r.held(Role.CANDIDATE) is not None for r in served.board().values()), 60, "the candidate held")
+        victim, (_, pid) = sorted(served.replicas().items())[0]
+        os.kill(pid, signal.SIGKILL)
+
+        def replaced() -> bool:
+            fresh = [r for k, r in served.board().items() if k != victim]
+            held = [r.held(Role.CANDIDATE) for r in fresh]
+            return len(fresh) == 2 and all(h is not None and h.version == candidate for h in held)
+
+        span.append(wait_until(replaced, 120, "a replacement replica holding the candidate") + FOLLOW_S)
+        wait_until(lambda: time.time() > span[0] + 3.0, 30, "load on the replacement")
+        span.append(time.time())
+        rollouts.resume("integration test", "the replica was replaced")
+
+    run = run_rollout(
+        served.registry, MODEL, candidate, Policy(), load, settle_s=SETTLE_S, timeout_s=TIMEOUT_S + 120,
+        trigger=_by_config(served, candidate), during=kill,
+    )  # fmt: skip
+    served.deploy()
+    return run, span[0], span[1]
+
+
+def test_a_replica_killed_mid_rollout_is_replaced_at_the_same_step_and_the_rollout_completes(
+    served: Stack, replica_killed: tuple[RolloutRun, str, float]
+) -> None:
+    run, since, until = replica_killed
+    # with the replacement serving, exactly the keys below the step's share got the candidate:
+    # a replica started from a default (no candidate, or another share) would break this
+    paused = [a for a in run.answers if since < a.sent_at < until]
+    below = {a.key for a in paused if share_of(a.key, run.candidate) < 0.3}
+    assert paused and {a.key for a in paused if a.version == run.candidate} == below
+    assert [e.action for e in run.entries if e.action in ("pause", "resume")] == ["pause", "resume"]
+    assert [(k, a, w) for k, a, w in _steps(run) if a not in ("pause", "resume")] == [
+        ("canary_step", "start", 0.3), ("decision", "advance", 0.6),
+        ("decision", "promote", None), ("alias_move", "promote", 0.0),
+    ], [(e.action, e.actor, e.reason) for e in run.entries]  # fmt: skip
+    assert len(run.failed) <= CONCURRENCY, run.failed
+    _answers_follow_the_keys(run)
+    assert served.registry.resolve(MODEL, "production") == run.candidate
+    assert httpx.get(f"{served.cluster.http_url}/v1/models/{MODEL}", timeout=10).json()["version"] == str(run.candidate)
