@@ -56,6 +56,7 @@ def start(
     steps: Annotated[str | None, typer.Option("--steps", help="shares, e.g. 0.05,0.25,0.5,1")] = None,
     window: Annotated[float | None, typer.Option("--window", help="evaluation window per step, seconds")] = None,
     shadow: Annotated[bool, typer.Option("--shadow", help="score in the shadow first, answering no request")] = False,
+    manual: Annotated[bool, typer.Option("--manual", help="the controller judges only; advance and abort by hand")] = False,
     registry: RegistryOpt = None,
     reason: ReasonOpt = "",
 ) -> None:
@@ -66,7 +67,7 @@ def start(
             parsed_steps = tuple(float(s) for s in steps.split(","))
         except ValueError as exc:
             raise typer.BadParameter(f"{steps!r}: give shares separated by commas", param_hint="--steps") from exc
-    policy = load_policy(policy_file, {"steps": parsed_steps, "window_s": window, "shadow": shadow or None})
+    policy = load_policy(policy_file, {"steps": parsed_steps, "window_s": window, "shadow": shadow or None, "automatic": False if manual else None})
     entry = _rollouts(registry, model, alias).start(candidate, policy, _actor("rollout start"), reason)
     typer.echo(f"#{entry.seq} {entry.reason}; window {policy.window_s:g}s, steps {list(policy.steps)}")
 

@@ -50,3 +50,14 @@ def test_a_rollout_by_hand(registry: Registry, tmp_path: Path) -> None:
         "override/advance", "override/promote", "alias_move/promote",
     ]  # fmt: skip
     assert "lunch" in history.stdout and "ship it" in history.stdout
+
+
+def test_a_manual_rollout_is_left_to_a_person(registry: Registry) -> None:
+    for payload in (b"1", b"2"):
+        registry.publish("m", payload, DRAFT)
+    registry.promote("m", 1)
+    started = _nonstop(registry, "rollout", "start", "2", "--manual")
+    assert started.returncode == 0, started.stderr
+    assert "moved by hand only" in started.stdout
+    start = registry.ledger("m").entries()[-1]
+    assert start.evidence is not None and start.evidence["policy"]["automatic"] is False
