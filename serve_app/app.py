@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI
 from pydantic import SecretStr, ValidationError
 from ray import serve
 from ray.serve import Application
@@ -37,6 +36,7 @@ from serve_app.canary import Canary
 from serve_app.config import AppArgs, ModelTarget
 from serve_app.controller import ControllerLink
 from serve_app.dataplane import PREDICTIONS_ONLY, DataPlane, Job, Output, Outputs, run_batch
+from serve_app.front import Front
 from serve_app.holder import ModelHolder
 from serve_app.loader import OutOfProcessLoader
 from serve_app.metrics import ServingMetrics
@@ -68,7 +68,7 @@ class ModelServer:
         self._following: asyncio.Task[None] | None = None
         self._applying: asyncio.Task[None] | None = None
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
+    def __serve_build_asgi_app__(self) -> Front:
         """Called by Serve after __init__: the routes get this replica's data plane."""
         return create_api(self._plane, self._limits)
 

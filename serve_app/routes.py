@@ -33,6 +33,7 @@ from serve_app.canary import KEY_HEADER
 from serve_app.config import Limits
 from serve_app.dataplane import PREDICTIONS_ONLY, DataPlane, InferenceResult, Output
 from serve_app.decoding import body_matrix
+from serve_app.front import Front, HotRoute
 from serve_app.openapi import MODEL_HEADER, VERSION_HEADER
 
 MAX_ERROR_CHARS = 600
@@ -64,6 +65,8 @@ def plane_of(request: Request) -> DataPlane:
 def requested_outputs(request: Request) -> frozenset[Output]:
     """`?probabilities=true` adds a classifier's probabilities; without it the answer is
     KServe V1's, unchanged."""
+    if not request.scope["query_string"]:  # the usual case, without parsing an empty query
+        return PREDICTIONS_ONLY
     flag = request.query_params.get("probabilities")
     if flag is None or flag.lower() in _NO:
         return PREDICTIONS_ONLY
@@ -106,26 +109,36 @@ async def _render_http_error(_: Request, exc: Exception) -> Response:
     return json_response({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
 
-def create_api(plane: DataPlane, limits: Limits) -> FastAPI:
-    """The app object over one replica's data plane."""
+async def predict(request: Request, model: str) -> Response:
+    """KServe V1's predict: JSON instances, or an Arrow stream of columns."""
+    plane, limits = plane_of(request), limits_of(request)
+    binding = plane.bind(model, key=request.headers.get(KEY_HEADER))
+    body = await read_body(request, limits)
+    matrix = body_matrix(body, request.headers.get("content-type"), binding.features, limits)
+    asked = requested_outputs(request)
+    result = await plane.infer(binding, matrix, asked)
+    content: dict[str, Any] = {"predictions": result.predictions, "model_version": str(result.version)}
+    if Output.PROBABILITIES in asked:
+        content["probabilities"] = result.outputs[Output.PROBABILITIES]
+        content["classes"] = binding.loaded.manifest.classes
+    return json_response(content, headers=answer_headers(result))
+
+
+PREDICT_PATH = "/v1/models/{model}:predict"
+
+
+def create_api(plane: DataPlane, limits: Limits) -> Front:
+    """The ASGI app over one replica's data plane: FastAPI, behind the front that answers
+    the prediction routes itself (serve_app/front.py)."""
     api = FastAPI(title="nonstop", summary="Predictions from the registry's current model version")
     api.state.plane = plane
     api.state.limits = limits
     api.add_exception_handler(NonstopError, _render_error)
     api.add_exception_handler(HTTPException, _render_http_error)
 
-    @api.post("/v1/models/{model}:predict", **openapi.PREDICT)
-    async def predict(model: str, request: Request) -> Response:
-        binding = plane.bind(model, key=request.headers.get(KEY_HEADER))
-        body = await read_body(request, limits)
-        matrix = body_matrix(body, request.headers.get("content-type"), binding.features, limits)
-        asked = requested_outputs(request)
-        result = await plane.infer(binding, matrix, asked)
-        content: dict[str, Any] = {"predictions": result.predictions, "model_version": str(result.version)}
-        if Output.PROBABILITIES in asked:
-            content["probabilities"] = result.outputs[Output.PROBABILITIES]
-            content["classes"] = binding.loaded.manifest.classes
-        return json_response(content, headers=answer_headers(result))
+    @api.post(PREDICT_PATH, **openapi.PREDICT)
+    async def predict_route(model: str, request: Request) -> Response:
+        return await predict(request, model)
 
     @api.get("/v1/models/{model}", **openapi.METADATA)
     async def model_metadata(model: str) -> Response:
@@ -135,7 +148,7 @@ def create_api(plane: DataPlane, limits: Limits) -> FastAPI:
     async def list_models() -> Response:
         return json_response({"models": plane.served_models()})
 
-    from serve_app.v2_routes import create_router  # it uses this module's helpers: imported once both exist
+    from serve_app.v2_routes import HOT_ROUTES, create_router  # it uses this module's helpers: imported once both exist
 
     api.include_router(create_router())
-    return api
+    return Front(api, [HotRoute(PREDICT_PATH, predict), *HOT_ROUTES], _render_error, NonstopError)

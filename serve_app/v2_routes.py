@@ -21,6 +21,7 @@ from serve_app import v2_openapi as spec
 from serve_app.dataplane import Binding, Output
 from serve_app.openapi import MODEL_HEADER, VERSION_HEADER
 from serve_app.body import read_body
+from serve_app.front import HotRoute
 from serve_app.routes import answer_headers, json_response, limits_of, plane_of
 from serve_app.v2_codec import (
     BINARY_CONTENT_TYPE,
@@ -74,7 +75,7 @@ def _ready(binding: Binding) -> Response:
     return json_response({"name": binding.model, "ready": True}, headers=headers)
 
 
-async def _infer(request: Request, model: str, version: str | None) -> Response:
+async def infer(request: Request, model: str, version: str | None = None) -> Response:
     binding = _binding(request, model, version)
     limits = limits_of(request)
     body = await read_body(request, limits)
@@ -99,6 +100,11 @@ async def _infer(request: Request, model: str, version: str | None) -> Response:
         return Response(content, media_type="application/json", headers=headers)
     headers[HEADER_LENGTH] = str(header_length)
     return Response(content, media_type=BINARY_CONTENT_TYPE, headers=headers)
+
+
+INFER_PATH = "/v2/models/{model}/infer"
+VERSION_INFER_PATH = "/v2/models/{model}/versions/{version}/infer"
+HOT_ROUTES = [HotRoute(INFER_PATH, infer), HotRoute(VERSION_INFER_PATH, infer)]
 
 
 def create_router() -> APIRouter:
@@ -143,12 +149,12 @@ def create_router() -> APIRouter:
     async def version_ready(model: str, version: str, request: Request) -> Response:
         return _ready(_binding(request, model, version))
 
-    @router.post("/v2/models/{model}/infer", **spec.INFER)
-    async def infer(model: str, request: Request) -> Response:
-        return await _infer(request, model, None)
+    @router.post(INFER_PATH, **spec.INFER)
+    async def infer_route(model: str, request: Request) -> Response:
+        return await infer(request, model)
 
-    @router.post("/v2/models/{model}/versions/{version}/infer", **spec.INFER)
-    async def version_infer(model: str, version: str, request: Request) -> Response:
-        return await _infer(request, model, version)
+    @router.post(VERSION_INFER_PATH, **spec.INFER)
+    async def version_infer_route(model: str, version: str, request: Request) -> Response:
+        return await infer(request, model, version)
 
     return router
