@@ -153,6 +153,11 @@ class LocalCluster(BaseModel):
             # four, on a node whose cores serve Python replicas.
             "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
             "RAY_SERVE_HAPROXY_NBTHREAD": "1",
+            # Ray starts its workers at nice 15 (ray_config_def.h, worker_niceness), below
+            # its own control plane and below any client on the machine: replicas and the
+            # HAProxy their manager spawns would wait behind a load generator for a core.
+            # Serving is the point of this cluster; only the model loader stays niced.
+            "RAY_worker_niceness": "0",
         }
 
     def client_environment(self) -> dict[str, str]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 
+import psutil
 import pytest
 import ray
 
 from nonstop.errors import ManifestError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.schema import rows_to_matrix
+from nonstop_ops import cluster as local
 from serve_app.loader import LOADER_NICENESS, ModelLoader, OutOfProcessLoader
 from tests.conftest import MODEL
 from tests.harness.rollout import Stack
@@ -32,6 +34,18 @@ def test_a_version_loads_in_a_niced_process_and_arrives_verified(served: Stack) 
     pid, niceness = ray.get(loader.__ray_call__.remote(lambda _: (os.getpid(), os.nice(0))))
     assert pid != os.getpid()
     assert niceness == LOADER_NICENESS
+    ray.kill(loader)
+
+
+def test_replicas_and_haproxy_serve_at_full_priority_and_only_the_loader_is_niced(served: Stack) -> None:
+    """Ray would start its workers at nice 15, behind its own daemons and any client on the
+    machine (nonstop_ops/cluster.py sets RAY_worker_niceness)."""
+    replicas = [pid for _, pid in served.replicas().values()]
+    haproxy = [p.pid for p in map(psutil.Process, local.cluster_pids(served.cluster)) if p.name() == "haproxy"]
+    assert len(replicas) >= 2 and haproxy, (replicas, haproxy)
+    assert {pid: psutil.Process(pid).nice() for pid in replicas + haproxy} == dict.fromkeys(replicas + haproxy, 0)
+    loader = ModelLoader.remote(served.registry.uri, None, TrustPolicy())
+    assert ray.get(loader.__ray_call__.remote(lambda _: os.nice(0))) == LOADER_NICENESS > 0
     ray.kill(loader)
 
 

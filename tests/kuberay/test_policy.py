@@ -12,7 +12,7 @@ EXPOSING_TYPES = {"LoadBalancer", "NodePort"}
 RESTRICTED_VOLUMES = {
     "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
 }  # fmt: skip
-HA_PROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+SERVING_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_worker_niceness": "0"}
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -162,6 +162,6 @@ def test_the_rayservice_keeps_its_serving_contract(builds: dict[str, Build]) -> 
         assert sum(g["minReplicas"] for g in cluster["workerGroupSpecs"]) >= 2, build.name
         for container in ray_containers(service):
             env = {e["name"]: e.get("value") for e in container.get("env", [])}
-            assert HA_PROXY_ENV.items() <= env.items(), f"{build.name} {container['name']}: {env}"
+            assert SERVING_ENV.items() <= env.items(), f"{build.name} {container['name']}: {env}"
         job_cluster = cluster_spec(build.one("RayJob"))
         assert job_cluster and job_cluster["authOptions"]["mode"] == "token", f"{build.name} RayJob"
