@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run down test test-fast bench bench-peers clean fuzz
+.PHONY: install run down test test-fast bench bench-peers clean fuzz proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ fuzz: install
 bench-peers: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m benchmarks.peers.compare $(PEERS_ARGS)
+
+## regenerate serve_app/oip_v2_pb2*.py from serve_app/oip_v2.proto (OIP v2 gRPC), with a
+## grpcio-tools whose protoc matches the protobuf runtime Ray runs with (in its own venv)
+GRPC_TOOLS := /tmp/nonstop-grpcio-tools
+proto:
+	test -x $(GRPC_TOOLS)/bin/python || ($(PYTHON) -m venv $(GRPC_TOOLS) && $(GRPC_TOOLS)/bin/pip install -q grpcio-tools==1.85.1)
+	$(GRPC_TOOLS)/bin/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. serve_app/oip_v2.proto
 
 clean:
 	rm -rf $(VENV) registry data build *.egg-info

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nonstop.config import REGISTRY_ENV, Settings
 from nonstop.errors import ConfigError, NonstopError, validation_problems
+from serve_app.config import Limits
 
 SERVE_CONFIG_PACKAGE = "serve_app"
 SERVE_CONFIG_NAME = "serve_config.yaml"
@@ -48,6 +49,11 @@ class LocalCluster(BaseModel):
     gcs_port: int = 6379
     dashboard_port: int = 8265
     http_port: int = Field(default_factory=lambda: serve_port())
+    grpc_port: int = Field(default_factory=lambda: grpc_port())
+    # Serve's head-node fallback proxy (HAProxy sends it what no replica answers, and,
+    # with gRPC on, ListApplications): Serve's own defaults, moved by `isolated`.
+    fallback_http_port: int = 8500
+    fallback_grpc_port: int = 9500
     client_server_port: int = 10001
     dashboard_agent_port: int = 52365
     metrics_export_port: int = 8080
@@ -68,7 +74,7 @@ class LocalCluster(BaseModel):
 
     @classmethod
     def isolated(cls, base: int, name: str, **overrides: object) -> LocalCluster:
-        """A cluster on ports base+1 .. base+800 with its own haproxy folder and token,
+        """A cluster on ports base+1 .. base+950 with its own haproxy folder and token,
         so tests and benchmarks never touch a developer's `nonstop up` stack."""
         folder = f"/tmp/{name}"
         ports = {
@@ -80,6 +86,9 @@ class LocalCluster(BaseModel):
             "gcs_port": base + 379,
             "haproxy_stats_port": base + 404,
             "http_port": base + 800,
+            "fallback_http_port": base + 850,
+            "grpc_port": base + 900,
+            "fallback_grpc_port": base + 950,
         }
         return cls.model_validate(
             {
@@ -147,6 +156,11 @@ class LocalCluster(BaseModel):
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.haproxy_metrics_port),
             "RAY_SERVE_HAPROXY_RETRY_ON": self.ingress_retry_on,
             "RAY_SERVE_HAPROXY_RETRIES": str(self.ingress_retries),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(self.fallback_http_port),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(self.fallback_grpc_port),
+            # Serve's gRPC servers refuse a larger message before parsing it: the same
+            # bound as an HTTP body (serve_app/v2_grpc.py)
+            "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(Limits().max_body_bytes),
             # Serve parses a metrics line per request from HAProxy in a Python actor:
             # 0.08 ms of CPU per request (benchmarks/profile_serving.py) for series the
             # replicas' own Serve metrics already give; and one HAProxy thread, not
@@ -208,10 +222,9 @@ def start(cluster: LocalCluster, settings: Settings) -> None:
     if is_running(cluster):
         return
     ensure_token(cluster)
-    if port_open(cluster.http_port):
-        raise ClusterError(
-            f"port {cluster.http_port} is already taken (a stale haproxy? run `nonstop down`)"
-        )
+    for port in (cluster.http_port, cluster.grpc_port):
+        if port_open(port):
+            raise ClusterError(f"port {port} is already taken (a stale haproxy? run `nonstop down`)")
     Path(cluster.haproxy_dir).mkdir(parents=True, exist_ok=True)
     command = [
         _ray_bin(), "start", "--head",
@@ -246,9 +259,10 @@ def stop(cluster: LocalCluster, timeout_s: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise ClusterError(f"processes {pids} of the cluster on port {cluster.gcs_port} outlived stopping it")
         _end(pids)
-    while port_open(cluster.http_port) or port_open(cluster.gcs_port):
+    ports = (cluster.http_port, cluster.grpc_port, cluster.gcs_port)
+    while any(port_open(port) for port in ports):
         if time.monotonic() > deadline:
-            raise ClusterError(f"ports {cluster.http_port}/{cluster.gcs_port} still open after stopping the cluster")
+            raise ClusterError(f"ports {'/'.join(map(str, ports))} still open after stopping the cluster")
         time.sleep(0.2)
 
 
@@ -321,6 +335,11 @@ def serve_port(config: dict[str, Any] | None = None) -> int:
     return int((config or load_serve_config())["http_options"]["port"])
 
 
+def grpc_port(config: dict[str, Any] | None = None) -> int:
+    """Serve's gRPC port (OIP v2): `grpc_options.port` of the (packaged) Serve config."""
+    return int((config or load_serve_config())["grpc_options"]["port"])
+
+
 def deployment_config(config: dict[str, Any], app: str = "nonstop", deployment: str = "ModelServer") -> dict[str, Any]:
     for application in config["applications"]:
         if application["name"] == app:
@@ -353,6 +372,8 @@ def deploy(cluster: LocalCluster, config: dict[str, Any]) -> None:
 
     config = copy.deepcopy(config)
     config.setdefault("http_options", {}).update({"host": LOOPBACK, "port": cluster.http_port})
+    if "grpc_options" in config:  # gRPC listens on the HTTP host (Serve 2.60's haproxy.py)
+        config["grpc_options"]["port"] = cluster.grpc_port
     ServeDeploySchema.model_validate(config)
     check_user_config(config)
     ServeSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers()).deploy_applications(config)

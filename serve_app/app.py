@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import SecretStr, ValidationError
 from ray import serve
 from ray.serve import Application
+from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.schema import ReplicaRank
 
 from nonstop.config import Settings
@@ -39,11 +40,13 @@ from serve_app.dataplane import PREDICTIONS_ONLY, DataPlane, Job, Output, Output
 from serve_app.front import Front
 from serve_app.holder import ModelHolder
 from serve_app.loader import OutOfProcessLoader
+from serve_app import oip_v2_pb2 as pb
 from serve_app.metrics import ServingMetrics
 from serve_app.rollouts import Rollouts
 from serve_app.routes import create_api
 from serve_app.state import ReplicaStatus
 from serve_app.status_board import board
+from serve_app.v2_grpc import GrpcV2
 
 HEARTBEAT_S = 5.0
 log = logging.getLogger("nonstop.app")
@@ -64,6 +67,7 @@ class ModelServer:
         self._canary = Canary(store, policy, self._holder.hold, self._link.send, self._score, load=loader)
         self._plane = DataPlane(self._holder, self._predict, self._metrics, self._canary)
         self._limits = args.limits
+        self._grpc = GrpcV2(self._plane, args.limits)
         self._heartbeat: asyncio.Task[None] | None = None
         self._following: asyncio.Task[None] | None = None
         self._applying: asyncio.Task[None] | None = None
@@ -71,6 +75,29 @@ class ModelServer:
     def __serve_build_asgi_app__(self) -> Front:
         """Called by Serve after __init__: the routes get this replica's data plane."""
         return create_api(self._plane, self._limits)
+
+    # OIP v2 over gRPC: Serve calls the method named after the RPC (serve_app/v2_grpc.py)
+    async def ServerLive(self, request: pb.ServerLiveRequest, grpc_context: RayServegRPCContext) -> pb.ServerLiveResponse:  # noqa: N802
+        return await self._grpc.answer(self._grpc.server_live, request, grpc_context, pb.ServerLiveResponse)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, grpc_context: RayServegRPCContext) -> pb.ServerReadyResponse:  # noqa: N802
+        return await self._grpc.answer(self._grpc.server_ready, request, grpc_context, pb.ServerReadyResponse)
+
+    async def ServerMetadata(  # noqa: N802
+        self, request: pb.ServerMetadataRequest, grpc_context: RayServegRPCContext
+    ) -> pb.ServerMetadataResponse:
+        return await self._grpc.answer(self._grpc.server_metadata, request, grpc_context, pb.ServerMetadataResponse)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, grpc_context: RayServegRPCContext) -> pb.ModelReadyResponse:  # noqa: N802
+        return await self._grpc.answer(self._grpc.model_ready, request, grpc_context, pb.ModelReadyResponse, request.name)
+
+    async def ModelMetadata(  # noqa: N802
+        self, request: pb.ModelMetadataRequest, grpc_context: RayServegRPCContext
+    ) -> pb.ModelMetadataResponse:
+        return await self._grpc.answer(self._grpc.model_metadata, request, grpc_context, pb.ModelMetadataResponse, request.name)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, grpc_context: RayServegRPCContext) -> pb.ModelInferResponse:  # noqa: N802
+        return await self._grpc.answer(self._grpc.model_infer, request, grpc_context, pb.ModelInferResponse, request.model_name)
 
     async def reconfigure(self, config: dict[str, Any], rank: ReplicaRank | None = None) -> None:
         if self._heartbeat is None:

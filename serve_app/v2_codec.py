@@ -127,15 +127,19 @@ def decode(body: bytes, header_length: str | None, model: str, features: list[Fe
         raise InvalidInput(f"not a V2 inference request: {clip(validation_problems(exc), 300)}") from exc
     if request.model_name is not None and request.model_name != model:
         raise InvalidInput(f"the body names model {clip(request.model_name)!r}, the path {model!r}")
-    tensors = _payloads(request.inputs, view[split:])
-    rows = _rows(request.inputs, limits)
-    if _is_matrix_form(request.inputs, features):
-        matrix = _matrix(request.inputs[0], tensors[0], rows, features)
-    else:
-        by_name = {t.name: (t, data) for t, data in zip(request.inputs, tensors, strict=True)}
-        columns = [_column(*by_name[f.name], rows, f, limits) for f in features]
-        matrix = columns_to_matrix(columns, features)
-    return Decoded(matrix=matrix, request_id=request.id, outputs=_requested(request))
+    matrix = to_matrix(request.inputs, _payloads(request.inputs, view[split:]), features, limits)
+    return Decoded(matrix=matrix, request_id=request.id, outputs=requested(request))
+
+
+def to_matrix(inputs: list[RequestInput], tensors: list[Payload], features: list[FeatureSpec], limits: Limits) -> np.ndarray:
+    """The matrix of validated tensors, each input's data being its binary slice or its
+    values as a list: the rules every V2 transport (REST, gRPC) shares."""
+    rows = _rows(inputs, limits)
+    if _is_matrix_form(inputs, features):
+        return _matrix(inputs[0], tensors[0], rows, features)
+    by_name = {t.name: (t, data) for t, data in zip(inputs, tensors, strict=True)}
+    columns = [_column(*by_name[f.name], rows, f, limits) for f in features]
+    return columns_to_matrix(columns, features)
 
 
 def _split_at(header_length: str | None, size: int) -> int:
@@ -256,7 +260,7 @@ def _numbers(tensor: RequestInput, data: Payload, count: int, name: str) -> np.n
         dtype = np.dtype(NUMPY_TYPES[tensor.datatype])
         if len(data) != count * dtype.itemsize:
             raise InvalidInput(
-                f"input {clip(name)!r}: binary_data_size is {len(data)} bytes, but {count} {tensor.datatype} values take "
+                f"input {clip(name)!r}: its binary data is {len(data)} bytes, but {count} {tensor.datatype} values take "
                 f"{count * dtype.itemsize}"
             )
         return np.frombuffer(data, dtype=dtype).astype(np.float64)
@@ -325,7 +329,7 @@ def _binary_strings(data: memoryview, rows: int, name: str, limits: Limits) -> l
     return strings
 
 
-def _requested(request: InferenceRequest) -> dict[str, bool]:
+def requested(request: InferenceRequest) -> dict[str, bool]:
     everything_binary = bool(request.parameters.binary_data_output)
     if request.outputs is None:
         return {PREDICT: everything_binary}
@@ -377,7 +381,7 @@ def encode(
     for tensor in outputs:
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
         if binary.get(tensor.name):
-            raw = _binary(tensor)
+            raw = tensor_bytes(tensor)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -392,7 +396,8 @@ def encode(
     return text + b"".join(chunks), len(text)
 
 
-def _binary(tensor: OutputTensor) -> bytes:
+def tensor_bytes(tensor: OutputTensor) -> bytes:
+    """The extension's (and gRPC's raw contents') layout of a tensor."""
     if tensor.datatype != "BYTES":
         return np.ascontiguousarray(tensor.values, dtype=NUMPY_TYPES[tensor.datatype]).tobytes()
     encoded = [str(v).encode() for v in tensor.values]

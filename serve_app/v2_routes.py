@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from nonstop.errors import InvalidInput, ModelNotReady, VersionNotFound, clip
 from nonstop.loading import LoadedModel
 from serve_app import v2_openapi as spec
-from serve_app.dataplane import Binding, Output
+from serve_app.dataplane import Binding, DataPlane, InferenceResult, Output
 from serve_app.openapi import MODEL_HEADER, VERSION_HEADER
 from serve_app.body import read_body
 from serve_app.front import HotRoute
@@ -49,7 +49,7 @@ def _binding(request: Request, model: str, version: str | None) -> Binding:
     return plane.bind(model, int(version))
 
 
-def _outputs(loaded: LoadedModel) -> list[dict[str, Any]]:
+def model_outputs(loaded: LoadedModel) -> list[dict[str, Any]]:
     """The prediction, and class probabilities from a classifier that gives them."""
     classes = loaded.manifest.classes
     outputs = [{"name": PREDICT, "datatype": datatype_of(classes) if classes else "FP64", "shape": [-1]}]
@@ -58,7 +58,7 @@ def _outputs(loaded: LoadedModel) -> list[dict[str, Any]]:
     return outputs
 
 
-def _metadata(binding: Binding) -> dict[str, Any]:
+def describe_model(binding: Binding) -> dict[str, Any]:
     return {
         "name": binding.model,
         "versions": [str(binding.version)],
@@ -66,8 +66,28 @@ def _metadata(binding: Binding) -> dict[str, Any]:
         "inputs": [
             {"name": f.name, "datatype": "FP64" if f.kind == "number" else "BYTES", "shape": [-1]} for f in binding.features
         ],
-        "outputs": _outputs(binding.loaded),
+        "outputs": model_outputs(binding.loaded),
     }
+
+
+async def infer_outputs(
+    plane: DataPlane, binding: Binding, matrix: np.ndarray, names: list[str]
+) -> tuple[InferenceResult, list[OutputTensor]]:
+    """The outputs asked for by name, in that order, from the bound version (REST and gRPC)."""
+    available = [o["name"] for o in model_outputs(binding.loaded)]
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise InvalidInput(
+            f"model {binding.model!r} v{binding.version} has no output(s) {', '.join(clip(u) for u in unknown)}; "
+            f"it has: {', '.join(available)}"
+        )
+    kinds = {Output.PREDICTIONS} | ({Output.PROBABILITIES} if PREDICT_PROBA in names else set())
+    result = await plane.infer(binding, matrix, frozenset(kinds))
+    tensors = {PREDICT: prediction_tensor(result.predictions)}
+    if PREDICT_PROBA in names:
+        probabilities = np.asarray(result.outputs[Output.PROBABILITIES], dtype=np.float64)
+        tensors[PREDICT_PROBA] = OutputTensor(PREDICT_PROBA, "FP64", list(probabilities.shape), probabilities.ravel())
+    return result, [tensors[name] for name in names]
 
 
 def _ready(binding: Binding) -> Response:
@@ -80,20 +100,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     limits = limits_of(request)
     body = await read_body(request, limits)
     decoded = decode(body, request.headers.get(HEADER_LENGTH), model, binding.features, limits)
-    available = [o["name"] for o in _outputs(binding.loaded)]
-    unknown = [name for name in decoded.outputs if name not in available]
-    if unknown:
-        raise InvalidInput(
-            f"model {model!r} v{binding.version} has no output(s) {', '.join(clip(u) for u in unknown)}; "
-            f"it has: {', '.join(available)}"
-        )
-    kinds = {Output.PREDICTIONS} | ({Output.PROBABILITIES} if PREDICT_PROBA in decoded.outputs else set())
-    result = await plane_of(request).infer(binding, decoded.matrix, frozenset(kinds))
-    tensors = {PREDICT: prediction_tensor(result.predictions)}
-    if PREDICT_PROBA in decoded.outputs:
-        probabilities = np.asarray(result.outputs[Output.PROBABILITIES], dtype=np.float64)
-        tensors[PREDICT_PROBA] = OutputTensor(PREDICT_PROBA, "FP64", list(probabilities.shape), probabilities.ravel())
-    answer = [tensors[name] for name in decoded.outputs]
+    result, answer = await infer_outputs(plane_of(request), binding, decoded.matrix, list(decoded.outputs))
     content, header_length = encode(model, result.version, decoded.request_id, answer, decoded.outputs)
     headers = answer_headers(result)
     if header_length is None:
@@ -135,11 +142,11 @@ def create_router() -> APIRouter:
 
     @router.get("/v2/models/{model}", **spec.MODEL_METADATA)
     async def model_metadata(model: str, request: Request) -> Response:
-        return json_response(_metadata(_binding(request, model, None)))
+        return json_response(describe_model(_binding(request, model, None)))
 
     @router.get("/v2/models/{model}/versions/{version}", **spec.MODEL_METADATA)
     async def version_metadata(model: str, version: str, request: Request) -> Response:
-        return json_response(_metadata(_binding(request, model, version)))
+        return json_response(describe_model(_binding(request, model, version)))
 
     @router.get("/v2/models/{model}/ready", **spec.MODEL_READY)
     async def model_ready(model: str, request: Request) -> Response:

@@ -110,6 +110,8 @@ def local_serve_config(serve_config_v2: str, cluster: local.LocalCluster, poll_i
     at this cluster's port, and no one-replica-per-node rule (one node holds them all)."""
     config = yaml.safe_load(serve_config_v2)
     config["http_options"] = {**config.get("http_options", {}), "host": local.LOOPBACK, "port": cluster.http_port}
+    if "grpc_options" in config:
+        config["grpc_options"]["port"] = cluster.grpc_port
     for application in config["applications"]:
         for deployment in application.get("deployments", []):
             deployment.pop("max_replicas_per_node", None)

@@ -29,7 +29,7 @@ from tests.kuberay.manifests import KUBERAY, find_kubectl, load_all, run_kubectl
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 # Two slots next to the tier's own cluster (NONSTOP_TEST_PORT_BASE): base+1000 and
-# base+1010 (isolated() uses base+1 .. base+800); the Service on any free port.
+# base+1010 (isolated() uses base+1 .. base+950); the Service on any free port.
 PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "46000")) + 1000
 # The replicas poll the registry on their own: after one answers with the first version,
 # the other follows within its poll interval plus its load (0.5 s and well under 1 s).

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,6 +21,7 @@ from nonstop.loading import TrustPolicy, load_version
 from nonstop.schema import rows_to_matrix
 from tests.conftest import MODEL, train_into
 from tests.harness.rollout import Stack, wait_until
+from tests.integration.client_venvs import client_python
 from tests.integration.conftest import swap_bound
 from training import demo
 
@@ -69,18 +66,7 @@ def test_tritonclient_gets_the_estimators_predictions(served: Stack, binary: boo
 
 @pytest.fixture(scope="session")
 def kserve_python() -> Path:
-    """A venv holding KServe's package, built once per machine from PyPI and reused."""
-    home = Path(tempfile.gettempdir()) / f"nonstop-{KSERVE.replace('==', '-')}"
-    python = home / "bin" / "python"
-    if python.exists() and subprocess.run([python, "-c", "import kserve"], capture_output=True, check=False).returncode == 0:
-        return python
-    building = Path(tempfile.mkdtemp(prefix="nonstop-kserve-"))
-    subprocess.run([sys.executable, "-m", "venv", building], check=True)
-    install = [building / "bin" / "pip", "install", "-q", KSERVE]
-    subprocess.run(install, check=True, timeout=900, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
-    shutil.rmtree(home, ignore_errors=True)
-    building.rename(home)  # whole or not at all; its python finds its packages from where it is
-    return python
+    return client_python(KSERVE, "kserve")
 
 
 def test_kserve_client_v1_and_v2_gets_the_estimators_predictions(served: Stack, kserve_python: Path) -> None:

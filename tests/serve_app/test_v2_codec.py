@@ -162,7 +162,7 @@ def test_infinity_is_refused_and_named_by_feature() -> None:
         (None, b"", 24, "declares 24 binary bytes but only 0 follow"),
         (None, b"\0" * 16, 24, "declares 24 binary bytes but only 16 follow"),
         (None, b"\0" * 32, 24, "8 bytes after the JSON header belong to no input"),
-        (None, b"\0" * 16, 16, "binary_data_size is 16 bytes, but 3 FP64 values take 24"),
+        (None, b"\0" * 16, 16, "its binary data is 16 bytes, but 3 FP64 values take 24"),
         (None, b"\0" * 24, -1, "binary_data_size: Input should be greater than or equal to 0"),
     ],
 )
