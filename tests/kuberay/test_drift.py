@@ -79,14 +79,18 @@ def test_serve_config_v2_is_a_valid_serve_config(builds: dict[str, Build]) -> No
 
 
 def test_serve_port_is_the_port_pods_and_policies_open(builds: dict[str, Build]) -> None:
+    """HTTP and gRPC: on every serving pod (the gRPC one named `serve-*`, which KubeRay
+    puts on the serve Service) and in the clients' policy."""
     for build in builds.values():
-        port = serve_config_of(build)["http_options"]["port"]
+        config = serve_config_of(build)
+        port, grpc = config["http_options"]["port"], config["grpc_options"]["port"]
         cluster = build.one("RayService")["spec"]["rayClusterConfig"]
-        for group in cluster["workerGroupSpecs"]:
+        groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+        for group in groups:
             ports = {p["name"]: p["containerPort"] for p in group["template"]["spec"]["containers"][0]["ports"]}
-            assert ports.get("serve") == port, f"{build.name}: worker group {group['groupName']}"
+            assert (ports.get("serve"), ports.get("serve-grpc")) == (port, grpc), f"{build.name}: {group.get('groupName', 'head')}"
         client_policy = build.named("NetworkPolicy", "nonstop-serve-clients")
-        assert [p["port"] for rule in client_policy["spec"]["ingress"] for p in rule["ports"]] == [port]
+        assert [p["port"] for rule in client_policy["spec"]["ingress"] for p in rule["ports"]] == [port, grpc]
 
 
 def serve_user_config() -> dict[str, Any]:

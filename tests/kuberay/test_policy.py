@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from nonstop_ops.cluster import grpc_port, serve_port
+from serve_app.config import Limits
 from tests.kuberay.manifests import Build, Manifest, PodTemplate, cluster_spec, pod_templates, ray_containers
 
 INTERNAL_PORTS = {8265, 6379, 10001, 52365}  # dashboard, GCS, Ray client, dashboard agent
@@ -12,7 +14,14 @@ EXPOSING_TYPES = {"LoadBalancer", "NodePort"}
 RESTRICTED_VOLUMES = {
     "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
 }  # fmt: skip
-SERVING_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_worker_niceness": "0"}
+SERVING_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_worker_niceness": "0",
+    # gRPC messages bounded as HTTP bodies are, before parsing (serve_app/v2_grpc.py)
+    "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(Limits().max_body_bytes),
+}
+CLIENT_PORTS = {serve_port(), grpc_port()}  # HTTP and OIP v2 gRPC, from serve_config.yaml
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -112,7 +121,7 @@ def test_network_policies_admit_clients_to_the_serve_port_only(builds: dict[str,
                 assert not any("ipBlock" in s for s in sources), f"{build.name}: ipBlock sources are not reviewed here"
                 if not sources:  # open to every client
                     ports = {p["port"] for p in rule.get("ports", [])}
-                    assert ports == {8000}, f"{build.name} {policy['metadata']['name']} opens {ports or 'every port'}"
+                    assert ports == CLIENT_PORTS, f"{build.name} {policy['metadata']['name']} opens {ports or 'every port'}"
 
 
 def app_pod_templates(build: Build) -> list[PodTemplate]:
