@@ -85,7 +85,8 @@ def status(
     state = _rollouts(registry, model, alias).state()
     report: dict[str, Any] = {
         "active": state.active, "primary": state.primary, "candidate": state.candidate, "weight": state.weight,
-        "paused": state.paused, "outcome": state.outcome, "live": _live(model, alias, http_port) if live else None,
+        "paused": state.paused, "outcome": state.outcome, "from_config": state.from_config,
+        "live": _live(model, alias, http_port) if live else None,
     }  # fmt: skip
     if as_json:
         _print_json(report)
@@ -94,7 +95,8 @@ def status(
         typer.echo(f"{model}@{alias} -> v{state.primary}; no rollout under way" + (f" (last: {state.outcome})" if state.outcome else ""))
     else:
         mode = "shadow only" if state.weight == 0 else f"answers {state.weight:.0%}"
-        typer.echo(f"{model}@{alias}: v{state.candidate} {mode} against v{state.primary}{' [PAUSED]' if state.paused else ''}")
+        source = " (set by the serve config's canary block)" if state.from_config else ""
+        typer.echo(f"{model}@{alias}: v{state.candidate} {mode} against v{state.primary}{' [PAUSED]' if state.paused else ''}{source}")
     live = report["live"]
     if live is None:
         typer.echo("controller: not reachable (no local cluster); the ledger above is the record")

@@ -31,7 +31,8 @@ def test_a_rollout_by_hand(registry: Registry, tmp_path: Path) -> None:
     assert again.returncode == 2 and "under way" in again.stderr
     status = _nonstop(registry, "rollout", "status", "--no-live", "--json")
     assert json.loads(status.stdout) | {"live": None} == {
-        "active": True, "primary": 1, "candidate": 2, "weight": 0.1, "paused": False, "outcome": None, "live": None,
+        "active": True, "primary": 1, "candidate": 2, "weight": 0.1, "paused": False, "outcome": None,
+        "from_config": False, "live": None,
     }  # fmt: skip
     assert _nonstop(registry, "rollout", "pause", "--reason", "lunch").returncode == 0
     assert "[PAUSED]" in _nonstop(registry, "rollout", "status", "--no-live").stdout

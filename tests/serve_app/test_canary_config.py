@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from nonstop.errors import ConfigError, NonstopError, validation_problems
@@ -65,8 +66,11 @@ def test_the_deploy_commands_refuse_a_bad_block_before_sending_anything() -> Non
         local.check_user_config(config)
     with pytest.raises(ConfigError, match=r"canary\.steps"):
         render(config)
-    local.deployment_config(config)["user_config"]["canary"] = {"version": 2, "steps": [0.3, 1.0], "window_s": 30}
+    good = {"version": 2, "steps": [0.3, 1.0], "window_s": 30}
+    local.deployment_config(config)["user_config"]["canary"] = good
     local.check_user_config(config)
+    # on KubeRay the block reaches the replicas as it is, in the generated serveConfigV2
+    assert local.deployment_config(yaml.safe_load(render(config)))["user_config"]["canary"] == good
 
 
 def test_a_block_starts_its_rollout_once_whoever_carries_it(registry: Registry, versions: tuple[int, int, int]) -> None:
