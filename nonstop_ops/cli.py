@@ -225,6 +225,7 @@ def up(
     answer = httpx.post(url, json={"instances": [sample]}, timeout=30)
     answer.raise_for_status()
     typer.echo(f"serving {model} v{meta['version']} at {url}")
+    typer.echo(f"and over gRPC (Open Inference Protocol v2) at {local.LOOPBACK}:{cluster.grpc_port}")
     typer.echo(f"a first prediction: {answer.text}")
     typer.echo(
         f"Ray token auth is on (token in {cluster.auth_token_path}): "

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
+import numpy as np
 from google.protobuf.message import Message
 from pydantic import ValidationError
 
@@ -39,12 +40,13 @@ from nonstop.errors import (
     clip,
     validation_problems,
 )
+from nonstop.manifest import FeatureSpec
 from serve_app import oip_v2_pb2 as pb
 from serve_app import v2_openapi
 from serve_app.config import Limits
 from serve_app.dataplane import Binding, DataPlane
 from serve_app.routes import MAX_ERROR_CHARS
-from serve_app.v2_codec import PREDICT, InferenceRequest, Payload, RequestInput, requested, tensor_bytes, to_matrix
+from serve_app.v2_codec import InferenceRequest, Payload, RequestInput, requested, tensor_bytes, to_matrix
 from serve_app.v2_routes import EXTENSIONS, SERVER_NAME, describe_model, infer_outputs
 
 GRPC_STATUS: dict[type[NonstopError], grpc.StatusCode] = {
@@ -143,9 +145,8 @@ class GrpcV2:
         if size > self._limits.max_body_bytes:
             raise PayloadTooLarge(f"request message of {size} bytes exceeds the limit of {self._limits.max_body_bytes}")
         binding = self._bind(request.model_name, request.model_version)
-        parsed, payloads = _request(request)
-        matrix = to_matrix(parsed.inputs, payloads, binding.features, self._limits)
-        result, tensors = await infer_outputs(self._plane, binding, matrix, list(requested(parsed)))
+        matrix, outputs = decode(request, binding.features, self._limits)
+        result, tensors = await infer_outputs(self._plane, binding, matrix, outputs)
         reply = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version), id=request.id)
         for tensor in tensors:
             reply.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
@@ -159,6 +160,13 @@ class GrpcV2:
         if not (version.isascii() and version.isdigit()):
             raise VersionNotFound(f"model {clip(model)!r} version {clip(version)!r} is not served here")
         return self._plane.bind(model, int(version))
+
+
+def decode(request: pb.ModelInferRequest, features: list[FeatureSpec], limits: Limits) -> tuple[np.ndarray, list[str]]:
+    """The matrix the request's tensors make for these features, and the outputs asked
+    for by name (`predict` if none), by the REST rules (serve_app/v2_codec.py)."""
+    parsed, payloads = _request(request)
+    return to_matrix(parsed.inputs, payloads, features, limits), list(requested(parsed))
 
 
 def _request(request: pb.ModelInferRequest) -> tuple[InferenceRequest, list[Payload]]:

@@ -27,10 +27,11 @@ with atheris.instrument_imports(include=["serve_app", "nonstop"]):
     from nonstop.errors import InvalidInput, PayloadTooLarge, RegistryError, TamperedAliasError, TamperedManifestError
     from nonstop.manifest import DataFingerprint, FeatureSpec, Manifest, SampleSet
     from nonstop.registry import AliasEvent, AliasRecord, parse_alias, parse_manifest
-    from serve_app import arrow_input, decoding, v2_codec
+    from serve_app import arrow_input, decoding, oip_v2_pb2, v2_codec, v2_grpc
     from serve_app.config import Limits
 
 import pyarrow as pa
+from google.protobuf.message import DecodeError
 
 FEATURES = [
     FeatureSpec(name="x", kind="number", dtype="float64"),
@@ -57,6 +58,13 @@ def decode_v2(data: bytes) -> object:
     return v2_codec.decode(data[2:], str(length) if length else None, "m", FEATURES, LIMITS)
 
 
+def decode_grpc(data: bytes) -> object:
+    """A ModelInferRequest as Serve's gRPC server hands it over: parsed by protobuf (whose
+    DecodeError gRPC answers itself), then decoded by the V2 rules."""
+    request = oip_v2_pb2.ModelInferRequest.FromString(data)
+    return v2_grpc.decode(request, FEATURES, LIMITS)
+
+
 def decode_manifest(data: bytes) -> object:
     return parse_manifest("m", 1, data)
 
@@ -75,6 +83,7 @@ TARGETS: dict[str, tuple[Callable[[bytes], object], tuple[type[Exception], ...]]
     "json": (decode_json, CLIENT_REFUSALS),
     "arrow": (decode_arrow, CLIENT_REFUSALS),
     "v2": (decode_v2, CLIENT_REFUSALS),
+    "grpc": (decode_grpc, (*CLIENT_REFUSALS, DecodeError)),
     "manifest": (decode_manifest, (RegistryError, TamperedManifestError)),
     "alias": (decode_alias, (RegistryError, TamperedAliasError)),
 }
@@ -117,6 +126,18 @@ def seeds(target: str) -> list[bytes]:
         header = json.dumps(binary).encode()
         tensors = b"\x00\x00\xc0?\x00\x00\x00@" + b"\x02\x03" + b"\x03\x00\x00\x00red\x02\x00\x00\x00\xc3\xa9"
         return [b"\x00\x00" + json.dumps(as_json).encode(), len(header).to_bytes(2, "little") + header + tensors]
+    if target == "grpc":
+        typed = oip_v2_pb2.ModelInferRequest(model_name="m", id="seed")
+        typed.inputs.add(name="x", datatype="FP64", shape=[2]).contents.fp64_contents.extend([1.5, float("nan")])
+        typed.inputs.add(name="y", datatype="INT32", shape=[2, 1]).contents.int_contents.extend([2, 3])
+        typed.inputs.add(name="colour", datatype="BYTES", shape=[2]).contents.bytes_contents.extend([b"red", b"\xc3\xa9"])
+        typed.outputs.add(name="predict_proba")
+        raw = oip_v2_pb2.ModelInferRequest(model_name="m")
+        raw.inputs.add(name="x", datatype="FP32", shape=[2])
+        raw.inputs.add(name="y", datatype="INT8", shape=[2])
+        raw.inputs.add(name="colour", datatype="BYTES", shape=[2])
+        raw.raw_input_contents.extend([b"\x00\x00\xc0?\x00\x00\x00@", b"\x02\x03", b"\x03\x00\x00\x00red\x02\x00\x00\x00\xc3\xa9"])
+        return [typed.SerializeToString(), raw.SerializeToString()]
     if target == "manifest":
         manifest = Manifest(
             features=FEATURES,

@@ -50,7 +50,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self.v2.answer(self.v2.model_infer, request, context, pb.ModelInferResponse, request.model_name)
 
 
-def _session(registry: Registry, calls: Callable[[pb_grpc.GRPCInferenceServiceStub], Awaitable[Any]], limits: Limits = Limits()) -> Any:
+def _session(registry: Registry, calls: Callable[[grpc.aio.Channel], Awaitable[Any]], limits: Limits = Limits()) -> Any:
     async def go() -> Any:
         holder = ModelHolder(registry, TrustPolicy())
         await holder.configure(ModelTarget(model=MODEL, poll_interval_s=3600))
@@ -60,7 +60,7 @@ def _session(registry: Registry, calls: Callable[[pb_grpc.GRPCInferenceServiceSt
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                return await calls(pb_grpc.GRPCInferenceServiceStub(channel))
+                return await calls(channel)
         finally:
             await server.stop(None)
             await holder.close()
@@ -102,7 +102,8 @@ def test_contents_and_raw_contents_give_the_estimators_predictions(served: Regis
     asked = _matrix_request(rows)
     asked.outputs.add(name="predict_proba")
 
-    async def calls(stub: pb_grpc.GRPCInferenceServiceStub) -> list[Any]:
+    async def calls(channel: grpc.aio.Channel) -> list[Any]:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
         return [
             await stub.ServerLive(pb.ServerLiveRequest()),
             await stub.ServerReady(pb.ServerReadyRequest()),
@@ -142,7 +143,8 @@ def test_text_features_travel_as_bytes_in_contents_or_raw(registry: Registry, tm
             tensor.contents.fp64_contents.extend(floats)
             raw.raw_input_contents.append(np.asarray(floats, dtype="<f8").tobytes())
 
-    async def calls(stub: pb_grpc.GRPCInferenceServiceStub) -> list[Any]:
+    async def calls(channel: grpc.aio.Channel) -> list[Any]:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
         return [await stub.ModelInfer(typed), await stub.ModelInfer(raw)]
 
     for answer in _session(registry, calls):
@@ -179,7 +181,8 @@ def test_malformed_requests_get_a_status_naming_the_problem(served: Registry) ->
         "datatype": (odd_type, grpc.StatusCode.INVALID_ARGUMENT, "datatype: Input should be"),
     }
 
-    async def calls(stub: pb_grpc.GRPCInferenceServiceStub) -> dict[str, tuple[grpc.StatusCode, str]]:
+    async def calls(channel: grpc.aio.Channel) -> dict[str, tuple[grpc.StatusCode, str]]:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
         return {name: await _status(stub.ModelInfer(request)) for name, (request, _, _) in cases.items()}
 
     got = _session(served, calls)
@@ -190,8 +193,21 @@ def test_malformed_requests_get_a_status_naming_the_problem(served: Registry) ->
 def test_a_message_over_the_body_limit_is_refused(served: Registry) -> None:
     rows = served.manifest(MODEL, 1).samples.inputs
 
-    async def calls(stub: pb_grpc.GRPCInferenceServiceStub) -> tuple[grpc.StatusCode, str]:
+    async def calls(channel: grpc.aio.Channel) -> tuple[grpc.StatusCode, str]:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
         return await _status(stub.ModelInfer(_matrix_request(rows * 10)))
 
     code, details = _session(served, calls, Limits(max_body_bytes=1024))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "exceeds the limit of 1024" in details
+
+
+def test_bytes_that_are_not_a_message_are_refused_by_grpc_and_the_server_answers_on(served: Registry) -> None:
+    """Protobuf parses before any code of ours runs; gRPC itself answers what it cannot."""
+
+    async def calls(channel: grpc.aio.Channel) -> tuple[tuple[grpc.StatusCode, str], Any]:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        garbage = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes both ways
+        return await _status(garbage(b"\xff\xff\xff\xff")), await stub.ServerLive(pb.ServerLiveRequest())
+
+    (code, details), live = _session(served, calls)
+    assert code == grpc.StatusCode.UNKNOWN and "DecodeError" in details and live.live, (code, details)
