@@ -74,6 +74,24 @@ def versions(served: Stack, demo_data: Any, tmp_path_factory: pytest.TempPathFac
     return made
 
 
+def _deploy_bad_block(served: Stack) -> list[str]:
+    """Deploy a config with a bad canary block as the KubeRay operator does (no check
+    before sending); returns the replicas' refusals once every replica refused it."""
+    config = copy.deepcopy(served.config)
+    local.deployment_config(config)["user_config"]["canary"] = {"version": 2, "stepz": [0.5, 1.0]}
+    config["http_options"] = {"host": "127.0.0.1", "port": served.cluster.http_port}
+    local.submit_serve_config(served.cluster, yaml.safe_dump(config))
+    refusals: list[str] = []
+
+    def everywhere() -> bool:
+        errors = [r.last_error for r in served.board().values()]
+        refusals[:] = [e.message for e in errors if e is not None and e.reason == "invalid_config"]
+        return len(refusals) == len(served.replicas()) == 2
+
+    wait_until(everywhere, 120, "every replica refusing the bad user_config")
+    return refusals
+
+
 @pytest.fixture(scope="module")
 def bad_config_run(served: Stack) -> tuple[list[Any], str, list[str]]:
     """A deploy with a bad canary block: by `nonstop`'s deploy (refused before sending),
@@ -83,18 +101,7 @@ def bad_config_run(served: Stack) -> tuple[list[Any], str, list[str]]:
         wait_until(lambda: len(load.answers) > 50, 60, "load to flow")
         with pytest.raises(ConfigError) as refused:
             served.deploy(canary={"version": 2, "steps": [0.5, 0.2, 1.0]})
-        config = copy.deepcopy(served.config)
-        local.deployment_config(config)["user_config"]["canary"] = {"version": 2, "stepz": [0.5, 1.0]}
-        config["http_options"] = {"host": "127.0.0.1", "port": served.cluster.http_port}
-        local.submit_serve_config(served.cluster, yaml.safe_dump(config))
-
-        def everywhere() -> bool:
-            board = served.board()
-            errors = [r.last_error for r in board.values()]
-            refusals[:] = [e.message for e in errors if e is not None and e.reason == "invalid_config"]
-            return len(refusals) == len(served.replicas()) == 2
-
-        wait_until(everywhere, 120, "every replica refusing the bad user_config")
+        refusals[:] = _deploy_bad_block(served)
         metadata = served.metadata()
         seen = len(load.answers)
         wait_until(lambda: len(load.answers) > seen + 200, 60, "more load on the refused config")
@@ -114,6 +121,40 @@ def test_a_bad_canary_block_is_refused_naming_the_field_and_the_old_config_keeps
     assert [a for a in answers if not a.ok] == []
     assert {a.version for a in answers} == {primary}
     assert Rollouts(served.registry, MODEL, "production").state().active is False
+
+
+@pytest.fixture(scope="module")
+def replaced_under_bad_config(served: Stack, bad_config_run: Any) -> tuple[list[Any], str]:
+    """A replica killed while the bad config is deployed: its replacement has no good
+    target to keep, so it refuses to start (Serve says why), and the survivor serves."""
+    with _load(served) as load:
+        wait_until(lambda: len(load.answers) > 50, 60, "load to flow")
+        _deploy_bad_block(served)
+        _, (_, pid) = sorted(served.replicas().items())[0]
+        os.kill(pid, signal.SIGKILL)
+        message: list[str] = []
+
+        def start_refused() -> bool:
+            deployment = local.app_status(served.cluster)["applications"]["nonstop"]["deployments"]["ModelServer"]
+            message[:] = [deployment.get("message") or ""]
+            return "canary.stepz" in message[0]
+
+        wait_until(start_refused, 180, "Serve reporting the replacement's refusal")
+        seen = len(load.answers)
+        wait_until(lambda: len(load.answers) > seen + 200, 60, "load on the surviving replica")
+        served.deploy()
+        wait_until(served.settled, 240, "the good config deployed, every replica back")
+        wait_until(lambda: all(r.ready and r.last_error is None for r in served.board().values()), 120, "replicas ready")
+    return load.answers, message[0]
+
+
+def test_a_replacement_replica_refuses_to_start_on_a_bad_config_while_the_survivor_serves(
+    served: Stack, replaced_under_bad_config: tuple[list[Any], str]
+) -> None:
+    answers, message = replaced_under_bad_config
+    assert "user_config refused: canary.stepz: Extra inputs are not permitted" in message
+    assert len([a for a in answers if not a.ok]) <= CONCURRENCY
+    assert {a.version for a in answers if a.ok} == {served.registry.resolve(MODEL, "production")}
 
 
 @pytest.fixture(scope="module")
