@@ -154,8 +154,8 @@ class ModelServer:
         if job.loaded.fast is not None and job.outputs == PREDICTIONS_ONLY:
             # The numpy path predicts in microseconds: queueing for a batch (a task hop,
             # Serve's batch metrics) would cost more than batching saves, about a tenth
-            # of a replica's CPU by py-spy (benchmarks/profile_serving.py).
-            self._metrics.batched(job.loaded.manifest.model, 1)
+            # of a replica's CPU by py-spy (benchmarks/profile_serving.py). Not a batch,
+            # so nonstop_batch_size does not count it (its observe was 4% of the CPU).
             return run_batch([job])[0]
         return await self._predict_batch(job)
 

@@ -28,6 +28,8 @@ def test_promotion_shows_up_in_prometheus_by_version_and_replica(served: Stack, 
     body = served.sample_body()
     for _ in range(20):
         assert client.post(served.predict_url, json=body).status_code == 200
+    # probabilities take the batched path, the one nonstop_batch_size counts
+    assert client.post(served.predict_url, params={"probabilities": "true"}, json=body).status_code == 200
     client.post(served.predict_url, content=b"not json")
     replicas = set(served.replicas())
 
