@@ -180,7 +180,7 @@ def main() -> None:
         ray.init(address=CLUSTER.address, logging_level="ERROR", log_to_driver=False)
         stack = Stack(CLUSTER, registry, config, MODEL)
         check = RolloutCheck(
-            stack, data, settle_s=args.settle, train=candidates, concurrency=args.concurrency, rate=args.rate
+            stack, data, settle_s=args.settle, train=candidates, concurrency=args.concurrency, rate=args.rate, poll_s=1.0
         )
         began = time.time()
         result = check.run(tuple(args.scenarios))

@@ -80,14 +80,17 @@ class Stack:
         wanted = local.deployment_config(self.config)["num_replicas"]
         return app["status"] == "RUNNING" and len(self.replicas()) == wanted
 
-    def board(self) -> dict[str, ReplicaStatus]:
-        live = self.replicas()
+    def board(self, live: dict[str, tuple[str, int]] | None = None) -> dict[str, ReplicaStatus]:
+        live = self.replicas() if live is None else live
         return {k: v for k, v in read_board().items() if k in live}
 
     def serving_everywhere(self, version: int, model: str | None = None) -> bool:
-        board = self.board()
+        """One look at Serve's replicas (a dashboard call that costs the controller CPU the
+        replicas share) and one at the board."""
+        live = self.replicas()
+        board = self.board(live)
         wanted = local.deployment_config(self.config).get("num_replicas", 2)
-        return len(board) == len(self.replicas()) == wanted and all(r.serves(model or self.model, version) for r in board.values())
+        return len(board) == len(live) == wanted and all(r.serves(model or self.model, version) for r in board.values())
 
     def refusing_everywhere(self, version: int, reason: str) -> bool:
         board = self.board()
@@ -120,12 +123,12 @@ def wider_data(data: Path) -> Path:
     return wider
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.1) -> float:
     started = time.monotonic()
     while not condition():
         if time.monotonic() - started > timeout_s:
             raise TimeoutError(f"{what}: not within {timeout_s:.0f}s")
-        time.sleep(0.1)
+        time.sleep(every_s)
     return time.time()
 
 
@@ -150,7 +153,11 @@ class RolloutCheck:
         concurrency: int = 8,
         rate: float | None = None,
         max_seconds: float = 1800.0,
+        poll_s: float = 0.1,
     ) -> None:
+        """`poll_s`: how often a scenario looks whether the replicas got there. Each look
+        asks Serve's controller through the dashboard, on the cores the replicas serve on:
+        the benchmark looks once a second, so that what it measures is the server's."""
         self.stack = stack
         self.data = data
         self.settle_s = settle_s
@@ -159,6 +166,7 @@ class RolloutCheck:
         self.concurrency = concurrency
         self.rate = rate
         self.max_seconds = max_seconds
+        self.poll_s = poll_s
         self.events: list[Event] = []
         self._revision = 0
 
@@ -195,6 +203,9 @@ class RolloutCheck:
         self.events.append(Event(scenario, action, at, str(expect) if expect is not None else None))
         return at
 
+    def _wait(self, condition: Callable[[], bool], what: str) -> float:
+        return wait_until(condition, self.timeout_s, what, self.poll_s)
+
     def _current(self) -> int:
         version = self.stack.registry.resolve(self.stack.model, "production")
         assert version is not None
@@ -207,7 +218,7 @@ class RolloutCheck:
 
         def go() -> Outcome:
             trigger = self._trigger("alias", f"promote v{new}", new, lambda: self.stack.registry.promote(self.stack.model, new))
-            done = wait_until(lambda: self.stack.serving_everywhere(new), self.timeout_s, f"every replica on v{new}")
+            done = self._wait(lambda: self.stack.serving_everywhere(new), f"every replica on v{new}")
             return trigger, done, str(new), [f"load time of v{new}: {self.stack.metadata()['load_seconds']:.2f}s"]
 
         return go
@@ -217,7 +228,7 @@ class RolloutCheck:
 
         def go() -> Outcome:
             trigger = self._trigger("pin", f"serve deploy version: {new}", new, lambda: self.stack.deploy(version=new, alias=None))
-            done = wait_until(lambda: self.stack.serving_everywhere(new), self.timeout_s, f"every replica pinned to v{new}")
+            done = self._wait(lambda: self.stack.serving_everywhere(new), f"every replica pinned to v{new}")
             # back to following the alias, which now names the pinned version: no swap
             self.stack.registry.promote(self.stack.model, new)
             self.stack.deploy()
@@ -230,7 +241,7 @@ class RolloutCheck:
             old = self._current()
             reason = REFUSALS[name]
             trigger = self._trigger(name, f"promote broken v{bad}", old, lambda: self.stack.registry.promote(self.stack.model, bad))
-            done = wait_until(lambda: self.stack.refusing_everywhere(bad, reason), self.timeout_s, f"every replica refusing v{bad}")
+            done = self._wait(lambda: self.stack.refusing_everywhere(bad, reason), f"every replica refusing v{bad}")
             error = self.stack.metadata()["last_error"]
             self.stack.registry.rollback(self.stack.model)
             return trigger, done, str(old), [f"GET /v1/models last_error: {error['reason']}: {error['message']}"]
@@ -261,9 +272,8 @@ class RolloutCheck:
             self._revision += 1
             env = {"env_vars": {"NONSTOP_CODE_REVISION": str(self._revision)}}
             trigger = self._trigger("code_update", "serve deploy runtime_env change", version, lambda: self.stack.deploy(runtime_env=env))
-            done = wait_until(
+            done = self._wait(
                 lambda: not (set(self.stack.replicas()) & before) and self.stack.serving_everywhere(version),
-                self.timeout_s,
                 "every replica replaced",
             )
             return trigger, done, str(version), [f"replicas {sorted(before)} -> {sorted(self.stack.replicas())}"]
@@ -272,12 +282,12 @@ class RolloutCheck:
 
     def _rollback(self) -> Step:
         new = self._train(self.data, True)
-        wait_until(lambda: self.stack.serving_everywhere(new), self.timeout_s, f"every replica on v{new}")
+        self._wait(lambda: self.stack.serving_everywhere(new), f"every replica on v{new}")
 
         def go() -> Outcome:
             target = self.stack.registry.alias(self.stack.model, "production").lineage()[-2]
             trigger = self._trigger("rollback", f"rollback to v{target}", target, lambda: self.stack.registry.rollback(self.stack.model))
-            done = wait_until(lambda: self.stack.serving_everywhere(target), self.timeout_s, f"every replica back on v{target}")
+            done = self._wait(lambda: self.stack.serving_everywhere(target), f"every replica back on v{target}")
             return trigger, done, str(target), []
 
         return go
@@ -287,9 +297,8 @@ class RolloutCheck:
             victim, (_, pid) = sorted(self.stack.replicas().items())[0]
             version = self._current()
             trigger = self._trigger("kill", f"kill -9 replica {victim} (pid {pid})", version, lambda: os.kill(pid, signal.SIGKILL))
-            done = wait_until(
+            done = self._wait(
                 lambda: victim not in self.stack.replicas() and self.stack.serving_everywhere(version),
-                self.timeout_s,
                 "a replacement replica serving",
             )
             return trigger, done, str(version), [f"replacement ready {done - trigger:.1f}s after the kill"]
