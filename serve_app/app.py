@@ -17,6 +17,7 @@ Failing the health check is kept for a replica that is really broken: its poller
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from datetime import UTC, datetime
@@ -46,7 +47,7 @@ from serve_app.rollouts import Rollouts
 from serve_app.routes import create_api
 from serve_app.state import ReplicaStatus
 from serve_app.status_board import board
-from serve_app.v2_grpc import GrpcV2
+from serve_app.v2_grpc import GrpcV2, request_key
 
 HEARTBEAT_S = 5.0
 log = logging.getLogger("nonstop.app")
@@ -97,7 +98,8 @@ class ModelServer:
         return await self._grpc.answer(self._grpc.model_metadata, request, grpc_context, pb.ModelMetadataResponse, request.name)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, grpc_context: RayServegRPCContext) -> pb.ModelInferResponse:  # noqa: N802
-        return await self._grpc.answer(self._grpc.model_infer, request, grpc_context, pb.ModelInferResponse, request.model_name)
+        infer = functools.partial(self._grpc.model_infer, key=request_key(grpc_context))
+        return await self._grpc.answer(infer, request, grpc_context, pb.ModelInferResponse, request.model_name)
 
     async def reconfigure(self, config: dict[str, Any], rank: ReplicaRank | None = None) -> None:
         if self._heartbeat is None:

@@ -43,6 +43,7 @@ from nonstop.errors import (
 from nonstop.manifest import FeatureSpec
 from serve_app import oip_v2_pb2 as pb
 from serve_app import v2_openapi
+from serve_app.canary import KEY_HEADER
 from serve_app.config import Limits
 from serve_app.dataplane import Binding, DataPlane
 from serve_app.routes import MAX_ERROR_CHARS
@@ -86,6 +87,12 @@ class Context(Protocol):
 
     def set_code(self, code: grpc.StatusCode) -> None: ...
     def set_details(self, details: str) -> None: ...
+    def invocation_metadata(self) -> list[tuple[str, str]]: ...
+
+
+def request_key(context: Context) -> str | None:
+    """The canary's sticky key: `x-request-key` metadata, as the HTTP header of that name."""
+    return next((value for name, value in context.invocation_metadata() if name == KEY_HEADER), None)
 
 
 def grpc_status(exc: NonstopError) -> grpc.StatusCode:
@@ -140,11 +147,12 @@ class GrpcV2:
     async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         return pb.ModelMetadataResponse(**describe_model(self._bind(request.name, request.version)))
 
-    async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def model_infer(self, request: pb.ModelInferRequest, key: str | None = None) -> pb.ModelInferResponse:
+        """`key`: the client's `x-request-key` metadata, which keeps its canary choice sticky."""
         size = request.ByteSize()
         if size > self._limits.max_body_bytes:
             raise PayloadTooLarge(f"request message of {size} bytes exceeds the limit of {self._limits.max_body_bytes}")
-        binding = self._bind(request.model_name, request.model_version)
+        binding = self._bind(request.model_name, request.model_version, key)
         matrix, outputs = decode(request, binding.features, self._limits)
         result, tensors = await infer_outputs(self._plane, binding, matrix, outputs)
         reply = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version), id=request.id)
@@ -153,10 +161,11 @@ class GrpcV2:
             reply.raw_output_contents.append(tensor_bytes(tensor))
         return reply
 
-    def _bind(self, model: str, version: str) -> Binding:
-        """The primary version, or the one asked for if this replica holds it."""
+    def _bind(self, model: str, version: str, key: str | None = None) -> Binding:
+        """The primary version (or a canary's candidate for its share), or the one asked
+        for if this replica holds it."""
         if not version:
-            return self._plane.bind(model)
+            return self._plane.bind(model, key=key)
         if not (version.isascii() and version.isdigit()):
             raise VersionNotFound(f"model {clip(model)!r} version {clip(version)!r} is not served here")
         return self._plane.bind(model, int(version))

@@ -21,6 +21,7 @@ from serve_app import v2_openapi as spec
 from serve_app.dataplane import Binding, DataPlane, InferenceResult, Output
 from serve_app.openapi import MODEL_HEADER, VERSION_HEADER
 from serve_app.body import read_body
+from serve_app.canary import KEY_HEADER
 from serve_app.front import HotRoute
 from serve_app.routes import answer_headers, json_response, limits_of, plane_of
 from serve_app.v2_codec import (
@@ -39,11 +40,12 @@ SERVER_NAME = "nonstop"
 EXTENSIONS = ["binary_tensor_data"]
 
 
-def _binding(request: Request, model: str, version: str | None) -> Binding:
-    """The version this request runs on: the primary, or the one the path names if held."""
+def _binding(request: Request, model: str, version: str | None, key: str | None = None) -> Binding:
+    """The version this request runs on: the primary (or, during a canary, the candidate
+    for its share; `key` keeps a client's choice sticky), or the one the path names if held."""
     plane = plane_of(request)
     if version is None:
-        return plane.bind(model)
+        return plane.bind(model, key=key)
     if not (version.isascii() and version.isdigit()):  # '²' is a digit to str.isdigit, not to int()
         raise VersionNotFound(f"model {clip(model)!r} version {clip(version)!r} is not served here")
     return plane.bind(model, int(version))
@@ -96,7 +98,7 @@ def _ready(binding: Binding) -> Response:
 
 
 async def infer(request: Request, model: str, version: str | None = None) -> Response:
-    binding = _binding(request, model, version)
+    binding = _binding(request, model, version, key=request.headers.get(KEY_HEADER))
     limits = limits_of(request)
     body = await read_body(request, limits)
     decoded = decode(body, request.headers.get(HEADER_LENGTH), model, binding.features, limits)

@@ -6,16 +6,21 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from nonstop.loading import TrustPolicy
 from nonstop.registry import Registry
 from nonstop.schema import frame_to_matrix
-from serve_app.canary import Canary, share_of
-from serve_app.config import ModelTarget
+from serve_app import oip_v2_pb2 as pb
+from serve_app.canary import KEY_HEADER, Canary, share_of
+from serve_app.config import Limits, ModelTarget
 from serve_app.dataplane import DataPlane
 from serve_app.holder import ModelHolder
 from serve_app.rollout_policy import Policy
 from serve_app.rollouts import Rollouts
+from serve_app.routes import create_api
 from serve_app.state import Role
+from serve_app.v2_grpc import GrpcV2
 from tests.conftest import MODEL, train_into
 from training import demo
 
@@ -77,3 +82,40 @@ def test_a_replica_follows_the_rollout_answers_by_weight_and_tallies(registry: R
     assert tallies[candidate]["compared"] >= 0.8 * answered[candidate]
     assert tallies[candidate]["agreed"] >= 0.9 * tallies[candidate]["compared"]
     assert tallies[primary]["requests"] == answered[primary] and tallies[primary]["input_rows"] == answered[primary]
+
+
+def test_a_key_gets_the_same_version_through_v1_v2_and_grpc(registry: Registry, demo_data: Path) -> None:
+    """`x-request-key` (a header over HTTP, metadata over gRPC) picks the same side of the
+    split whatever protocol the client speaks."""
+    train_into(registry, demo_data)
+    candidate = train_into(registry, demo_data, promote=False).manifest.version
+    rows = registry.manifest(MODEL, candidate).samples.inputs[:1]
+    keys = [f"user-{i}" for i in range(40)]
+
+    async def scenario() -> dict[str, list[str]]:
+        holder = ModelHolder(registry, TrustPolicy())
+        await holder.configure(FOLLOW)
+        canary = Canary(registry, TrustPolicy(), holder.hold, lambda *_: None)
+        plane = DataPlane(holder, canary=canary)
+        Rollouts(registry, MODEL, "production").start(candidate, Policy(steps=(0.5, 1.0)), actor="test")
+        await canary.sync(holder.state)
+        grpc_v2 = GrpcV2(plane, Limits())
+        answers: dict[str, list[str]] = {"v1": [], "v2": [], "grpc": []}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(plane, Limits())), base_url="http://t") as client:
+            for key in keys:
+                headers = {KEY_HEADER: key}
+                v1 = await client.post(f"/v1/models/{MODEL}:predict", json={"instances": rows}, headers=headers)
+                answers["v1"].append(v1.json()["model_version"])
+                tensor = {"name": "x", "shape": [1, len(rows[0])], "datatype": "FP64", "data": rows}
+                v2 = await client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [tensor]}, headers=headers)
+                answers["v2"].append(v2.json()["model_version"])
+                request = pb.ModelInferRequest(model_name=MODEL)
+                request.inputs.add(name="x", datatype="FP64", shape=[1, len(rows[0])]).contents.fp64_contents.extend(rows[0])
+                answers["grpc"].append((await grpc_v2.model_infer(request, key=key)).model_version)
+        await holder.close()
+        return answers
+
+    answers = asyncio.run(scenario())
+    expected = [str(candidate) if share_of(k, candidate) < 0.5 else str(candidate - 1) for k in keys]
+    assert answers == {"v1": expected, "v2": expected, "grpc": expected}
+    assert len(set(expected)) == 2
