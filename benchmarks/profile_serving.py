@@ -209,8 +209,12 @@ def profile_level(cluster: local.LocalCluster, url: str, body: Any, c: int, seco
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# Where a request's time goes ({results['date']}; {results['machine']})", ""]
-    if results["env"] or results["access_log"]:
-        lines += [f"Changed: environment {results['env']}, access log {results['access_log'] or 'as configured'}.", ""]
+    if results["env"] or results["access_log"] or results["worker_niceness"]:
+        lines += [
+            f"Changed: environment {results['env']}, access log {results['access_log'] or 'as configured'}, "
+            f"worker niceness {results['worker_niceness']}.",
+            "",
+        ]
     for c, level in results["levels"].items():
         w = level["wrk"]
         lines += [
@@ -246,6 +250,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="*", default=[1, 16])
     parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="extra environment for `ray start`")
     parser.add_argument("--access-log", choices=("on", "off"), help="override the deployment's logging_config")
+    parser.add_argument("--worker-niceness", type=int, default=0, help="Ray's worker niceness (Ray's own default: 15)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="nonstop-profile-"))
@@ -255,7 +260,7 @@ def main() -> None:
     config = local.load_serve_config()
     if args.access_log:
         local.deployment_config(config).setdefault("logging_config", {})["enable_access_log"] = args.access_log == "on"
-    cluster = local.LocalCluster.isolated(27000, "nonstop-profile")
+    cluster = local.LocalCluster.isolated(27000, "nonstop-profile", worker_niceness=args.worker_niceness)
     log = HAProxyLog(LOG_PORT)
     local.stop(cluster)
     local.start(cluster, Settings(registry=registry.uri))
@@ -274,6 +279,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "env": args.env,
         "access_log": args.access_log,
+        "worker_niceness": args.worker_niceness,
         "levels": levels,
     }
     (args.out / "profile.json").write_text(json.dumps(results, indent=2, default=str))
