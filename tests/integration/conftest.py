@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
 import httpx
 import pytest
 import ray
@@ -33,6 +35,16 @@ def swap_bound(served: Stack) -> float:
     """Poll interval, then the replicas load one after another, the last by the highest rank."""
     load = max(served.metadata()["load_seconds"] for _ in range(4))
     return POLL_INTERVAL_S + load + stagger_s(len(served.replicas()) - 1, load) + SLACK_S
+
+
+def promote_between_answers(served: Stack, answers: list[Any], new: int) -> None:
+    """While a client appends to `answers`: 20 answers, the promotion of `new` and every
+    replica on it, then 20 answers more, so the load spans the whole swap."""
+    wait_until(lambda: len(answers) >= 20, 60, "answers before the swap")
+    served.registry.promote(MODEL, new)
+    wait_until(lambda: served.serving_everywhere(new), swap_bound(served), f"every replica serving v{new}")
+    seen = len(answers)
+    wait_until(lambda: len(answers) >= seen + 20, 60, "answers after the swap")
 
 
 @pytest.fixture(scope="session")

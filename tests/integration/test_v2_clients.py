@@ -20,9 +20,9 @@ import tritonclient.http.aio as triton_aio
 from nonstop.loading import TrustPolicy, load_version
 from nonstop.schema import rows_to_matrix
 from tests.conftest import MODEL, train_into
-from tests.harness.rollout import Stack, wait_until
+from tests.harness.rollout import Stack
 from tests.integration.client_venvs import client_python
-from tests.integration.conftest import swap_bound
+from tests.integration.conftest import promote_between_answers
 from training import demo
 
 pytestmark = pytest.mark.integration
@@ -132,11 +132,7 @@ def test_a_swap_under_tritonclient_load_fails_nothing_and_each_answer_is_one_ver
     driver = threading.Thread(target=asyncio.run, args=(load(),), daemon=True)
     driver.start()
     try:
-        wait_until(lambda: len(answers) >= 20, 60, "answers before the swap")
-        served.registry.promote(MODEL, new)
-        wait_until(lambda: served.serving_everywhere(new), swap_bound(served), f"every replica serving v{new}")
-        seen = len(answers)
-        wait_until(lambda: len(answers) >= seen + 20, 60, "answers after the swap")
+        promote_between_answers(served, answers, new)
     finally:
         stop.set()
         driver.join(timeout=60)

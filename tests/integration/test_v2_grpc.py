@@ -17,9 +17,9 @@ import psutil
 import pytest
 
 from tests.conftest import MODEL, train_into
-from tests.harness.rollout import Stack, wait_until
+from tests.harness.rollout import Stack
 from tests.integration.client_venvs import client_python
-from tests.integration.conftest import swap_bound
+from tests.integration.conftest import promote_between_answers
 from tests.integration.test_v2_clients import _expected, _telling_rows
 from training import demo
 
@@ -117,11 +117,7 @@ def test_a_swap_under_grpc_load_fails_nothing_and_each_answer_is_one_versions(
     reader = threading.Thread(target=lambda: answers.extend(json.loads(line) for line in driver.stdout), daemon=True)
     reader.start()
     try:
-        wait_until(lambda: len(answers) >= 20, 60, "answers before the swap")
-        served.registry.promote(MODEL, new)
-        wait_until(lambda: served.serving_everywhere(new), swap_bound(served), f"every replica serving v{new}")
-        seen = len(answers)
-        wait_until(lambda: len(answers) >= seen + 20, 60, "answers after the swap")
+        promote_between_answers(served, answers, new)
     finally:
         stop.touch()
         try:
