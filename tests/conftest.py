@@ -1,7 +1,14 @@
-"""Fixtures shared by every tier: real demo data, a real registry on disk."""
+"""Fixtures shared by every tier: real demo data, a real registry on disk, the tier markers.
+
+The tiers are folders, each named for what its tests need (pyproject.toml declares the
+markers): `unit` (Python and real files), `inprocess` (the app's HTTP or gRPC served in
+this process), `tools` (an external tool: kubectl, atheris, a wheel build, the moto S3
+server, schemathesis), `integration` (a real local Ray cluster and Serve).
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +18,16 @@ from training import demo
 from training.job import TrainOptions, TrainResult, train
 
 MODEL = "breast_cancer"
+TIERS = ("unit", "inprocess", "tools", "integration")
+_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with the tier of the folder it lives in."""
+    for item in items:
+        parts = item.path.resolve().relative_to(_TESTS).parts
+        if len(parts) > 1 and parts[0] in TIERS:
+            item.add_marker(parts[0])
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +40,23 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def registry(tmp_path: Path) -> Registry:
     return Registry(str(tmp_path / "registry"))
+
+
+@pytest.fixture(scope="session")
+def trained_once(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> Path:
+    """The demo model trained on the demo data and promoted (v1), once for the session.
+    Never written to: tests get a copy (`trained`)."""
+    root = tmp_path_factory.mktemp("trained") / "registry"
+    train_into(Registry(str(root)), demo_data)
+    return root
+
+
+@pytest.fixture
+def trained(trained_once: Path, registry: Registry) -> Registry:
+    """The `registry` fixture holding this test's own copy of `trained_once`: what
+    `train_into(registry, demo_data)` would leave there, without training again."""
+    shutil.copytree(trained_once, registry.uri, dirs_exist_ok=True)
+    return registry
 
 
 def train_into(registry: Registry, data: Path | str, *, promote: bool = True, model: str = MODEL) -> TrainResult:

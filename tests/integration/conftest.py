@@ -9,6 +9,7 @@ only its own processes.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from nonstop.config import Settings
 from nonstop.registry import Registry
 from tests.harness.rollout import Stack, wait_until
 from serve_app.holder import stagger_s
-from tests.conftest import MODEL, train_into
+from tests.conftest import MODEL
 
 PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "46000"))
 TEST_CLUSTER = local.LocalCluster.isolated(PORT_BASE, f"nst-{PORT_BASE}")
@@ -48,9 +49,10 @@ def promote_between_answers(served: Stack, answers: list[Any], new: int) -> None
 
 
 @pytest.fixture(scope="session")
-def served(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> Iterator[Stack]:
-    registry = Registry(str(tmp_path_factory.mktemp("serving") / "registry"))
-    train_into(registry, demo_data)
+def served(tmp_path_factory: pytest.TempPathFactory, trained_once: Path) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("serving") / "registry"
+    shutil.copytree(trained_once, root)
+    registry = Registry(str(root))
     config = local.load_serve_config()
     local.deployment_config(config)["user_config"]["poll_interval_s"] = POLL_INTERVAL_S
     config["applications"][0]["args"] = {"limits": {"body_timeout_s": BODY_TIMEOUT_S}}

@@ -93,7 +93,7 @@ def test_a_good_candidate_is_promoted_through_every_step_with_no_human_action(ru
 
 
 @pytest.mark.parametrize(("name", "why"), [("collapsed", "agrees with the primary"), ("slow", "latency"), ("drift", "'mean_radius' drifted")])
-def test_a_bad_candidate_is_rolled_back_within_two_windows(runs: dict[str, RolloutRun], name: str, why: str) -> None:
+def test_a_bad_candidate_is_rolled_back_at_its_first_step(runs: dict[str, RolloutRun], name: str, why: str) -> None:
     run = runs[name]
     outcome = run.outcome
     assert (outcome.kind, outcome.action, outcome.actor) == ("decision", "rollback", "rollout controller"), [
@@ -101,17 +101,18 @@ def test_a_bad_candidate_is_rolled_back_within_two_windows(runs: dict[str, Rollo
     ]
     assert why in outcome.reason
     assert outcome.evidence is not None and outcome.evidence["candidate"]["version"] == run.candidate
-    # the windows count from when the candidate is first served (a forest takes seconds to load)
-    exposed = min((a.sent_at for a in run.answers if a.version == run.candidate), default=outcome.at.timestamp())
-    assert outcome.at.timestamp() - exposed <= 2 * WINDOW_S + FOLLOW_S, run.entries
+    # judged at its first step: never advanced (how soon it is judged: benchmarks/canary.py)
+    assert "advance" not in [e.action for e in run.entries], run.entries
     assert [a for a in run.answers if a.status != 200] == []
     # the first step's share is the share of request keys that hash below it: the candidate
     # answered only those keys' requests, so never more than that share of the traffic
     first_step_keys = {a.key for a in run.answers if share_of(a.key, run.candidate) < POLICY.steps[0]}
     assert {a.key for a in run.answers if a.version == run.candidate} <= first_step_keys
     assert run.answered_by(run.candidate) < sum(1 for a in run.answers if a.key in first_step_keys)
-    late = [a for a in run.answers if a.version == run.candidate and a.sent_at > outcome.at.timestamp() + FOLLOW_S]
-    assert late == []
+    # once the replicas follow the rollback the candidate answers no more: the run ends on the primary
+    last_by_candidate = max((a.sent_at for a in run.answers if a.version == run.candidate), default=0.0)
+    tail = [a for a in run.answers if a.sent_at > max(last_by_candidate, outcome.at.timestamp())]
+    assert tail and {a.version for a in tail} == {run.primary}
 
 
 def test_requests_with_the_same_key_get_the_same_version_within_a_step(runs: dict[str, RolloutRun]) -> None:

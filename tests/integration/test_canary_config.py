@@ -200,8 +200,7 @@ def test_a_bad_candidate_set_by_the_serve_config_is_rolled_back_automatically(co
     assert "agrees with the primary" in outcome.reason
     assert [a for a in run.answers if not a.ok] == []
     _answers_follow_the_keys(run)
-    exposed = min(a.sent_at for a in run.answers if a.version == run.candidate)
-    assert outcome.at.timestamp() - exposed <= 2 * WINDOW_S + FOLLOW_S
+    assert "advance" not in [e.action for e in run.entries], _steps(run)  # judged at its first step
 
 
 # --- faults in the middle of an automatic rollout ---------------------------------------------------
@@ -278,7 +277,7 @@ def replica_killed(served: Stack, versions: dict[str, int], controller_killed: A
             return len(fresh) == 2 and all(h is not None and h.version == candidate for h in held)
 
         span.append(wait_until(replaced, 120, "a replacement replica holding the candidate") + FOLLOW_S)
-        wait_until(lambda: time.time() > span[0] + 3.0, 30, "load on the replacement")
+        wait_until(lambda: sum(1 for a in load.answers if a.sent_at > span[0]) >= 100, 60, "load on the replacement")
         span.append(time.time())
         rollouts.resume("integration test", "the replica was replaced")
 
