@@ -6,20 +6,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.tools.fuzz.runner import TARGETS, run
+import pytest
 
-SECONDS = 5
+from tests.tools.fuzz.runner import TARGETS, FuzzResult, run
+
+SECONDS = 3
+CRASH = "native-crash"
 
 
-def test_every_decoder_survives_a_short_fuzzing_run(tmp_path: Path) -> None:
-    results = run(TARGETS, tmp_path, SECONDS)
-    for result in results:
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, FuzzResult]]:
+    """Every target and the harness's own crash check, side by side, once."""
+    work = tmp_path_factory.mktemp("fuzz")
+    return work, {result.target: result for result in run((*TARGETS, CRASH), work, SECONDS)}
+
+
+def test_every_decoder_survives_a_short_fuzzing_run(fuzzed: tuple[Path, dict[str, FuzzResult]]) -> None:
+    _, results = fuzzed
+    for target in TARGETS:
+        result = results[target]
         assert not result.crashed, f"{result.target}: {result.output[-3000:]}"
         assert result.runs > 100, result.line()
 
 
-def test_a_native_crash_in_the_child_is_reported_as_a_finding(tmp_path: Path) -> None:
+def test_a_native_crash_in_the_child_is_reported_as_a_finding(fuzzed: tuple[Path, dict[str, FuzzResult]]) -> None:
     """The harness can fail: a segfault in fuzzed code ends the child, not the test run."""
-    (result,) = run(("native-crash",), tmp_path, SECONDS)
+    work, results = fuzzed
+    result = results[CRASH]
     assert result.crashed and "deadly signal" in result.output, result.output[-2000:]
-    assert list((tmp_path / "native-crash" / "artifacts").iterdir()), "the crashing input is kept"
+    assert list((work / CRASH / "artifacts").iterdir()), "the crashing input is kept"

@@ -1,10 +1,10 @@
 """Publishers killed with SIGKILL at random points never leave the registry inconsistent.
 
 Each trial starts a real publisher process that publishes and promotes in a loop. The
-test reads the registry as a replica would while it runs, kills it after a random
-(seeded) delay, and reads everything again: every listed version must read, verify its
-signature and match its artifact digest; every alias must parse and point at a listed
-version; the next publish must get a new, unique number. A registry that wrote files in
+test reads the registry as a replica would while it runs, kills it a random (seeded)
+time after its first version, and reads everything again: every listed version must
+read, verify its signature and match its artifact digest; every alias must parse and
+point at a listed version; the next publish must get a new, unique number. A registry that wrote files in
 place instead of renaming them shows a torn manifest or alias within a few trials.
 
 Publishers are forked from a forkserver that imported this module once, so a trial
@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from nonstop.manifest import SampleSet
 from nonstop.registry import Registry
+from tests.harness.rollout import wait_until
 from tests.unit.nonstop.test_registry import DRAFT
 
 KEY = SecretStr("crash-test-signing-key-4b8e2f0a6c1d9e3f")
@@ -62,15 +63,24 @@ def _check(registry: Registry, versions: list[int]) -> None:
 
 def _read_while_publishing(registry: Registry, root: Path, seconds: float) -> None:
     """Watch for the next manifest and read it as soon as it appears, when a torn write
-    would show; read the aliases, rewritten twice a cycle, all the while."""
+    would show; read the aliases, rewritten twice a cycle, all the while. From the
+    publisher's first version on, go on for `seconds`: the kill lands that far into its
+    later cycles, however slowly the machine runs it."""
     folder = root / "m" / "versions"
-    upcoming = max((int(p.name) for p in folder.iterdir()), default=0) + 1 if folder.exists() else 1
+    upcoming = [max((int(p.name) for p in folder.iterdir()), default=0) + 1 if folder.exists() else 1]
+
+    def read() -> bool:
+        landed = (folder / str(upcoming[0]) / "manifest.json").exists()
+        if landed:
+            _check(registry, [upcoming[0]])
+            upcoming[0] += 1
+        registry.aliases("m")
+        return landed
+
+    wait_until(read, 120, "the publisher's first version", every_s=0.0)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if (folder / str(upcoming) / "manifest.json").exists():
-            _check(registry, [upcoming])
-            upcoming += 1
-        registry.aliases("m")
+        read()
 
 
 def test_sigkilled_publishers_leave_only_whole_versions(tmp_path: Path) -> None:
