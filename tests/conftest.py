@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = item.path.resolve().relative_to(_TESTS).parts
         if len(parts) > 1 and parts[0] in TIERS:
             item.add_marker(parts[0])
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Across processes (`make test`: pytest-xdist), the integration tier is one unit of
+    work, on one worker with its one Ray cluster, and every other module is a unit of its
+    own, so a module's fixtures (a fuzzing run, a served app, a moto server) are set up
+    once. The largest unit goes first: the integration tier starts at once."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TierScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "integration" if nodeid.startswith("tests/integration/") else super()._split_scope(nodeid)
+
+    return TierScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
