@@ -70,7 +70,13 @@ def trained_once(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> P
 def trained(trained_once: Path, registry: Registry) -> Registry:
     """The `registry` fixture holding this test's own copy of `trained_once`: what
     `train_into(registry, demo_data)` would leave there, without training again."""
-    shutil.copytree(trained_once, registry.uri, dirs_exist_ok=True)
+    return copy_into(registry, trained_once)
+
+
+def copy_into(registry: Registry, prepared: Path) -> Registry:
+    """`registry` (on disk, empty) holding a copy of a registry folder prepared once for
+    many tests, so each test writes to its own."""
+    shutil.copytree(prepared, registry.uri, dirs_exist_ok=True)
     return registry
 
 

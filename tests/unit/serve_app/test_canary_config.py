@@ -23,14 +23,23 @@ from serve_app.config import ModelTarget
 from serve_app.controller import Controller
 from serve_app.rollout_policy import CanaryConfig, Policy
 from serve_app.rollouts import CONFIG_ACTOR, Rollouts
-from tests.conftest import MODEL, train_into
+from tests.conftest import MODEL, copy_into, train_into
+
+
+@pytest.fixture(scope="module")
+def three_versions(tmp_path_factory: pytest.TempPathFactory, trained_once: Path, demo_data: Path) -> Path:
+    """v1 in production, v2 and v3 published beside it: trained once for the module."""
+    registry = copy_into(Registry(str(tmp_path_factory.mktemp("versions") / "registry")), trained_once)
+    train_into(registry, demo_data, promote=False)
+    train_into(registry, demo_data, promote=False)
+    return Path(registry.uri)
 
 
 @pytest.fixture
-def versions(trained: Registry, demo_data: Path) -> tuple[int, int, int]:
-    """v1 in production, v2 and v3 published beside it."""
-    registry, primary = trained, 1
-    return primary, train_into(registry, demo_data, promote=False).manifest.version, train_into(registry, demo_data, promote=False).manifest.version
+def versions(registry: Registry, three_versions: Path) -> tuple[int, int, int]:
+    """This test's own copy of `three_versions`."""
+    copy_into(registry, three_versions)
+    return 1, 2, 3
 
 
 @pytest.mark.parametrize(

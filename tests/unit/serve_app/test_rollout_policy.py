@@ -33,7 +33,7 @@ from serve_app.evidence import (
 )
 from serve_app.rollout_policy import Policy, decide
 from serve_app.rollouts import Rollouts
-from tests.conftest import MODEL, train_into
+from tests.conftest import MODEL, copy_into, train_into
 from training import demo
 from training.job import TrainOptions, train
 
@@ -96,17 +96,25 @@ def _tally(
     return stats
 
 
-@pytest.fixture
-def versions(trained: Registry, demo_data: Path, tmp_path: Path) -> dict[str, int]:
-    """v1 in production, v2 a good retrain, v3 trained on shuffled labels."""
-    registry, good = trained, 1
-    better = train_into(registry, demo_data, promote=False).manifest.version
+@pytest.fixture(scope="module")
+def three_versions(tmp_path_factory: pytest.TempPathFactory, trained_once: Path, demo_data: Path) -> Path:
+    """v1 in production, v2 a good retrain, v3 trained on shuffled labels: once for the module."""
+    tmp_path = tmp_path_factory.mktemp("versions")
+    registry = copy_into(Registry(str(tmp_path / "registry")), trained_once)
+    train_into(registry, demo_data, promote=False)
     shuffled = tmp_path / "shuffled.parquet"
     frame = pd.concat([demo.day_frame(i) for i in range(3)], ignore_index=True)
     frame["target"] = np.random.default_rng(7).permutation(frame["target"].to_numpy())
     frame.to_parquet(shuffled, index=False)
-    collapsed = train(TrainOptions(data=str(shuffled), model=MODEL), registry).manifest.version
-    return {"primary": good, "good": better, "collapsed": collapsed}
+    train(TrainOptions(data=str(shuffled), model=MODEL), registry)
+    return Path(registry.uri)
+
+
+@pytest.fixture
+def versions(registry: Registry, three_versions: Path) -> dict[str, int]:
+    """This test's own copy of `three_versions`."""
+    copy_into(registry, three_versions)
+    return {"primary": 1, "good": 2, "collapsed": 3}
 
 
 def _live(day: int = 3, rows: int = 400) -> pd.DataFrame:
