@@ -172,4 +172,4 @@ def test_the_evidence_is_exported_to_prometheus(runs: dict[str, RolloutRun], ser
         drift = [labels for labels, _ in _series(served, "ray_nonstop_rollout_input_psi") if labels.get("feature") == "mean_radius"]
         return bool(judged & candidates) and {"rollback", "advance"} <= verdicts and bool(drift)
 
-    wait_until(exported, 60, "rollout evidence on the Prometheus endpoint")
+    wait_until(exported, 180, "rollout evidence on the Prometheus endpoint")

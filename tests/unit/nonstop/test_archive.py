@@ -15,7 +15,7 @@ import pytest
 from nonstop.errors import ArtifactIntegrityError
 from nonstop.loading import TrustPolicy, load_version
 from nonstop.registry import Registry
-from tests.conftest import MODEL, train_into
+from tests.conftest import MODEL
 
 PADDING = 400 * 1024 * 1024  # whitespace after the schema's JSON: still valid, 400 MB unpacked
 

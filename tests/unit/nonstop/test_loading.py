@@ -13,7 +13,7 @@ from nonstop.loading import TrustPolicy, load_version
 from nonstop.manifest import ManifestDraft
 from nonstop.registry import Registry
 from nonstop.schema import rows_to_matrix
-from tests.conftest import MODEL, train_into
+from tests.conftest import MODEL
 
 
 def draft_of(registry: Registry, version: int, **changes: object) -> ManifestDraft:

@@ -26,7 +26,7 @@ from nonstop.formats.skops_sklearn import TRUSTED_CALLABLES, TRUSTED_TYPES
 from nonstop.loading import TrustPolicy, load_version
 from nonstop.manifest import ManifestDraft
 from nonstop.registry import Registry
-from tests.conftest import MODEL, train_into
+from tests.conftest import MODEL
 from tests.unit.nonstop.tripwire import MARK_ENV, Tripwire
 
 X = np.arange(20, dtype=np.float64).reshape(10, 2)
