@@ -31,16 +31,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(parts[0])
 
 
+# Tests that bring up processes of their own, apart from the integration tier's cluster:
+# the tools tier, and the switchover's two Ray clusters (ports of their own).
+OWN_PROCESSES = ("tests/tools/", "tests/integration/test_switchover.py")
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Across processes (`make test`: pytest-xdist), the integration tier is one unit of
-    work, on one worker with its one Ray cluster, and every other module is a unit of its
-    own, so a module's fixtures (a fuzzing run, a served app, a moto server) are set up
-    once. The largest unit goes first: the integration tier starts at once."""
+    """Across processes (`make test`: pytest-xdist), units of work are: the integration
+    tier on its one Ray cluster; the tests with processes of their own (`OWN_PROCESSES`);
+    and every other module, one unit each. A module's fixtures (a fuzzing run, a served
+    app, a moto server) are set up once, and the largest units go first, so the two long
+    ones start at once on two workers while the modules fill in around them."""
     from xdist.scheduler import LoadScopeScheduling
 
     class TierScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "integration" if nodeid.startswith("tests/integration/") else super()._split_scope(nodeid)
+            if nodeid.startswith(OWN_PROCESSES):
+                return "own processes"
+            if nodeid.startswith("tests/integration/"):
+                return "integration"
+            return super()._split_scope(nodeid)
 
     return TierScheduling(config, log)
 
