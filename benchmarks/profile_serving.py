@@ -41,7 +41,8 @@ from benchmarks.peers.compare import prepare
 from benchmarks.peers.servers import MODEL, v1_body
 from benchmarks.throughput import run_wrk
 from nonstop.config import Settings
-from nonstop_ops import cluster as local
+from nonstop_ops.cluster import lifecycle as local
+from nonstop_ops.cluster.serve_config import deployment_config, load_serve_config
 
 LOG_PORT = 27950
 PYSPY_RATE = 250
@@ -257,9 +258,9 @@ def main() -> None:
     registry, _, samples, _ = prepare(scratch)
     os.environ["RAY_SERVE_HAPROXY_LOG_TARGET"] = f"127.0.0.1:{LOG_PORT}"  # read by `ray start`
     os.environ.update(dict(pair.split("=", 1) for pair in args.env))
-    config = local.load_serve_config()
+    config = load_serve_config()
     if args.access_log:
-        local.deployment_config(config).setdefault("logging_config", {})["enable_access_log"] = args.access_log == "on"
+        deployment_config(config).setdefault("logging_config", {})["enable_access_log"] = args.access_log == "on"
     cluster = local.LocalCluster.isolated(27000, "nonstop-profile", worker_niceness=args.worker_niceness)
     log = HAProxyLog(LOG_PORT)
     local.stop(cluster)

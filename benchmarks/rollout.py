@@ -1,7 +1,7 @@
 """The rollout report: every kind of upgrade under continuous load, measured as a client.
 
 Starts its own local cluster (ports 36xxx, its own registry), serves a random forest big
-enough to take seconds to load, runs the scenarios of tests.harness.rollout with traffic
+enough to take seconds to load, runs the scenarios of harness/rollout.py with traffic
 flowing, and writes report.json, report.md and timeline.png:
 
     .venv/bin/python -m benchmarks.rollout --out benchmarks/out/rollout
@@ -25,10 +25,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import ray  # noqa: E402
 
-from nonstop_ops import cluster as local  # noqa: E402
+from nonstop_ops.cluster import lifecycle as local  # noqa: E402
+from nonstop_ops.cluster.serve_config import load_serve_config  # noqa: E402
 from nonstop.config import Settings  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
-from tests.harness.rollout import SCENARIOS, RolloutCheck, RolloutResult, Stack, wider_data  # noqa: E402
+from harness.rollout import SCENARIOS, RolloutCheck, RolloutResult, Stack, wider_data  # noqa: E402
 from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
 
@@ -171,7 +172,7 @@ def main() -> None:
     candidates.prepare(data, sum(CANDIDATES.get(name, 0) for name in args.scenarios))
     if "refuse_schema" in args.scenarios:
         candidates.prepare(wider_data(data), 1)
-    config = local.load_serve_config()
+    config = load_serve_config()
     local.stop(CLUSTER)
     local.start(CLUSTER, Settings(registry=registry.uri))
     try:

@@ -3,7 +3,7 @@
     python -m benchmarks.switchover [--scenario code_upgrade|first_start|slow_probe ...]
                                     [--unfixed] [--port-base 45000] [--out docs/results/switchover.json]
 
-Runs each scenario (tests/harness/switchover_scenarios.py) with the settings of the
+Runs each scenario (harness/switchover_scenarios.py) with the settings of the
 built prod overlay (kubectl kustomize kuberay/overlays/prod), or with `--unfixed` the
 settings the manifests had before issue 12 (the head excluded from the serve Service,
 KubeRay's injected worker probe), and prints what the clients saw. The timings are the
@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 
 from nonstop.registry import Registry
-from nonstop_ops import cluster as local
-from tests.harness.switchover import KUBERAY_WORKER_PROBE, ServiceSettings, Timing
-from tests.harness.switchover_scenarios import Stage, code_upgrade, first_start, slow_probe
+from nonstop_ops.cluster import lifecycle as local
+from harness.switchover import KUBERAY_WORKER_PROBE, ServiceSettings, Timing
+from harness.switchover_scenarios import Stage, code_upgrade, first_start, slow_probe
 from training import demo
 from training.job import TrainOptions, train
 

@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("nonstop", "nonstop_ops", "serve_app", "training")
+HARNESS = "harness"  # beside the packages, imported by tests and benchmarks, never installed
 LINT = str(Path(sys.executable).parent / "lint-imports")
 
 
@@ -28,7 +29,7 @@ def lint(folder: Path) -> subprocess.CompletedProcess[str]:
 
 
 def copy_tree(target: Path) -> Path:
-    for package in PACKAGES:
+    for package in (*PACKAGES, HARNESS):
         shutil.copytree(ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", target / "pyproject.toml")
     return target
@@ -45,6 +46,9 @@ def test_the_layers_hold() -> None:
         ("nonstop/registry.py", "import serve_app.holder"),  # the core reaching into serving
         ("serve_app/holder.py", "import training.job"),  # serving and training are siblings
         ("training/job.py", "import nonstop_ops.cli"),  # nothing imports operations
+        ("nonstop_ops/cli.py", "import harness.loadgen"),  # the installed code never imports the harness
+        ("serve_app/holder.py", "import harness.rollout"),
+        ("nonstop_ops/commands/history.py", "import nonstop_ops.cli"),  # a command module importing the root app
     ],
 )
 def test_an_upward_import_breaks_the_suite(tmp_path: Path, module: str, upward: str) -> None:
@@ -63,9 +67,13 @@ def test_the_wheel_carries_no_test_harness(tmp_path: Path) -> None:
         capture_output=True,
     )
     (wheel,) = tmp_path.glob("nonstop-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
     top = {name.split("/")[0] for name in names if "/" in name and not name.split("/")[0].endswith(".dist-info")}
     assert top == set(PACKAGES), top
-    harness = [n for n in names if Path(n).stem in {"loadgen", "rollout", "rollout_stats"} or n.startswith("tests/")]
+    # a harness module is found by its content, wherever in the wheel it would sit
+    modules = {path.read_bytes() for path in (ROOT / HARNESS).glob("*.py")}
+    assert len(modules) >= 3 and b"" not in modules, "the harness is not where this test looks"
+    harness = [n for n in names if n.startswith((f"{HARNESS}/", "tests/", "benchmarks/")) or archive.read(n) in modules]
     assert not harness, harness
     assert "serve_app/serve_config.yaml" in names

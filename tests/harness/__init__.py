@@ -1,1 +1,1 @@
-"""Load generators and rollout scenarios for the tests and benchmarks; never installed."""
+"""The harness's own tests (the load driver, the Service stand-in), without Ray."""

@@ -17,10 +17,11 @@ import httpx
 import pytest
 import ray
 
-from nonstop_ops import cluster as local
+from nonstop_ops.cluster import lifecycle as local
+from nonstop_ops.cluster.serve_config import deployment_config, load_serve_config
 from nonstop.config import Settings
 from nonstop.registry import Registry
-from tests.harness.rollout import Stack, wait_until
+from harness.rollout import Stack, wait_until
 from serve_app.holder import stagger_s
 from tests.conftest import MODEL, train_into
 
@@ -51,8 +52,8 @@ def promote_between_answers(served: Stack, answers: list[Any], new: int) -> None
 def served(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> Iterator[Stack]:
     registry = Registry(str(tmp_path_factory.mktemp("serving") / "registry"))
     train_into(registry, demo_data)
-    config = local.load_serve_config()
-    local.deployment_config(config)["user_config"]["poll_interval_s"] = POLL_INTERVAL_S
+    config = load_serve_config()
+    deployment_config(config)["user_config"]["poll_interval_s"] = POLL_INTERVAL_S
     config["applications"][0]["args"] = {"limits": {"body_timeout_s": BODY_TIMEOUT_S}}
     local.stop(TEST_CLUSTER)  # a previous run's leftovers, haproxy included
     local.start(TEST_CLUSTER, Settings(registry=registry.uri))

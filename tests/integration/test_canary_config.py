@@ -21,15 +21,17 @@ from ray.util.state import list_actors
 
 from nonstop.errors import ConfigError
 from nonstop.ledger import LedgerEntry
-from nonstop_ops import cluster as local
+from nonstop_ops.cluster import lifecycle as local
+from nonstop_ops.cluster.serve_client import submit_serve_config
+from nonstop_ops.cluster.serve_config import deployment_config
 from serve_app.canary import share_of
 from serve_app.controller import controller_name
 from serve_app.rollout_policy import Policy
 from serve_app.rollouts import CONFIG_ACTOR, Rollouts
 from serve_app.state import Role
 from tests.conftest import MODEL, train_into
-from tests.harness.canary import CanaryLoad, RolloutRun, run_rollout
-from tests.harness.rollout import Stack, wait_until
+from harness.canary import CanaryLoad, RolloutRun, run_rollout
+from harness.rollout import Stack, wait_until
 from tests.integration.conftest import SLACK_S
 from tests.integration.test_canary import FOLLOW_S, SETTLE_S, WINDOW_S, _load, _shuffled
 from training.job import TrainOptions, train
@@ -78,9 +80,9 @@ def _deploy_bad_block(served: Stack) -> list[str]:
     """Deploy a config with a bad canary block as the KubeRay operator does (no check
     before sending); returns the replicas' refusals once every replica refused it."""
     config = copy.deepcopy(served.config)
-    local.deployment_config(config)["user_config"]["canary"] = {"version": 2, "stepz": [0.5, 1.0]}
+    deployment_config(config)["user_config"]["canary"] = {"version": 2, "stepz": [0.5, 1.0]}
     config["http_options"] = {"host": "127.0.0.1", "port": served.cluster.http_port}
-    local.submit_serve_config(served.cluster, yaml.safe_dump(config))
+    submit_serve_config(served.cluster, yaml.safe_dump(config))
     refusals: list[str] = []
 
     def everywhere() -> bool:

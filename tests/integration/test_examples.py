@@ -24,8 +24,8 @@ import pytest
 from nonstop.formats import format_named
 from serve_app.arrow_input import ARROW_STREAM, arrow_stream
 from tests.conftest import MODEL
-from tests.harness.loadgen import BackgroundLoad
-from tests.harness.rollout import Stack, wait_until
+from harness.loadgen import BackgroundLoad
+from harness.rollout import Stack, wait_until
 from tests.integration.conftest import swap_bound
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ import ray
 from nonstop.errors import ManifestError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.schema import rows_to_matrix
-from nonstop_ops import cluster as local
+from nonstop_ops.cluster import lifecycle as local
 from serve_app.loader import LOADER_NICENESS, ModelLoader, OutOfProcessLoader
 from tests.conftest import MODEL
-from tests.harness.rollout import Stack
+from harness.rollout import Stack
 
 pytestmark = pytest.mark.integration
 

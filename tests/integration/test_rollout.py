@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.rollout import REFUSALS, SCENARIOS, RolloutCheck, RolloutResult, Stack
+from harness.rollout import REFUSALS, SCENARIOS, RolloutCheck, RolloutResult, Stack
 from tests.conftest import train_into
 from tests.integration.conftest import swap_bound
 

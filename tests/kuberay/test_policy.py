@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nonstop_ops.cluster import grpc_port, serve_port
+from nonstop_ops.cluster.serve_config import grpc_port, serve_port
 from serve_app.config import Limits
 from tests.kuberay.manifests import Build, Manifest, PodTemplate, cluster_spec, pod_templates, ray_containers
 

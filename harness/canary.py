@@ -24,8 +24,8 @@ from nonstop.registry import Registry
 from serve_app.canary import KEY_HEADER
 from serve_app.rollout_policy import Policy
 from serve_app.rollouts import Rollouts
-from tests.harness.loadgen import VERSION_HEADER, check_loopback
-from tests.harness.rollout import wait_until
+from harness.loadgen import VERSION_HEADER, check_loopback
+from harness.rollout import wait_until
 
 
 @dataclass(frozen=True)

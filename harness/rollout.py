@@ -20,11 +20,12 @@ from typing import Any
 
 import httpx
 
-from nonstop_ops import cluster as local
-from tests.harness.loadgen import BackgroundLoad, Sample
+from nonstop_ops.cluster import lifecycle as local
+from nonstop_ops.cluster.serve_config import deployment_config
+from harness.loadgen import BackgroundLoad, Sample
 from nonstop.manifest import ManifestDraft
 from nonstop.registry import Registry
-from tests.harness.rollout_stats import Event, ScenarioReport, report
+from harness.rollout_stats import Event, ScenarioReport, report
 from serve_app.state import ReplicaStatus
 from serve_app.status_board import read_board
 from training.data import read_data
@@ -77,7 +78,7 @@ class Stack:
     def settled(self) -> bool:
         """The app RUNNING with all its replicas: the last deploy is wholly applied."""
         app = local.app_status(self.cluster)["applications"]["nonstop"]
-        wanted = local.deployment_config(self.config)["num_replicas"]
+        wanted = deployment_config(self.config)["num_replicas"]
         return app["status"] == "RUNNING" and len(self.replicas()) == wanted
 
     def board(self, live: dict[str, tuple[str, int]] | None = None) -> dict[str, ReplicaStatus]:
@@ -89,7 +90,7 @@ class Stack:
         replicas share) and one at the board."""
         live = self.replicas()
         board = self.board(live)
-        wanted = local.deployment_config(self.config).get("num_replicas", 2)
+        wanted = deployment_config(self.config).get("num_replicas", 2)
         return len(board) == len(live) == wanted and all(r.serves(model or self.model, version) for r in board.values())
 
     def refusing_everywhere(self, version: int, reason: str) -> bool:
@@ -111,7 +112,7 @@ class Stack:
             self.config = copy.deepcopy(self.config)
             self.config["applications"][0]["runtime_env"] = runtime_env
         config = copy.deepcopy(self.config)
-        local.deployment_config(config)["user_config"].update(user_config)
+        deployment_config(config)["user_config"].update(user_config)
         local.deploy(self.cluster, config)
 
 

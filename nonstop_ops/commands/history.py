@@ -1,8 +1,7 @@
 """`nonstop history`: read a model's promotion ledger, or ask what served at a moment.
 
-Registered onto the `nonstop` app by cli.py. The chain is verified on every read, and a
-broken chain exits 1 after printing what is wrong: a reader should never take an edited
-ledger for the truth without being told.
+The chain is verified on every read, and a broken chain exits 1 after printing what is
+wrong: a reader should never take an edited ledger for the truth without being told.
 """
 
 from __future__ import annotations
@@ -14,7 +13,9 @@ import typer
 
 from nonstop.ledger import LedgerEntry, ServingAt, Verification
 from nonstop.registry import PRODUCTION
-from nonstop_ops.cli import AliasOpt, ModelOpt, RegistryOpt, _print_json, _registry, app
+from nonstop_ops.commands.common import ModelOpt, RegistryOpt, _print_json, _registry
+
+app = typer.Typer()
 
 
 def parse_time(text: str) -> datetime:

@@ -11,7 +11,7 @@ As with kube-proxy, a connection stays with the endpoint it was given: changing 
 selector, readiness or the endpoints affects new connections only; a connection ends
 when either side closes it (a deleted pod's processes exit).
 
-Nothing here decides readiness or the selector: the caller (tests/harness/switchover.py)
+Nothing here decides readiness or the selector: the caller (harness/switchover.py)
 changes them only the way KubeRay and the kubelet would.
 """
 
@@ -22,8 +22,6 @@ import itertools
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-
-from tests.harness.loadgen import check_loopback
 
 LOOPBACK = "127.0.0.1"
 BUFFER = 64 * 1024

@@ -1,7 +1,7 @@
 """KubeRay 1.7's NewCluster switchover, reproduced with real local Ray clusters.
 
 Each local Ray cluster plays one RayCluster of the RayService; a TCP forwarder
-(tests/harness/forwarder.py) plays the serve Service. What moves traffic is only what
+(harness/forwarder.py) plays the serve Service. What moves traffic is only what
 moves it on Kubernetes, with the timings of the manifests:
 
 - the operator's reconcile loop (rayservice_controller.go: Reconcile, every 2 s):
@@ -36,9 +36,11 @@ import httpx
 import psutil
 import yaml
 
-from nonstop_ops import cluster as local
-from tests.harness.forwarder import Forwarder
-from tests.harness.loadgen import Sample
+from nonstop_ops.cluster import lifecycle as local
+from nonstop_ops.cluster import ClusterError
+from nonstop_ops.cluster.serve_client import serve_application_statuses, submit_serve_config
+from harness.forwarder import Forwarder
+from harness.loadgen import Sample
 
 RECONCILE_PERIOD_S = 2.0  # ServiceDefaultRequeueDuration
 HEAD_CHECK_TIMEOUT_S = 2.0  # RayHTTPClientDirectTimeoutSeconds
@@ -222,7 +224,7 @@ class RayServiceSim:
             began = time.monotonic()
             try:
                 self._reconcile()
-            except (httpx.HTTPError, local.ClusterError) as exc:
+            except (httpx.HTTPError, ClusterError) as exc:
                 self.note(f"reconcile error: {exc}")  # KubeRay requeues; so do we
             self._stop.wait(max(0.0, RECONCILE_PERIOD_S - (time.monotonic() - began)))
 
@@ -269,10 +271,10 @@ class RayServiceSim:
         config changed; ready when there are applications and all are RUNNING."""
         if not local.is_running(cluster):
             return False  # the head pod is not ready yet
-        statuses = local.serve_application_statuses(cluster)
+        statuses = serve_application_statuses(cluster)
         wanted = local_serve_config(self.serve_config_v2, cluster, self.poll_interval_s)
         if self._cache.get(_name(cluster)) != wanted or not statuses:
-            local.submit_serve_config(cluster, wanted)
+            submit_serve_config(cluster, wanted)
             self._cache[_name(cluster)] = wanted
             self.note(f"serve config submitted to {_name(cluster)}")
         return bool(statuses) and all(status == "RUNNING" for status in statuses.values())

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.harness.loadgen import Sample
+from harness.loadgen import Sample
 
 
 @dataclass(frozen=True)

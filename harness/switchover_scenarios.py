@@ -18,10 +18,11 @@ from typing import Any
 import httpx
 
 from nonstop.config import Settings
-from nonstop_ops import cluster as local
-from tests.harness.forwarder import Forwarder
-from tests.harness.loadgen import BackgroundLoad
-from tests.harness.switchover import Outcome, RayServiceSim, ServiceSettings, Timing, outcome
+from nonstop_ops.cluster import lifecycle as local
+from nonstop_ops.cluster import ClusterError
+from harness.forwarder import Forwarder
+from harness.loadgen import BackgroundLoad
+from harness.switchover import Outcome, RayServiceSim, ServiceSettings, Timing, outcome
 
 START_ATTEMPTS = 2
 SLOW_PROBE_S = 3.0  # a worker busy enough to answer its probe 3 s late
@@ -64,7 +65,7 @@ def start_cluster(stage: Stage, sim: RayServiceSim, cluster: local.LocalCluster,
         try:
             local.start(cluster, Settings(registry=stage.registry))
             break
-        except local.ClusterError:
+        except ClusterError:
             local.stop(cluster)
             if attempt == START_ATTEMPTS - 1:
                 raise

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.resources
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -25,20 +23,14 @@ from typing import Any, Literal
 
 import httpx
 import psutil
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nonstop.config import REGISTRY_ENV, Settings
-from nonstop.errors import ConfigError, NonstopError, validation_problems
+from nonstop_ops.cluster import ClusterError
+from nonstop_ops.cluster.serve_config import check_user_config, grpc_port, serve_port
 from serve_app.config import Limits
 
-SERVE_CONFIG_PACKAGE = "serve_app"
-SERVE_CONFIG_NAME = "serve_config.yaml"
 LOOPBACK = "127.0.0.1"
-
-
-class ClusterError(NonstopError):
-    reason = "cluster"
 
 
 class LocalCluster(BaseModel):
@@ -68,14 +60,15 @@ class LocalCluster(BaseModel):
     auth_token_path: str = str(Path.home() / ".ray" / "auth_token")
     # A predict is idempotent, so HAProxy may replay it on another replica when the one it
     # picked refuses the connection or closes it without an answer. Requests already being
-    # processed when a replica is killed can still fail (see the README's rollout table).
+    # processed when a replica is killed can still fail (the rollout report, docs/results).
     ingress_retry_on: str = "conn-failure empty-response junk-response response-timeout"
     ingress_retries: int = 3
     # Ray starts its workers at nice 15 (worker_niceness in Ray's config), behind its own
     # daemons and any client on the machine: the replicas and the HAProxy their manager
-    # spawns would wait for a core behind a load generator (p99 at 16 clients 14.9 against
-    # 8.7 ms, README "Throughput"). Serving is the point of this cluster; only the model
-    # loader stays niced (serve_app/loader.py).
+    # spawns would wait for a core behind a load generator, and the tail latency under
+    # concurrency shows it (the peers benchmark's --worker-niceness A/B, docs/results).
+    # Serving is the point of this cluster; only the model loader stays niced
+    # (serve_app/loader.py).
     worker_niceness: int = Field(default=0, ge=0, le=19)
 
     @classmethod
@@ -167,10 +160,10 @@ class LocalCluster(BaseModel):
             # Serve's gRPC servers refuse a larger message before parsing it: the same
             # bound as an HTTP body (serve_app/v2_grpc.py)
             "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(Limits().max_body_bytes),
-            # Serve parses a metrics line per request from HAProxy in a Python actor:
-            # 0.08 ms of CPU per request (benchmarks/profile_serving.py) for series the
-            # replicas' own Serve metrics already give; and one HAProxy thread, not
-            # four, on a node whose cores serve Python replicas.
+            # Serve parses a metrics line per request from HAProxy in a Python actor,
+            # CPU taken from every request (benchmarks/profile_serving.py measures it) for
+            # series the replicas' own Serve metrics already give; and one HAProxy thread,
+            # not the four Serve starts by default, on a node whose cores serve Python replicas.
             "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
             "RAY_SERVE_HAPROXY_NBTHREAD": "1",
             "RAY_worker_niceness": str(self.worker_niceness),
@@ -320,53 +313,6 @@ def _end(pids: list[int], grace_s: float = 5.0) -> None:
     psutil.wait_procs(alive, timeout=grace_s)
 
 
-def serve_config_text() -> str:
-    """The packaged serve_config.yaml, wherever serve_app is installed."""
-    return importlib.resources.files(SERVE_CONFIG_PACKAGE).joinpath(SERVE_CONFIG_NAME).read_text()
-
-
-def load_serve_config(path: Path | None = None) -> dict[str, Any]:
-    """An operator's Serve config file, or the packaged one."""
-    text = serve_config_text() if path is None else path.read_text()
-    return yaml.safe_load(text)
-
-
-def serve_port(config: dict[str, Any] | None = None) -> int:
-    """Serve's HTTP port: `http_options.port` of the (packaged) Serve config, the one
-    place it is written."""
-    return int((config or load_serve_config())["http_options"]["port"])
-
-
-def grpc_port(config: dict[str, Any] | None = None) -> int:
-    """Serve's gRPC port (OIP v2): `grpc_options.port` of the (packaged) Serve config."""
-    return int((config or load_serve_config())["grpc_options"]["port"])
-
-
-def deployment_config(config: dict[str, Any], app: str = "nonstop", deployment: str = "ModelServer") -> dict[str, Any]:
-    for application in config["applications"]:
-        if application["name"] == app:
-            for entry in application.get("deployments", []):
-                if entry["name"] == deployment:
-                    return entry
-    raise ClusterError(f"serve config has no deployment {app}/{deployment}")
-
-
-def check_user_config(config: dict[str, Any]) -> None:
-    """The app's user_config (model target, canary block) as a replica would read it:
-    refused here, naming the field, before anything is sent. A replica refuses it too
-    (serve_app/app.py), for configs deployed by other means (`serve deploy`, KubeRay)."""
-    from pydantic import ValidationError
-
-    from serve_app.config import ModelTarget
-
-    try:
-        ModelTarget.model_validate(deployment_config(config).get("user_config") or {})
-    except ValidationError as exc:
-        raise ConfigError(f"user_config refused: {validation_problems(exc)}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"user_config refused: {exc.message}") from None
-
-
 def deploy(cluster: LocalCluster, config: dict[str, Any]) -> None:
     """What `serve deploy` does, with the HTTP listener pinned to this cluster's port."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
@@ -422,41 +368,3 @@ def wait_ready(cluster: LocalCluster, model: str, timeout_s: float = 300.0) -> d
         time.sleep(0.5)
     raise ClusterError(f"model {model!r} not ready after {timeout_s:.0f}s ({last})")
 
-
-# The dashboard's Serve REST API, called as the KubeRay operator calls it
-# (ray-operator/controllers/ray/utils/dashboardclient/dashboard_httpclient.go, v1.7.0):
-# PUT the serveConfigV2 as JSON to deploy, GET with api_type=declarative for the statuses,
-# the Ray token in the x-ray-authorization header.
-SERVE_APPLICATIONS_PATH = "/api/serve/applications/"
-OPERATOR_TIMEOUT_S = 2.0  # KubeRay's RayHTTPClientDirectTimeoutSeconds
-
-
-def operator_headers(cluster: LocalCluster) -> dict[str, str]:
-    return {"x-ray-authorization": f"Bearer {Path(cluster.auth_token_path).read_text().strip()}"}
-
-
-def submit_serve_config(cluster: LocalCluster, serve_config_v2: str, timeout_s: float = 30.0) -> None:
-    """Deploy a RayService's serveConfigV2 text as the operator does (YAML in, JSON out).
-
-    Unlike `deploy`, the config is sent as it is, ports included: the caller decides.
-    """
-    config = yaml.safe_load(serve_config_v2)
-    answer = httpx.put(
-        cluster.dashboard_url + SERVE_APPLICATIONS_PATH, json=config, headers=operator_headers(cluster), timeout=timeout_s
-    )
-    if not answer.is_success:
-        raise ClusterError(f"serve config refused ({answer.status_code}): {answer.text[:500]}")
-
-
-def serve_application_statuses(cluster: LocalCluster, timeout_s: float = OPERATOR_TIMEOUT_S) -> dict[str, str]:
-    """Application name → status (RUNNING, DEPLOYING, ...), as the operator reads them."""
-    answer = httpx.get(
-        cluster.dashboard_url + SERVE_APPLICATIONS_PATH,
-        params={"api_type": "declarative"},
-        headers=operator_headers(cluster),
-        timeout=timeout_s,
-    )
-    if not answer.is_success:
-        raise ClusterError(f"serve status unavailable ({answer.status_code}): {answer.text[:500]}")
-    applications = answer.json().get("applications") or {}
-    return {name or "default": details.get("status", "") for name, details in applications.items()}

@@ -2,8 +2,7 @@
 
 Every command writes to (or reads) the promotion ledger, where the rollout lives; the
 replicas and the controller follow the ledger, so these work with or without a running
-cluster, and leave the same trail as the controller's own decisions. Registered onto the
-`nonstop` app by cli.py.
+cluster, and leave the same trail as the controller's own decisions.
 """
 
 from __future__ import annotations
@@ -16,14 +15,13 @@ import typer
 import yaml
 
 from nonstop.errors import ConfigError
-from nonstop_ops import cluster as local
-from nonstop_ops.cli import SERVE_PORT, HttpPortOpt, ModelOpt, ReasonOpt, RegistryOpt, _actor, _print_json, _registry, app
 from nonstop.registry import PRODUCTION
+from nonstop_ops.cluster import lifecycle as local
+from nonstop_ops.commands.common import SERVE_PORT, HttpPortOpt, ModelOpt, ReasonOpt, RegistryOpt, _actor, _print_json, _registry
 from serve_app.rollout_policy import Policy
 from serve_app.rollouts import Rollouts
 
-rollout_app = typer.Typer(no_args_is_help=True, help="Canary a version by weight, judged by a policy, with a ledger.")
-app.add_typer(rollout_app, name="rollout")
+app = typer.Typer(name="rollout", no_args_is_help=True, help="Canary a version by weight, judged by a policy, with a ledger.")
 
 AliasOpt = Annotated[str, typer.Option("--alias", help="the alias the candidate would take over")]
 
@@ -47,7 +45,7 @@ def load_policy(path: Path | None, overrides: dict[str, Any]) -> Policy:
     return Policy.model_validate(values)
 
 
-@rollout_app.command("start")
+@app.command("start")
 def start(
     candidate: Annotated[int, typer.Argument(help="the version to roll out")],
     model: ModelOpt,
@@ -72,7 +70,7 @@ def start(
     typer.echo(f"#{entry.seq} {entry.reason}; window {policy.window_s:g}s, steps {list(policy.steps)}")
 
 
-@rollout_app.command("status")
+@app.command("status")
 def status(
     model: ModelOpt,
     alias: AliasOpt = PRODUCTION,
@@ -129,27 +127,27 @@ def _live(model: str, alias: str, http_port: int) -> dict[str, Any] | None:
         ray.shutdown()
 
 
-@rollout_app.command("pause")
+@app.command("pause")
 def pause(model: ModelOpt, alias: AliasOpt = PRODUCTION, registry: RegistryOpt = None, reason: ReasonOpt = "") -> None:
     """Hold the current share: no automatic advance (a failing check still rolls back)."""
     _rollouts(registry, model, alias).pause(_actor("rollout pause"), reason)
     typer.echo("paused")
 
 
-@rollout_app.command("resume")
+@app.command("resume")
 def resume(model: ModelOpt, alias: AliasOpt = PRODUCTION, registry: RegistryOpt = None, reason: ReasonOpt = "") -> None:
     """Let the controller advance again."""
     _rollouts(registry, model, alias).resume(_actor("rollout resume"), reason)
     typer.echo("resumed")
 
 
-@rollout_app.command("advance")
+@app.command("advance")
 def advance(model: ModelOpt, alias: AliasOpt = PRODUCTION, registry: RegistryOpt = None, reason: ReasonOpt = "") -> None:
     """Go to the next step now (from the last one: promote), whatever the evidence says."""
     typer.echo(_rollouts(registry, model, alias).advance(_actor("rollout advance"), reason or "advanced by hand", kind="override"))
 
 
-@rollout_app.command("abort")
+@app.command("abort")
 def abort(model: ModelOpt, alias: AliasOpt = PRODUCTION, registry: RegistryOpt = None, reason: ReasonOpt = "") -> None:
     """Stop the rollout: the candidate answers nothing more; the alias never moved."""
     typer.echo(_rollouts(registry, model, alias).rollback(_actor("rollout abort"), reason or "aborted by hand", kind="override"))
