@@ -42,8 +42,8 @@ CANDIDATES = {"alias": 1, "pin": 1, "refuse_corrupt": 1, "rollback": 1}
 
 class Candidates:
     """Versions trained before the measured run and handed out as the scenarios ask for
-    them, so that every dip on the timeline is the server's (training on the same two cores
-    while traffic flows took throughput down to about a quarter). Anything not prepared is
+    them, so that every dip on the timeline is the server's (training on the cores that
+    serve, while traffic flows, takes much of the throughput). Anything not prepared is
     trained on the spot, and its span is drawn on the timeline as the benchmark's work."""
 
     def __init__(self, train_one: Callable[[Path], int], registry: Registry) -> None:

@@ -5,8 +5,8 @@
 
 Runs each scenario (harness/switchover_scenarios.py) with the settings of the
 built prod overlay (kubectl kustomize kuberay/overlays/prod), or with `--unfixed` the
-settings the manifests had before issue 12 (the head excluded from the serve Service,
-KubeRay's injected worker probe), and prints what the clients saw. The timings are the
+settings that overlay avoids (the head excluded from the serve Service, KubeRay's injected
+worker probe, no drain), and prints what the clients saw. The timings are the
 operator's real ones (deletion delay 60 s); the integration test runs them shortened.
 Numbers from a shared 2-core machine are noisy.
 """
@@ -45,7 +45,7 @@ def built_rayservice(overlay: Path = OVERLAY) -> dict[str, Any]:
 
 
 def unfixed(settings: ServiceSettings) -> ServiceSettings:
-    """The manifests before issue 12: head excluded, KubeRay's 2 s / 1-failure probe, no drain."""
+    """The settings the prod overlay avoids: head excluded, KubeRay's 2 s / 1-failure probe, no drain."""
     return dataclasses.replace(settings, exclude_head=True, worker_probe=KUBERAY_WORKER_PROBE, drain_s=None)
 
 

@@ -1,4 +1,4 @@
-"""The three switchover scenarios of issue 12, shared by the integration test (short) and
+"""The three switchover scenarios, shared by the integration test (short) and
 benchmarks/switchover.py (full): a code upgrade through a NewCluster switch, the first
 start on an empty registry followed by the first training run, and a code upgrade whose
 new workers answer their readiness probe slowly.
