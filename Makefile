@@ -43,12 +43,12 @@ bench-peers: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m benchmarks.peers.compare $(PEERS_ARGS)
 
-## regenerate serve_app/oip_v2_pb2*.py from serve_app/oip_v2.proto (OIP v2 gRPC), with a
+## regenerate serve_app/grpc_v2/oip_v2_pb2*.py from serve_app/grpc_v2/oip_v2.proto (OIP v2 gRPC), with a
 ## grpcio-tools whose protoc matches the protobuf runtime Ray runs with (in its own venv)
 GRPC_TOOLS := /tmp/nonstop-grpcio-tools
 proto:
 	test -x $(GRPC_TOOLS)/bin/python || ($(PYTHON) -m venv $(GRPC_TOOLS) && $(GRPC_TOOLS)/bin/pip install -q grpcio-tools==1.85.1)
-	$(GRPC_TOOLS)/bin/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. serve_app/oip_v2.proto
+	$(GRPC_TOOLS)/bin/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. serve_app/grpc_v2/oip_v2.proto
 
 clean:
 	rm -rf $(VENV) registry data build *.egg-info

@@ -24,7 +24,7 @@ from nonstop.redact import public_uri
 from nonstop.registry import PRODUCTION, Registry
 
 if TYPE_CHECKING:
-    from serve_app.state import ReplicaStatus
+    from serve_app.replica.state import ReplicaStatus
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
@@ -253,7 +253,7 @@ def status(
     """Application status, what each replica serves (or why it serves nothing), the aliases."""
     import ray
 
-    from serve_app.status_board import read_board, status_report
+    from serve_app.replica.status_board import read_board, status_report
 
     cluster = _cluster(http_port)
     if not local.is_running(cluster):

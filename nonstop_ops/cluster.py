@@ -75,7 +75,7 @@ class LocalCluster(BaseModel):
     # daemons and any client on the machine: the replicas and the HAProxy their manager
     # spawns would wait for a core behind a load generator (p99 at 16 clients 14.9 against
     # 8.7 ms, README "Throughput"). Serving is the point of this cluster; only the model
-    # loader stays niced (serve_app/loader.py).
+    # loader stays niced (serve_app/replica/loader_actor.py).
     worker_niceness: int = Field(default=0, ge=0, le=19)
 
     @classmethod
@@ -165,7 +165,7 @@ class LocalCluster(BaseModel):
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(self.fallback_http_port),
             "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(self.fallback_grpc_port),
             # Serve's gRPC servers refuse a larger message before parsing it: the same
-            # bound as an HTTP body (serve_app/v2_grpc.py)
+            # bound as an HTTP body (serve_app/grpc_v2/servicer.py)
             "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(Limits().max_body_bytes),
             # Serve parses a metrics line per request from HAProxy in a Python actor:
             # 0.08 ms of CPU per request (benchmarks/profile_serving.py) for series the

@@ -42,8 +42,8 @@ def test_the_layers_hold() -> None:
 @pytest.mark.parametrize(
     ("module", "upward"),
     [
-        ("nonstop/registry.py", "import serve_app.holder"),  # the core reaching into serving
-        ("serve_app/holder.py", "import training.job"),  # serving and training are siblings
+        ("nonstop/registry.py", "import serve_app.replica.holder"),  # the core reaching into serving
+        ("serve_app/replica/holder.py", "import training.job"),  # serving and training are siblings
         ("training/job.py", "import nonstop_ops.cli"),  # nothing imports operations
     ],
 )

@@ -21,7 +21,7 @@ from nonstop_ops import cluster as local
 from nonstop.config import Settings
 from nonstop.registry import Registry
 from tests.harness.rollout import Stack, wait_until
-from serve_app.holder import stagger_s
+from serve_app.replica.holder import stagger_s
 from tests.conftest import MODEL, train_into
 
 PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "46000"))
