@@ -34,7 +34,10 @@ _REFERENCE = re.compile(r"^ {0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", re.MULTILINE
 _HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 _HTML_ID = re.compile(r"""\b(?:id|name)\s*=\s*["']([^"']+)["']""")
 _ATTR_ID = re.compile(r"\{[^}]*#([\w-]+)[^}]*\}\s*$")
-_SNIPPET = re.compile(r"""^[ \t]*-{1,}8<-{1,}[ \t]+["']([^"':]+)(?::([\w-]+))?["'][ \t]*$""", re.MULTILINE)
+# `--8<-- "path"`, `"path:section"` or `"path:first:last"` (lines, 1-based, either may be empty)
+_SNIPPET = re.compile(
+    r"""^[ \t]*-{1,}8<-{1,}[ \t]+["']([^"':]+)(?::([a-z][\w-]*)|:(\d*):(\d*))?["'][ \t]*$""", re.MULTILINE
+)
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 _PATH = r"(?:[\w.-]+/)*[\w.-]+\.py"
@@ -100,6 +103,10 @@ def expand_snippets(root: Path, text: str) -> str:
                 re.DOTALL | re.MULTILINE,
             )
             included = section.group(1) if section else ""
+        elif match.group(3) is not None:
+            lines = included.splitlines()
+            first, last = match.group(3), match.group(4)
+            included = "\n".join(lines[int(first) - 1 if first else 0 : int(last) if last else None])
         return included
 
     return _SNIPPET.sub(include, text)

@@ -59,6 +59,17 @@ def test_the_pages_include_the_benchmark_reports(site: Path) -> None:
     assert all(f">{cell}<" in performance for cell in cells), cells
 
 
+def test_a_report_included_from_its_second_line_loses_only_its_title() -> None:
+    """Pages skip a report's own `# title` (the page's headings frame it), and nothing else."""
+    included = [
+        (page, match.group(1))
+        for page in doc_checks.documents(ROOT)
+        for match in re.finditer(r'--8<-- "([^":]+):2:"', page.read_text())
+    ]
+    assert included
+    assert not [(str(page), report) for page, report in included if not (ROOT / report).read_text().startswith("# ")]
+
+
 @pytest.mark.parametrize(
     ("page", "named"),
     [
