@@ -26,6 +26,8 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import unquote
 
+from markdown.extensions.toc import slugify  # the site's own, so the two cannot drift
+
 # a fenced block: ``` or ~~~ at the start of a line, to the same fence
 _FENCE = re.compile(r"^( {0,3})(`{3,}|~{3,}).*?^\1\2[ \t]*$", re.MULTILINE | re.DOTALL)
 _INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
@@ -89,7 +91,7 @@ def _is_site_page(root: Path, document: Path) -> bool:
 
 
 def expand_snippets(root: Path, text: str) -> str:
-    """Inline what `--8<-- "path"` (or `"path:section"`) includes, paths from the root."""
+    """Inline what `--8<-- "path"` (`"path:section"`, `"path:first:last"`) includes, paths from the root."""
 
     def include(match: re.Match[str]) -> str:
         path = root / match.group(1)
@@ -128,8 +130,6 @@ def github_slug(text: str) -> str:
 
 def site_slug(text: str) -> str:
     """The site's heading anchor: Python-Markdown's `toc` slugify, as mkdocs uses it."""
-    from markdown.extensions.toc import slugify  # the site's own, so the two cannot drift
-
     return slugify(text, "-")
 
 
@@ -191,7 +191,7 @@ def _names(tree: ast.Module) -> set[str]:
 
 
 @cache
-def _test_index(tests: Path) -> dict[str, frozenset[str]]:
+def _tests_by_file(tests: Path) -> dict[str, frozenset[str]]:
     index = {}
     for path in sorted(tests.rglob("*.py")):
         relative = str(path.relative_to(tests.parent))
@@ -200,9 +200,9 @@ def _test_index(tests: Path) -> dict[str, frozenset[str]]:
     return index
 
 
-def test_index(root: Path) -> dict[str, frozenset[str]]:
+def tests_by_file(root: Path) -> dict[str, frozenset[str]]:
     """Python files under tests/ ('tests/x/test_y.py') and the test names each defines."""
-    return _test_index((root / "tests").resolve())
+    return _tests_by_file((root / "tests").resolve())
 
 
 def _files_matching(index: dict[str, frozenset[str]], cited: str) -> list[str]:
@@ -211,7 +211,7 @@ def _files_matching(index: dict[str, frozenset[str]], cited: str) -> list[str]:
 
 def missing_tests(root: Path, document: Path) -> list[Problem]:
     """Test ids, test files and tests/ folders cited in `document` that do not exist."""
-    index = test_index(root)
+    index = tests_by_file(root)
     text = without_code_blocks(document.read_text(encoding="utf-8"))
     name = str(document.relative_to(root))
     every_test = frozenset().union(*index.values()) if index else frozenset()
