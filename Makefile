@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run down test test-fast bench bench-peers clean fuzz proto
+.PHONY: install run down test test-fast docs bench bench-peers clean fuzz proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: install
 test-fast: install
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration"
+
+## the documentation site (mkdocs.yml, pages under docs/) into build/site; any warning fails.
+## NO_MKDOCS_2_WARNING: material prints an end-of-life notice on every build (not a warning)
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 ## coverage-guided fuzzing (atheris) of every decoder of untrusted bytes, side by side,
 ## FUZZ_SECONDS each (30 minutes unless told); findings under build/fuzz/<target>/artifacts
