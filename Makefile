@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run down test test-fast bench bench-peers clean fuzz proto
+.PHONY: install run down test test-fast docs bench bench-peers clean fuzz proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test-fast: install
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration"
 
+## the documentation site (mkdocs.yml, pages under docs/) into build/site; any warning fails.
+## NO_MKDOCS_2_WARNING: material prints an end-of-life notice on every build (not a warning)
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
+
 ## coverage-guided fuzzing (atheris) of every decoder of untrusted bytes, side by side,
 ## FUZZ_SECONDS each (30 minutes unless told); findings under build/fuzz/<target>/artifacts
 fuzz: install
@@ -43,12 +48,12 @@ bench-peers: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m benchmarks.peers.compare $(PEERS_ARGS)
 
-## regenerate serve_app/oip_v2_pb2*.py from serve_app/oip_v2.proto (OIP v2 gRPC), with a
+## regenerate serve_app/grpc_v2/oip_v2_pb2*.py from serve_app/grpc_v2/oip_v2.proto (OIP v2 gRPC), with a
 ## grpcio-tools whose protoc matches the protobuf runtime Ray runs with (in its own venv)
 GRPC_TOOLS := /tmp/nonstop-grpcio-tools
 proto:
 	test -x $(GRPC_TOOLS)/bin/python || ($(PYTHON) -m venv $(GRPC_TOOLS) && $(GRPC_TOOLS)/bin/pip install -q grpcio-tools==1.85.1)
-	$(GRPC_TOOLS)/bin/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. serve_app/oip_v2.proto
+	$(GRPC_TOOLS)/bin/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. serve_app/grpc_v2/oip_v2.proto
 
 clean:
 	rm -rf $(VENV) registry data build *.egg-info

@@ -38,8 +38,8 @@ from nonstop.ledger import LedgerEntry  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
 from nonstop_ops.cluster import lifecycle as local  # noqa: E402
 from nonstop_ops.cluster.serve_config import deployment_config, load_serve_config  # noqa: E402
-from serve_app.rollout_policy import Policy  # noqa: E402
-from serve_app.rollouts import Rollouts  # noqa: E402
+from serve_app.rollout.policy import Policy  # noqa: E402
+from serve_app.rollout.moves import Rollouts  # noqa: E402
 from harness.canary import Answer, CanaryLoad, bodies  # noqa: E402
 from harness.rollout import wait_until  # noqa: E402
 from training import demo  # noqa: E402

@@ -26,8 +26,8 @@ from harness.loadgen import BackgroundLoad, Sample
 from nonstop.manifest import ManifestDraft
 from nonstop.registry import Registry
 from harness.rollout_stats import Event, ScenarioReport, report
-from serve_app.state import ReplicaStatus
-from serve_app.status_board import read_board
+from serve_app.replica.state import ReplicaStatus
+from serve_app.replica.status_board import read_board
 from training.data import read_data
 
 SCENARIOS = ("alias", "pin", "refuse_corrupt", "refuse_schema", "refuse_samples", "code_update", "rollback", "kill")

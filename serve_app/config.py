@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nonstop.registry import PRODUCTION, check_name
-from serve_app.rollout_policy import CanaryConfig
+from serve_app.rollout.policy import CanaryConfig
 
 
 class ModelTarget(BaseModel):

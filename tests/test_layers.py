@@ -43,11 +43,11 @@ def test_the_layers_hold() -> None:
 @pytest.mark.parametrize(
     ("module", "upward"),
     [
-        ("nonstop/registry.py", "import serve_app.holder"),  # the core reaching into serving
-        ("serve_app/holder.py", "import training.job"),  # serving and training are siblings
+        ("nonstop/registry.py", "import serve_app.replica.holder"),  # the core reaching into serving
+        ("serve_app/replica/holder.py", "import training.job"),  # serving and training are siblings
         ("training/job.py", "import nonstop_ops.cli"),  # nothing imports operations
         ("nonstop_ops/cli.py", "import harness.loadgen"),  # the installed code never imports the harness
-        ("serve_app/holder.py", "import harness.rollout"),
+        ("serve_app/replica/holder.py", "import harness.rollout"),
         ("nonstop_ops/commands/history.py", "import nonstop_ops.cli"),  # a command module importing the root app
     ],
 )

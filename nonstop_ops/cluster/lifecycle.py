@@ -68,7 +68,7 @@ class LocalCluster(BaseModel):
     # spawns would wait for a core behind a load generator, and the tail latency under
     # concurrency shows it (the peers benchmark's --worker-niceness A/B, docs/results).
     # Serving is the point of this cluster; only the model loader stays niced
-    # (serve_app/loader.py).
+    # (serve_app/replica/loader_actor.py).
     worker_niceness: int = Field(default=0, ge=0, le=19)
 
     @classmethod
@@ -158,7 +158,7 @@ class LocalCluster(BaseModel):
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(self.fallback_http_port),
             "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(self.fallback_grpc_port),
             # Serve's gRPC servers refuse a larger message before parsing it: the same
-            # bound as an HTTP body (serve_app/v2_grpc.py)
+            # bound as an HTTP body (serve_app/grpc_v2/servicer.py)
             "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(Limits().max_body_bytes),
             # Serve parses a metrics line per request from HAProxy in a Python actor,
             # CPU taken from every request (benchmarks/profile_serving.py measures it) for

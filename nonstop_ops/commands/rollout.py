@@ -18,8 +18,8 @@ from nonstop.errors import ConfigError
 from nonstop.registry import PRODUCTION
 from nonstop_ops.cluster import lifecycle as local
 from nonstop_ops.commands.common import SERVE_PORT, HttpPortOpt, ModelOpt, ReasonOpt, RegistryOpt, _actor, _print_json, _registry
-from serve_app.rollout_policy import Policy
-from serve_app.rollouts import Rollouts
+from serve_app.rollout.policy import Policy
+from serve_app.rollout.moves import Rollouts
 
 app = typer.Typer(name="rollout", no_args_is_help=True, help="Canary a version by weight, judged by a policy, with a ledger.")
 
@@ -110,7 +110,7 @@ def status(
 def _live(model: str, alias: str, http_port: int) -> dict[str, Any] | None:
     import ray
 
-    from serve_app.controller import NAMESPACE, controller_name
+    from serve_app.rollout.controller import NAMESPACE, controller_name
 
     cluster = local.LocalCluster(http_port=http_port)
     if not local.is_running(cluster):

@@ -17,7 +17,7 @@ from nonstop_ops.cluster.serve_config import deployment_config, load_serve_confi
 from nonstop_ops.commands.common import DEMO_DATA, SERVE_PORT, HttpPortOpt, RegistryOpt, _open_registry, _registry
 
 if TYPE_CHECKING:
-    from serve_app.state import ReplicaStatus
+    from serve_app.replica.state import ReplicaStatus
 
 app = typer.Typer()
 
@@ -88,7 +88,7 @@ def status(
     """Application status, what each replica serves (or why it serves nothing), the aliases."""
     import ray
 
-    from serve_app.status_board import read_board, status_report
+    from serve_app.replica.status_board import read_board, status_report
 
     cluster = _cluster(http_port)
     if not local.is_running(cluster):

@@ -27,7 +27,8 @@ with atheris.instrument_imports(include=["serve_app", "nonstop"]):
     from nonstop.errors import InvalidInput, PayloadTooLarge, RegistryError, TamperedAliasError, TamperedManifestError
     from nonstop.manifest import DataFingerprint, FeatureSpec, Manifest, SampleSet
     from nonstop.registry import AliasEvent, AliasRecord, parse_alias, parse_manifest
-    from serve_app import arrow_input, decoding, oip_v2_pb2, v2_codec, v2_grpc
+    from serve_app.grpc_v2 import oip_v2_pb2, servicer as v2_grpc
+    from serve_app.wire import v1_arrow as arrow_input, v1_json as decoding, v2_tensors as v2_codec
     from serve_app.config import Limits
 
 import pyarrow as pa

@@ -22,7 +22,7 @@ from nonstop_ops.cluster.serve_config import deployment_config, load_serve_confi
 from nonstop.config import Settings
 from nonstop.registry import Registry
 from harness.rollout import Stack, wait_until
-from serve_app.holder import stagger_s
+from serve_app.replica.holder import stagger_s
 from tests.conftest import MODEL, train_into
 
 PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "46000"))

@@ -20,8 +20,8 @@ import pytest
 from nonstop.ledger import Ledger
 from nonstop.registry import Registry
 from nonstop.storage import LocalStorage
-from serve_app.canary import share_of
-from serve_app.rollout_policy import Policy
+from serve_app.rollout.canary import share_of
+from serve_app.rollout.policy import Policy
 from tests.conftest import MODEL, train_into
 from harness.canary import CanaryLoad, RolloutRun, bodies, run_rollout
 from harness.rollout import Stack, wait_until

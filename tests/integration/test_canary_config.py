@@ -1,7 +1,7 @@
 """Canaries set by the serve config, and rollouts that survive faults, under constant load.
 
 Each rollout here is started the way an operator on KubeRay or with `serve deploy` would:
-a deploy of the Serve config with a `canary:` block in user_config (serve_app/rollouts.py
+a deploy of the Serve config with a `canary:` block in user_config (serve_app/rollout/moves.py
 `apply_config`). Then faults in the middle of automatic rollouts: the controller actor's
 process killed with SIGKILL, one replica killed with SIGKILL. Windows are 4 s here.
 """
@@ -24,11 +24,11 @@ from nonstop.ledger import LedgerEntry
 from nonstop_ops.cluster import lifecycle as local
 from nonstop_ops.cluster.serve_client import submit_serve_config
 from nonstop_ops.cluster.serve_config import deployment_config
-from serve_app.canary import share_of
-from serve_app.controller import controller_name
-from serve_app.rollout_policy import Policy
-from serve_app.rollouts import CONFIG_ACTOR, Rollouts
-from serve_app.state import Role
+from serve_app.rollout.canary import share_of
+from serve_app.rollout.controller import controller_name
+from serve_app.rollout.policy import Policy
+from serve_app.rollout.moves import CONFIG_ACTOR, Rollouts
+from serve_app.replica.state import Role
 from tests.conftest import MODEL, train_into
 from harness.canary import CanaryLoad, RolloutRun, run_rollout
 from harness.rollout import Stack, wait_until

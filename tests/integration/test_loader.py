@@ -14,7 +14,7 @@ from nonstop.errors import ManifestError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.schema import rows_to_matrix
 from nonstop_ops.cluster import lifecycle as local
-from serve_app.loader import LOADER_NICENESS, ModelLoader, OutOfProcessLoader
+from serve_app.replica.loader_actor import LOADER_NICENESS, ModelLoader, OutOfProcessLoader
 from tests.conftest import MODEL
 from harness.rollout import Stack
 

@@ -21,7 +21,7 @@ SERVING_ENV = {
     # as `nonstop up` (nonstop_ops/cluster/lifecycle.py)
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
     "RAY_SERVE_HAPROXY_NBTHREAD": "1",
-    # gRPC messages bounded as HTTP bodies are, before parsing (serve_app/v2_grpc.py)
+    # gRPC messages bounded as HTTP bodies are, before parsing (serve_app/grpc_v2/servicer.py)
     "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(Limits().max_body_bytes),
 }
 CLIENT_PORTS = {serve_port(), grpc_port()}  # HTTP and OIP v2 gRPC, from serve_config.yaml

@@ -11,16 +11,16 @@ import httpx
 from nonstop.loading import TrustPolicy
 from nonstop.registry import Registry
 from nonstop.schema import frame_to_matrix
-from serve_app import oip_v2_pb2 as pb
-from serve_app.canary import KEY_HEADER, Canary, share_of
+from serve_app.grpc_v2 import oip_v2_pb2 as pb
+from serve_app.rollout.canary import KEY_HEADER, Canary, share_of
 from serve_app.config import Limits, ModelTarget
-from serve_app.dataplane import DataPlane
-from serve_app.holder import ModelHolder
-from serve_app.rollout_policy import Policy
-from serve_app.rollouts import Rollouts
-from serve_app.routes import create_api
-from serve_app.state import Role
-from serve_app.v2_grpc import GrpcV2
+from serve_app.replica.dataplane import DataPlane
+from serve_app.replica.holder import ModelHolder
+from serve_app.rollout.policy import Policy
+from serve_app.rollout.moves import Rollouts
+from serve_app.rest.v1_routes import create_api
+from serve_app.replica.state import Role
+from serve_app.grpc_v2.servicer import GrpcV2
 from tests.conftest import MODEL, train_into
 from training import demo
 

@@ -20,9 +20,9 @@ from nonstop.registry import Registry
 from nonstop_ops.cluster.serve_config import check_user_config, deployment_config, load_serve_config
 from nonstop_ops.kube import render
 from serve_app.config import ModelTarget
-from serve_app.controller import Controller
-from serve_app.rollout_policy import CanaryConfig, Policy
-from serve_app.rollouts import CONFIG_ACTOR, Rollouts
+from serve_app.rollout.controller import Controller
+from serve_app.rollout.policy import CanaryConfig, Policy
+from serve_app.rollout.moves import CONFIG_ACTOR, Rollouts
 from tests.conftest import MODEL, train_into
 
 

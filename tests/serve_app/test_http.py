@@ -15,7 +15,7 @@ from nonstop.loading import TrustPolicy, load_version
 from nonstop.registry import Registry
 from nonstop.schema import rows_to_matrix
 from serve_app.config import Limits
-from serve_app.routes import HTTP_STATUS, http_status
+from serve_app.rest.v1_routes import HTTP_STATUS, http_status
 from tests.conftest import MODEL
 from tests.serve_app.inprocess import PREDICT, call, train_mixed
 

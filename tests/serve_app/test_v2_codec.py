@@ -14,7 +14,7 @@ import pytest
 from nonstop.errors import InvalidInput, PayloadTooLarge
 from nonstop.manifest import FeatureSpec
 from serve_app.config import Limits
-from serve_app.v2_codec import OutputTensor, decode, encode, prediction_tensor
+from serve_app.wire.v2_tensors import OutputTensor, decode, encode, prediction_tensor
 
 NUMBERS = [FeatureSpec(name=n, kind="number", dtype="float64") for n in ("a", "b", "c")]
 MIXED = [FeatureSpec(name="a", kind="number", dtype="float64"), FeatureSpec(name="colour", kind="category", dtype="str")]

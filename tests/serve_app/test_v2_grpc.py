@@ -1,4 +1,4 @@
-"""The gRPC edge in-process: a real grpc.aio server on loopback serving serve_app.v2_grpc
+"""The gRPC edge in-process: a real grpc.aio server on loopback serving serve_app.grpc_v2.servicer
 over a real registry, data plane and model, called through the generated stub. The
 status table, and the rules for `contents` and `raw_input_contents` that Triton's
 client never exercises (tests/integration/test_v2_grpc.py drives it through the stack)."""
@@ -18,12 +18,12 @@ from nonstop.errors import InvalidInput, ModelLoadError, NonstopError, PayloadTo
 from nonstop.loading import TrustPolicy, load_version
 from nonstop.registry import Registry
 from nonstop.schema import rows_to_matrix
-from serve_app import oip_v2_pb2 as pb
-from serve_app import oip_v2_pb2_grpc as pb_grpc
+from serve_app.grpc_v2 import oip_v2_pb2 as pb
+from serve_app.grpc_v2 import oip_v2_pb2_grpc as pb_grpc
 from serve_app.config import Limits, ModelTarget
-from serve_app.dataplane import DataPlane
-from serve_app.holder import ModelHolder
-from serve_app.v2_grpc import GrpcV2, grpc_status
+from serve_app.replica.dataplane import DataPlane
+from serve_app.replica.holder import ModelHolder
+from serve_app.grpc_v2.servicer import GrpcV2, grpc_status
 from tests.conftest import MODEL
 from tests.serve_app.inprocess import train_mixed
 

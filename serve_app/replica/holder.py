@@ -26,7 +26,7 @@ from nonstop.errors import (
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.registry import Registry
 from serve_app.config import ModelTarget
-from serve_app.state import LoadFailure, Role, ServingState
+from serve_app.replica.state import LoadFailure, Role, ServingState
 
 log = logging.getLogger("nonstop.holder")
 Loader = Callable[[str, int], Awaitable[LoadedModel]]  # (model, version) -> verified model
@@ -48,7 +48,7 @@ class ModelHolder:
         load: Loader | None = None,
     ) -> None:
         """`load` is where candidates load: the deployment passes its out-of-process
-        loader (serve_app/loader.py); without one they load in a thread of this process."""
+        loader (serve_app/replica/loader_actor.py); without one they load in a thread of this process."""
         self.state = ServingState()
         self.rank = 0
         self._target: ModelTarget | None = None

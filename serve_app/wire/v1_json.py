@@ -22,7 +22,7 @@ import orjson
 from nonstop.errors import InvalidInput, PayloadTooLarge, clip
 from nonstop.manifest import FeatureSpec
 from nonstop.schema import rows_to_matrix
-from serve_app.arrow_input import ARROW_STREAM, arrow_matrix, is_arrow
+from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_matrix, is_arrow
 from serve_app.config import Limits
 
 

@@ -27,14 +27,14 @@ from nonstop.errors import (
     VersionNotFound,
     clip,
 )
-from serve_app import openapi
-from serve_app.body import BodyTimeout, read_body
-from serve_app.canary import KEY_HEADER
+from serve_app.rest import v1_openapi as openapi
+from serve_app.rest.body import BodyTimeout, read_body
+from serve_app.rollout.canary import KEY_HEADER
 from serve_app.config import Limits
-from serve_app.dataplane import PREDICTIONS_ONLY, DataPlane, InferenceResult, Output
-from serve_app.decoding import body_matrix
-from serve_app.front import Front, HotRoute
-from serve_app.openapi import MODEL_HEADER, VERSION_HEADER
+from serve_app.replica.dataplane import PREDICTIONS_ONLY, DataPlane, InferenceResult, Output
+from serve_app.wire.v1_json import body_matrix
+from serve_app.rest.front import Front, HotRoute
+from serve_app.rest.v1_openapi import MODEL_HEADER, VERSION_HEADER
 
 MAX_ERROR_CHARS = 600
 
@@ -129,7 +129,7 @@ PREDICT_PATH = "/v1/models/{model}:predict"
 
 def create_api(plane: DataPlane, limits: Limits) -> Front:
     """The ASGI app over one replica's data plane: FastAPI, behind the front that answers
-    the prediction routes itself (serve_app/front.py)."""
+    the prediction routes itself (serve_app/rest/front.py)."""
     api = FastAPI(title="nonstop", summary="Predictions from the registry's current model version")
     api.state.plane = plane
     api.state.limits = limits
@@ -148,7 +148,7 @@ def create_api(plane: DataPlane, limits: Limits) -> Front:
     async def list_models() -> Response:
         return json_response({"models": plane.served_models()})
 
-    from serve_app.v2_routes import HOT_ROUTES, create_router  # it uses this module's helpers: imported once both exist
+    from serve_app.rest.v2_routes import HOT_ROUTES, create_router  # it uses this module's helpers: imported once both exist
 
     api.include_router(create_router())
     return Front(api, [HotRoute(PREDICT_PATH, predict), *HOT_ROUTES], _render_error, NonstopError)

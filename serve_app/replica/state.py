@@ -28,7 +28,7 @@ from serve_app.config import ModelTarget
 
 class Role(StrEnum):
     """Why a loaded version is held: the primary answers; a candidate answers a rollout's
-    share of requests, or only scores in the shadow (serve_app/canary.py)."""
+    share of requests, or only scores in the shadow (serve_app/rollout/canary.py)."""
 
     PRIMARY = "primary"
     CANDIDATE = "candidate"

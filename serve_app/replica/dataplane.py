@@ -30,8 +30,8 @@ import numpy as np
 from nonstop.errors import ModelNotReady, NonstopError, UnknownModel, VersionNotFound, clip
 from nonstop.loading import LoadedModel
 from nonstop.manifest import FeatureSpec
-from serve_app.canary import Canary, Route
-from serve_app.state import ModelMetadata, Role, ServingState
+from serve_app.rollout.canary import Canary, Route
+from serve_app.replica.state import ModelMetadata, Role, ServingState
 
 
 class Output(StrEnum):
@@ -113,7 +113,7 @@ class Binding:
 
     model: str
     loaded: LoadedModel
-    route: Route | None = None  # set while a rollout runs: see serve_app/canary.py
+    route: Route | None = None  # set while a rollout runs: see serve_app/rollout/canary.py
 
     @property
     def version(self) -> int:

@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from nonstop.manifest import Scalar
-from serve_app.arrow_input import ARROW_STREAM
-from serve_app.state import ModelMetadata
+from serve_app.wire.v1_arrow import ARROW_STREAM
+from serve_app.replica.state import ModelMetadata
 
 Value = float | str | None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ray.util.metrics import Counter, Gauge
 
-from serve_app.evidence import Evidence, VersionEvidence
+from serve_app.rollout.evidence import Evidence, VersionEvidence
 
 
 class RolloutMetrics:

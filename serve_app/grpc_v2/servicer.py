@@ -8,7 +8,7 @@ RAY_SERVE_GRPC_MAX_MESSAGE_SIZE, which `nonstop up` and the RayService set to th
 limit (`max_body_bytes`), and a message over `max_body_bytes` is refused here too.
 
 A request runs as a REST one does: bound to a version, its tensors decoded against that
-version's schema by the same rules (serve_app.v2_codec.to_matrix: one [N, F] tensor or
+version's schema by the same rules (serve_app.wire.v2_tensors.to_matrix: one [N, F] tensor or
 one tensor per feature, BYTES for text, sizes checked before any data is read), predicted
 by the same batched call. Tensor data comes in `contents` (the field of the datatype) or
 in `raw_input_contents` (one entry per input, the binary extension's layout); answers go
@@ -41,14 +41,14 @@ from nonstop.errors import (
     validation_problems,
 )
 from nonstop.manifest import FeatureSpec
-from serve_app import oip_v2_pb2 as pb
-from serve_app import v2_openapi
-from serve_app.canary import KEY_HEADER
+from serve_app.grpc_v2 import oip_v2_pb2 as pb
+from serve_app.rest import v2_openapi
+from serve_app.rollout.canary import KEY_HEADER
 from serve_app.config import Limits
-from serve_app.dataplane import Binding, DataPlane
-from serve_app.routes import MAX_ERROR_CHARS
-from serve_app.v2_codec import InferenceRequest, Payload, RequestInput, requested, tensor_bytes, to_matrix
-from serve_app.v2_routes import EXTENSIONS, SERVER_NAME, describe_model, infer_outputs
+from serve_app.replica.dataplane import Binding, DataPlane
+from serve_app.rest.v1_routes import MAX_ERROR_CHARS
+from serve_app.wire.v2_tensors import InferenceRequest, Payload, RequestInput, requested, tensor_bytes, to_matrix
+from serve_app.rest.v2_routes import EXTENSIONS, SERVER_NAME, describe_model, infer_outputs
 
 GRPC_STATUS: dict[type[NonstopError], grpc.StatusCode] = {
     UnknownModel: grpc.StatusCode.NOT_FOUND,
@@ -173,7 +173,7 @@ class GrpcV2:
 
 def decode(request: pb.ModelInferRequest, features: list[FeatureSpec], limits: Limits) -> tuple[np.ndarray, list[str]]:
     """The matrix the request's tensors make for these features, and the outputs asked
-    for by name (`predict` if none), by the REST rules (serve_app/v2_codec.py)."""
+    for by name (`predict` if none), by the REST rules (serve_app/wire/v2_tensors.py)."""
     parsed, payloads = _request(request)
     return to_matrix(parsed.inputs, payloads, features, limits), list(requested(parsed))
 

@@ -14,7 +14,7 @@ import ray
 from pydantic import BaseModel, ConfigDict
 
 from nonstop.registry import AliasRecord
-from serve_app.state import ReplicaStatus
+from serve_app.replica.state import ReplicaStatus
 
 BOARD_NAME = "nonstop-status-board"
 BOARD_NAMESPACE = "nonstop"

@@ -1,7 +1,7 @@
 """Open Inference Protocol (V2) REST routes, and KServe's V1 server liveness at `/`.
 
 The same data plane answers V1 and V2: a V2 request is bound to a version, decoded
-(serve_app.v2_codec) against that version's schema into the matrix a V1 request becomes,
+(serve_app.wire.v2_tensors) against that version's schema into the matrix a V1 request becomes,
 and predicted by the same batched call, so a swap between the check and the prediction
 cannot answer from a version the client did not ask for. The versioned forms answer only
 for a version this replica holds at that moment (404 otherwise).
@@ -17,14 +17,14 @@ from fastapi.responses import Response
 
 from nonstop.errors import InvalidInput, ModelNotReady, VersionNotFound, clip
 from nonstop.loading import LoadedModel
-from serve_app import v2_openapi as spec
-from serve_app.dataplane import Binding, DataPlane, InferenceResult, Output
-from serve_app.openapi import MODEL_HEADER, VERSION_HEADER
-from serve_app.body import read_body
-from serve_app.canary import KEY_HEADER
-from serve_app.front import HotRoute
-from serve_app.routes import answer_headers, json_response, limits_of, plane_of
-from serve_app.v2_codec import (
+from serve_app.rest import v2_openapi as spec
+from serve_app.replica.dataplane import Binding, DataPlane, InferenceResult, Output
+from serve_app.rest.v1_openapi import MODEL_HEADER, VERSION_HEADER
+from serve_app.rest.body import read_body
+from serve_app.rollout.canary import KEY_HEADER
+from serve_app.rest.front import HotRoute
+from serve_app.rest.v1_routes import answer_headers, json_response, limits_of, plane_of
+from serve_app.wire.v2_tensors import (
     BINARY_CONTENT_TYPE,
     HEADER_LENGTH,
     PREDICT,

@@ -15,7 +15,7 @@ from collections import Counter as Tally
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from serve_app.state import LoadFailure, ReplicaStatus
+from serve_app.replica.state import LoadFailure, ReplicaStatus
 
 _SWAP_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 _BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]

@@ -21,7 +21,7 @@ from typing import Any
 from nonstop.errors import ConfigError
 from nonstop.ledger import EntryDraft, Kind, LedgerEntry
 from nonstop.registry import Registry
-from serve_app.rollout_policy import (
+from serve_app.rollout.policy import (
     ABORT, ADVANCE, HOLD, PAUSE, RESUME, ROLLBACK, START, CanaryConfig, Policy, RolloutState, replay,
 )  # fmt: skip
 

@@ -33,9 +33,9 @@ from nonstop.errors import NonstopError, SchemaMismatchError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.profile import read_profile
 from nonstop.registry import Registry
-from serve_app.evidence import InputBins, VersionStats, output_edges
-from serve_app.rollout_policy import RolloutState, replay
-from serve_app.state import Role, ServingState
+from serve_app.rollout.evidence import InputBins, VersionStats, output_edges
+from serve_app.rollout.policy import RolloutState, replay
+from serve_app.replica.state import Role, ServingState
 
 log = logging.getLogger("nonstop.canary")
 KEY_HEADER = "x-request-key"

@@ -28,10 +28,10 @@ from pydantic import SecretStr
 from nonstop.errors import NonstopError
 from nonstop.profile import DataProfile, read_profile
 from nonstop.registry import Registry
-from serve_app.evidence import Evidence, VersionStats, summarize
-from serve_app.rollout_metrics import RolloutMetrics
-from serve_app.rollout_policy import CanaryConfig, RolloutState, decide, replay
-from serve_app.rollouts import CONTROLLER_ACTOR, Rollouts
+from serve_app.rollout.evidence import Evidence, VersionStats, summarize
+from serve_app.rollout.rollout_metrics import RolloutMetrics
+from serve_app.rollout.policy import CanaryConfig, RolloutState, decide, replay
+from serve_app.rollout.moves import CONTROLLER_ACTOR, Rollouts
 
 log = logging.getLogger("nonstop.controller")
 NAMESPACE = "nonstop"
@@ -176,7 +176,7 @@ class RolloutController:
         return self._controller.status()
 
     async def apply_config(self, canary: dict[str, Any] | None) -> dict[str, str | None]:
-        """A replica's canary block (serve_app/rollouts.py `apply_config`); a refusal is
+        """A replica's canary block (serve_app/rollout/moves.py `apply_config`); a refusal is
         returned, not raised, so the replica can show it as it is."""
         self._ensure_loop()
         spec = CanaryConfig.model_validate(canary) if canary is not None else None

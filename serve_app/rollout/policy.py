@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from nonstop.errors import ConfigError
 from nonstop.ledger import LedgerEntry
 from nonstop.registry import check_name
-from serve_app.evidence import Evidence, noise_psi
+from serve_app.rollout.evidence import Evidence, noise_psi
 
 START, ADVANCE, HOLD, ROLLBACK, PROMOTE = "start", "advance", "hold", "rollback", "promote"
 PAUSE, RESUME, ABORT = "pause", "resume", "abort"
@@ -78,7 +78,7 @@ class CanaryConfig(Policy):
 
     A block starts its rollout once, when it is new or changed (a fingerprint of it goes
     into the ledger's start entry); redeploying it, or a replica restarting with it,
-    does nothing more (serve_app/rollouts.py `apply_config`)."""
+    does nothing more (serve_app/rollout/moves.py `apply_config`)."""
 
     version: int | None = Field(default=None, ge=1, description="the candidate version; excludes alias")
     alias: str | None = Field(default=None, description="the alias naming the candidate; excludes version")

@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from serve_app.openapi import VERSION_HEADER, ErrorBody
-from serve_app.v2_codec import BINARY_CONTENT_TYPE, HEADER_LENGTH, InferenceRequest
+from serve_app.rest.v1_openapi import VERSION_HEADER, ErrorBody
+from serve_app.wire.v2_tensors import BINARY_CONTENT_TYPE, HEADER_LENGTH, InferenceRequest
 
 
 def package_version() -> str:
