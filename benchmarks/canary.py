@@ -37,8 +37,8 @@ from nonstop.config import Settings  # noqa: E402
 from nonstop.ledger import LedgerEntry  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
 from nonstop_ops import cluster as local  # noqa: E402
-from serve_app.rollout.policy import Policy  # noqa: E402
 from serve_app.rollout.moves import Rollouts  # noqa: E402
+from serve_app.rollout.policy import Policy  # noqa: E402
 from tests.harness.canary import Answer, CanaryLoad, bodies  # noqa: E402
 from tests.harness.rollout import wait_until  # noqa: E402
 from training import demo  # noqa: E402

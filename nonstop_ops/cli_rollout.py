@@ -19,8 +19,8 @@ from nonstop.errors import ConfigError
 from nonstop_ops import cluster as local
 from nonstop_ops.cli import SERVE_PORT, HttpPortOpt, ModelOpt, ReasonOpt, RegistryOpt, _actor, _print_json, _registry, app
 from nonstop.registry import PRODUCTION
-from serve_app.rollout.policy import Policy
 from serve_app.rollout.moves import Rollouts
+from serve_app.rollout.policy import Policy
 
 rollout_app = typer.Typer(no_args_is_help=True, help="Canary a version by weight, judged by a policy, with a ledger.")
 app.add_typer(rollout_app, name="rollout")

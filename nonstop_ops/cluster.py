@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nonstop.config import REGISTRY_ENV, Settings
 from nonstop.errors import ConfigError, NonstopError, validation_problems
-from serve_app.config import Limits
+from serve_app.wire.limits import Limits
 
 SERVE_CONFIG_PACKAGE = "serve_app"
 SERVE_CONFIG_NAME = "serve_config.yaml"

@@ -22,11 +22,11 @@ from ray.util.state import list_actors
 from nonstop.errors import ConfigError
 from nonstop.ledger import LedgerEntry
 from nonstop_ops import cluster as local
+from serve_app.replica.state import Role
 from serve_app.rollout.canary import share_of
 from serve_app.rollout.controller import controller_name
-from serve_app.rollout.policy import Policy
 from serve_app.rollout.moves import CONFIG_ACTOR, Rollouts
-from serve_app.replica.state import Role
+from serve_app.rollout.policy import Policy
 from tests.conftest import MODEL, train_into
 from tests.harness.canary import CanaryLoad, RolloutRun, run_rollout
 from tests.harness.rollout import Stack, wait_until
