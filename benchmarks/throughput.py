@@ -44,7 +44,7 @@ from harness.loadgen import run_load  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
 from nonstop.schema import rows_to_matrix  # noqa: E402
 from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_stream  # noqa: E402
-from serve_app.wire.v2_tensors import BINARY_CONTENT_TYPE, HEADER_LENGTH  # noqa: E402
+from serve_app.wire.v2_json import BINARY_CONTENT_TYPE, HEADER_LENGTH  # noqa: E402
 from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
 

@@ -21,9 +21,9 @@ import pandas as pd
 
 from nonstop.ledger import LedgerEntry
 from nonstop.registry import Registry
-from serve_app.rollout.canary import KEY_HEADER
-from serve_app.rollout.policy import Policy
+from serve_app.edge import KEY_HEADER
 from serve_app.rollout.moves import Rollouts
+from serve_app.rollout.policy import Policy
 from harness.loadgen import VERSION_HEADER, check_loopback
 from harness.rollout import wait_until
 

@@ -34,20 +34,20 @@ from nonstop.config import Settings
 from nonstop.errors import ConfigError, validation_problems
 from nonstop.loading import LoadedModel, TrustPolicy
 from nonstop.registry import Registry
-from serve_app.rollout.canary import Canary
 from serve_app.config import AppArgs, ModelTarget
-from serve_app.rollout.controller import ControllerLink
+from serve_app.grpc_v2 import oip_v2_pb2 as pb
+from serve_app.grpc_v2.servicer import GrpcV2, request_key
 from serve_app.replica.dataplane import PREDICTIONS_ONLY, DataPlane, Job, Output, Outputs, run_batch
-from serve_app.rest.front import Front
 from serve_app.replica.holder import ModelHolder
 from serve_app.replica.loader_actor import OutOfProcessLoader
-from serve_app.grpc_v2 import oip_v2_pb2 as pb
 from serve_app.replica.serving_metrics import ServingMetrics
-from serve_app.rollout.moves import Rollouts
-from serve_app.rest.v1_routes import create_api
 from serve_app.replica.state import ReplicaStatus
 from serve_app.replica.status_board import board
-from serve_app.grpc_v2.servicer import GrpcV2, request_key
+from serve_app.rest.api import create_api
+from serve_app.rest.front import Front
+from serve_app.rollout.canary import Canary
+from serve_app.rollout.controller import ControllerLink
+from serve_app.rollout.moves import Rollouts
 
 HEARTBEAT_S = 5.0
 log = logging.getLogger("nonstop.app")
@@ -154,10 +154,10 @@ class ModelServer:
 
     async def _predict(self, job: Job) -> Outputs:
         if job.loaded.fast is not None and job.outputs == PREDICTIONS_ONLY:
-            # The numpy path predicts in microseconds: queueing for a batch (a task hop,
-            # Serve's batch metrics) would cost more than batching saves, about a tenth
-            # of a replica's CPU by py-spy (benchmarks/profile_serving.py). Not a batch,
-            # so nonstop_batch_size does not count it (its observe was 4% of the CPU).
+            # The numpy path predicts at once: queueing for a batch (a task hop, Serve's
+            # batch metrics) would cost more than batching saves (profiled by
+            # benchmarks/profile_serving.py). Not a batch, so nonstop_batch_size does
+            # not count it, nor pays for observing it.
             return run_batch([job])[0]
         return await self._predict_batch(job)
 

@@ -1,7 +1,9 @@
-"""The layering contracts in pyproject.toml hold, can fail, and the wheel ships no harness."""
+"""The layering contracts in pyproject.toml hold and can fail, serve_app has no import
+cycle, and the wheel ships no harness."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -58,6 +60,86 @@ def test_an_upward_import_breaks_the_suite(tmp_path: Path, module: str, upward: 
     done = lint(tree)
     assert done.returncode != 0, f"lint-imports accepted `{upward}` in {module}"
     assert "BROKEN" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "forbidden", "contract"),
+    [
+        ("serve_app/rest/v2_routes.py", "import serve_app.grpc_v2.servicer", "transports never import each other"),
+        ("serve_app/grpc_v2/servicer.py", "import serve_app.rest.v2_routes", "transports never import each other"),
+        ("serve_app/wire/v2_tensors.py", "import serve_app.rest.body", "never import a transport"),
+        ("serve_app/rollout/moves.py", "import serve_app.grpc_v2.servicer", "never import a transport"),
+        ("serve_app/replica/dataplane.py", "import serve_app.edge", "never import a transport"),
+    ],
+)
+def test_a_forbidden_import_between_serve_app_wings_breaks_its_contract(
+    tmp_path: Path, module: str, forbidden: str, contract: str
+) -> None:
+    tree = copy_tree(tmp_path)
+    path = tree / module
+    path.write_text(path.read_text() + f"\n{forbidden}  # added by the test\n")
+    done = lint(tree)
+    broken = [line for line in done.stdout.splitlines() if line.endswith(" BROKEN")]
+    assert done.returncode != 0 and any(contract in line for line in broken), done.stdout
+
+
+# Import cycles among a package's modules (import-linter has no contract for them): the
+# strongly connected groups of grimp's import graph, found in a child process so that the
+# package is the one on its PYTHONPATH, not the one this process imported.
+CYCLES = """
+import json, sys
+import grimp
+
+graph = grimp.build_graph(sys.argv[1], cache_dir=None)
+index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+def visit(module):
+    index[module] = low[module] = len(index)
+    stack.append(module)
+    on_stack.add(module)
+    for imported in sorted(graph.find_modules_directly_imported_by(module)):
+        if imported not in index:
+            visit(imported)
+            low[module] = min(low[module], low[imported])
+        elif imported in on_stack:
+            low[module] = min(low[module], index[imported])
+    if low[module] == index[module]:
+        group = []
+        while not group or group[-1] != module:
+            group.append(stack.pop())
+            on_stack.discard(group[-1])
+        if len(group) > 1:
+            cycles.append(sorted(group))
+
+for module in sorted(graph.modules):
+    if module not in index:
+        visit(module)
+print(json.dumps(cycles))
+"""
+
+
+def import_cycles(folder: Path, package: str) -> list[list[str]]:
+    done = subprocess.run(
+        [sys.executable, "-c", CYCLES, package],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(folder), "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def test_serve_app_has_no_import_cycle() -> None:
+    assert import_cycles(ROOT, "serve_app") == []
+
+
+def test_a_planted_import_cycle_is_found(tmp_path: Path) -> None:
+    tree = copy_tree(tmp_path)
+    state = tree / "serve_app" / "replica" / "state.py"
+    state.write_text(state.read_text() + "\nimport serve_app.replica.holder  # added by the test\n")
+    cycles = import_cycles(tree, "serve_app")
+    assert any({"serve_app.replica.holder", "serve_app.replica.state"} <= set(group) for group in cycles), cycles
 
 
 def test_the_wheel_carries_no_test_harness(tmp_path: Path) -> None:

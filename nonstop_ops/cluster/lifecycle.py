@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from nonstop.config import REGISTRY_ENV, Settings
 from nonstop_ops.cluster import ClusterError
 from nonstop_ops.cluster.serve_config import check_user_config, grpc_port, serve_port
-from serve_app.config import Limits
+from serve_app.wire.limits import Limits
 
 LOOPBACK = "127.0.0.1"
 

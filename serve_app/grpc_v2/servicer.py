@@ -1,5 +1,4 @@
-"""Open Inference Protocol (V2) over gRPC (`inference.GRPCInferenceService`), and the one
-table that maps errors to gRPC status codes.
+"""Open Inference Protocol (V2) over gRPC (`inference.GRPCInferenceService`).
 
 Ray Serve's gRPC ingress calls the deployment method named after the RPC (`ModelInfer`
 ...) with the request message already parsed; the deployment's methods hand it here.
@@ -8,11 +7,12 @@ RAY_SERVE_GRPC_MAX_MESSAGE_SIZE, which `nonstop up` and the RayService set to th
 limit (`max_body_bytes`), and a message over `max_body_bytes` is refused here too.
 
 A request runs as a REST one does: bound to a version, its tensors decoded against that
-version's schema by the same rules (serve_app.wire.v2_tensors.to_matrix: one [N, F] tensor or
-one tensor per feature, BYTES for text, sizes checked before any data is read), predicted
-by the same batched call. Tensor data comes in `contents` (the field of the datatype) or
-in `raw_input_contents` (one entry per input, the binary extension's layout); answers go
-back in `raw_output_contents`, as Triton sends them.
+version's schema by the same rules (serve_app.wire.v2_tensors.to_matrix: one [N, F] tensor
+or one tensor per feature, BYTES for text, sizes checked before any data is read),
+predicted by the same batched call. Tensor data comes in `contents` (the field of the
+datatype) or in `raw_input_contents` (one entry per input, the binary extension's
+layout); answers go back in `raw_output_contents`, as Triton sends them. Errors take
+their code from the table the REST routes read too (serve_app/edge.py).
 """
 
 from __future__ import annotations
@@ -25,43 +25,13 @@ import numpy as np
 from google.protobuf.message import Message
 from pydantic import ValidationError
 
-from nonstop.errors import (
-    AliasNotFound,
-    ConfigError,
-    DataValidationError,
-    InvalidInput,
-    ModelLoadError,
-    ModelNotFound,
-    ModelNotReady,
-    NonstopError,
-    PayloadTooLarge,
-    UnknownModel,
-    VersionNotFound,
-    clip,
-    validation_problems,
-)
+from nonstop.errors import InvalidInput, ModelNotReady, NonstopError, PayloadTooLarge, clip, validation_problems
 from nonstop.manifest import FeatureSpec
+from serve_app.edge import KEY_HEADER, error_text, grpc_code
 from serve_app.grpc_v2 import oip_v2_pb2 as pb
-from serve_app.rest import v2_openapi
-from serve_app.rollout.canary import KEY_HEADER
-from serve_app.config import Limits
-from serve_app.replica.dataplane import Binding, DataPlane
-from serve_app.rest.v1_routes import MAX_ERROR_CHARS
+from serve_app.replica.dataplane import EXTENSIONS, SERVER_NAME, DataPlane, server_version
+from serve_app.wire.limits import Limits
 from serve_app.wire.v2_tensors import InferenceRequest, Payload, RequestInput, requested, tensor_bytes, to_matrix
-from serve_app.rest.v2_routes import EXTENSIONS, SERVER_NAME, describe_model, infer_outputs
-
-GRPC_STATUS: dict[type[NonstopError], grpc.StatusCode] = {
-    UnknownModel: grpc.StatusCode.NOT_FOUND,
-    ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    VersionNotFound: grpc.StatusCode.NOT_FOUND,
-    AliasNotFound: grpc.StatusCode.NOT_FOUND,
-    PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    DataValidationError: grpc.StatusCode.INVALID_ARGUMENT,
-    ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
-    ModelNotReady: grpc.StatusCode.UNAVAILABLE,
-    ModelLoadError: grpc.StatusCode.UNAVAILABLE,
-}
 
 # The `contents` field that carries each datatype's values (FP16 has none: raw only).
 CONTENTS_FIELD = {
@@ -95,11 +65,6 @@ def request_key(context: Context) -> str | None:
     return next((value for name, value in context.invocation_metadata() if name == KEY_HEADER), None)
 
 
-def grpc_status(exc: NonstopError) -> grpc.StatusCode:
-    """The code of the nearest listed ancestor of the error's type; INTERNAL if none is."""
-    return next((GRPC_STATUS[k] for k in type(exc).__mro__ if k in GRPC_STATUS), grpc.StatusCode.INTERNAL)
-
-
 class GrpcV2:
     """The service's methods over one replica's data plane; each returns its reply
     message, or sets the error's status on the context and returns an empty one."""
@@ -116,8 +81,8 @@ class GrpcV2:
         except NonstopError as exc:
             if model:
                 self._plane.refused(model, exc)
-            context.set_code(grpc_status(exc))
-            context.set_details(clip(exc.message, MAX_ERROR_CHARS))
+            context.set_code(grpc_code(exc))
+            context.set_details(error_text(exc))
             return empty()
 
     async def server_live(self, _: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
@@ -134,41 +99,32 @@ class GrpcV2:
         return pb.ServerReadyResponse(ready=bool(models))
 
     async def server_metadata(self, _: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=v2_openapi.package_version(), extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS)
 
     async def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
         """A model or version not served here is NOT_FOUND; one not loaded yet is not ready."""
         try:
-            self._bind(request.name, request.version)
+            self._plane.bind_requested(request.name, request.version)
         except ModelNotReady:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
     async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
-        return pb.ModelMetadataResponse(**describe_model(self._bind(request.name, request.version)))
+        return pb.ModelMetadataResponse(**self._plane.describe(self._plane.bind_requested(request.name, request.version)))
 
     async def model_infer(self, request: pb.ModelInferRequest, key: str | None = None) -> pb.ModelInferResponse:
         """`key`: the client's `x-request-key` metadata, which keeps its canary choice sticky."""
         size = request.ByteSize()
         if size > self._limits.max_body_bytes:
             raise PayloadTooLarge(f"request message of {size} bytes exceeds the limit of {self._limits.max_body_bytes}")
-        binding = self._bind(request.model_name, request.model_version, key)
+        binding = self._plane.bind_requested(request.model_name, request.model_version, key)
         matrix, outputs = decode(request, binding.features, self._limits)
-        result, tensors = await infer_outputs(self._plane, binding, matrix, outputs)
+        result, tensors = await self._plane.infer_outputs(binding, matrix, outputs)
         reply = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version), id=request.id)
         for tensor in tensors:
             reply.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             reply.raw_output_contents.append(tensor_bytes(tensor))
         return reply
-
-    def _bind(self, model: str, version: str, key: str | None = None) -> Binding:
-        """The primary version (or a canary's candidate for its share), or the one asked
-        for if this replica holds it."""
-        if not version:
-            return self._plane.bind(model, key=key)
-        if not (version.isascii() and version.isdigit()):
-            raise VersionNotFound(f"model {clip(model)!r} version {clip(version)!r} is not served here")
-        return self._plane.bind(model, int(version))
 
 
 def decode(request: pb.ModelInferRequest, features: list[FeatureSpec], limits: Limits) -> tuple[np.ndarray, list[str]]:

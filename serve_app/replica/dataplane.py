@@ -1,7 +1,7 @@
-"""The transport-free data plane: which version answers, and its answer.
+"""The transport-free data plane: which version answers, its answer, and what it is.
 
-It knows no JSON and no HTTP. A request goes in two steps, so that decoding can be
-checked against the exact version that will answer:
+It knows no JSON, no HTTP and no protobuf. A request goes in two steps, so that decoding
+can be checked against the exact version that will answer:
 
     binding = plane.bind(model, version)        # reads the served state once
     matrix = <decode the body against binding.features>
@@ -11,6 +11,10 @@ A swap in the middle of a request cannot mix two versions, and a request for one
 is never answered by another's estimator: `bind` only ever returns a version of the
 model named in the request. What a request asks for is a set of `Output`s; a new output
 kind is one enum member and one branch in `compute`.
+
+The Open Inference Protocol's work that does not depend on the transport is here too,
+so that its REST routes and its gRPC servicer give the same answers: reading a version
+a request names as text, describing a model, and the outputs asked for by name.
 
 Prediction can go through an injected batching `Predictor`, so the deployment batches
 concurrent requests (`serve.batch` with no wait: what queued while the previous batch
@@ -23,15 +27,23 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from importlib.metadata import PackageNotFoundError, version as package_version
 from typing import Any, Protocol
 
 import numpy as np
 
-from nonstop.errors import ModelNotReady, NonstopError, UnknownModel, VersionNotFound, clip
+from nonstop.errors import InvalidInput, ModelNotReady, NonstopError, UnknownModel, VersionNotFound, clip
 from nonstop.loading import LoadedModel
 from nonstop.manifest import FeatureSpec
-from serve_app.rollout.canary import Canary, Route
 from serve_app.replica.state import ModelMetadata, Role, ServingState
+from serve_app.rollout.canary import Canary, Assignment
+from serve_app.wire.v2_tensors import PREDICT, PREDICT_PROBA, OutputTensor, datatype_of, prediction_tensor
+
+SERVER_NAME = "nonstop"
+EXTENSIONS = ["binary_tensor_data"]
+# Versions are the registry's counters: a longer number names none, and int() of a few
+# thousand digits would be refused by Python itself.
+MAX_VERSION_DIGITS = 18
 
 
 class Output(StrEnum):
@@ -79,6 +91,31 @@ class _Unobserved:
 
 OTHER_MODEL = "other"  # refusals for names not served are counted under one label
 
+
+def server_version() -> str:
+    try:
+        return package_version("nonstop")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def parse_version(model: str, version: str) -> int:
+    """A version a request names as text (a path segment, a gRPC field): decimal digits
+    only ('²' is a digit to str.isdigit, not to int()), and bounded before int() reads it."""
+    if not (version.isascii() and version.isdigit()) or len(version) > MAX_VERSION_DIGITS:
+        raise VersionNotFound(f"model {clip(model)!r} version {clip(version)!r} is not served here")
+    return int(version)
+
+
+def model_outputs(loaded: LoadedModel) -> list[dict[str, Any]]:
+    """The prediction, and class probabilities from a classifier that gives them."""
+    classes = loaded.manifest.classes
+    outputs = [{"name": PREDICT, "datatype": datatype_of(classes) if classes else "FP64", "shape": [-1]}]
+    if loaded.manifest.task == "classification" and hasattr(loaded.estimator, "predict_proba"):
+        outputs.append({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, len(classes)]})
+    return outputs
+
+
 def compute(loaded: LoadedModel, matrix: np.ndarray, outputs: frozenset[Output]) -> Outputs:
     """Every requested output, one list entry per row."""
     results: Outputs = {}
@@ -113,7 +150,7 @@ class Binding:
 
     model: str
     loaded: LoadedModel
-    route: Route | None = None  # set while a rollout runs: see serve_app/rollout/canary.py
+    assignment: Assignment | None = None  # set while a rollout runs: see serve_app/rollout/canary.py
 
     @property
     def version(self) -> int:
@@ -161,6 +198,11 @@ class DataPlane:
             raise UnknownModel(f"unknown model {clip(model)!r}; this server serves {state.model!r}")
         return state
 
+    def bind_requested(self, model: str, version: str | None, key: str | None = None) -> Binding:
+        """`bind`, for a version named as text; None or empty names none (the primary,
+        or a canary's candidate for its share)."""
+        return self.bind(model, parse_version(model, version) if version else None, key)
+
     def bind(self, model: str, version: int | None = None, key: str | None = None) -> Binding:
         """The primary version of `model` (or, while a rollout runs, the candidate for its
         share of requests; `key` makes the choice sticky), or the loaded `version` asked for."""
@@ -175,27 +217,46 @@ class DataPlane:
         if primary is None:
             why = f": {state.last_error.message}" if state.last_error else ""
             raise ModelNotReady(f"model {model!r} has no version loaded yet{why}")
-        route = self._canary.route(state, key) if self._canary is not None else None
-        return Binding(model, route.answer if route else primary, route)
+        assignment = self._canary.assign(state, key) if self._canary is not None else None
+        return Binding(model, assignment.answer if assignment else primary, assignment)
 
     async def infer(self, binding: Binding, matrix: np.ndarray, outputs: frozenset[Output] = PREDICTIONS_ONLY) -> InferenceResult:
         if Output.PROBABILITIES in outputs:
             binding.loaded.require_probabilities()  # refused alone, never inside a shared batch
         started = time.perf_counter()
-        route = binding.route
+        assignment = binding.assignment
         try:
             results = await self._run(Job(binding.loaded, matrix, outputs))
         except Exception:
-            if route is None or self._canary is None or not route.by_candidate or route.compare is None:
+            if assignment is None or self._canary is None or not assignment.by_candidate or assignment.compare is None:
                 raise
             # a candidate that fails costs the client nothing: the primary answers instead
-            self._canary.failed(route.answer, time.perf_counter() - started)
-            binding, route = Binding(binding.model, route.compare), None
+            self._canary.failed(assignment.answer, time.perf_counter() - started)
+            binding, assignment = Binding(binding.model, assignment.compare), None
             results = await self._run(Job(binding.loaded, matrix, outputs))
-        if route is not None and self._canary is not None:
-            self._canary.answered(route, matrix, results.get(Output.PREDICTIONS, []), time.perf_counter() - started)
+        if assignment is not None and self._canary is not None:
+            self._canary.answered(assignment, matrix, results.get(Output.PREDICTIONS, []), time.perf_counter() - started)
         self._observer.predicted(binding.model, binding.version, len(matrix))
         return InferenceResult(model=binding.model, version=binding.version, outputs=results)
+
+    async def infer_outputs(
+        self, binding: Binding, matrix: np.ndarray, names: list[str]
+    ) -> tuple[InferenceResult, list[OutputTensor]]:
+        """The outputs asked for by name, in that order, from the bound version."""
+        available = [o["name"] for o in model_outputs(binding.loaded)]
+        unknown = [name for name in names if name not in available]
+        if unknown:
+            raise InvalidInput(
+                f"model {binding.model!r} v{binding.version} has no output(s) {', '.join(clip(u) for u in unknown)}; "
+                f"it has: {', '.join(available)}"
+            )
+        kinds = {Output.PREDICTIONS} | ({Output.PROBABILITIES} if PREDICT_PROBA in names else set())
+        result = await self.infer(binding, matrix, frozenset(kinds))
+        tensors = {PREDICT: prediction_tensor(result.predictions)}
+        if PREDICT_PROBA in names:
+            probabilities = np.asarray(result.outputs[Output.PROBABILITIES], dtype=np.float64)
+            tensors[PREDICT_PROBA] = OutputTensor(PREDICT_PROBA, "FP64", list(probabilities.shape), probabilities.ravel())
+        return result, [tensors[name] for name in names]
 
     async def _run(self, job: Job) -> Outputs:
         return run_batch([job])[0] if self._batched is None else await self._batched(job)
@@ -207,3 +268,15 @@ class DataPlane:
 
     def metadata(self, model: str) -> ModelMetadata:
         return self._state_for(model).metadata()
+
+    def describe(self, binding: Binding) -> dict[str, Any]:
+        """The bound version as the Open Inference Protocol describes a model."""
+        return {
+            "name": binding.model,
+            "versions": [str(binding.version)],
+            "platform": "scikit-learn",
+            "inputs": [
+                {"name": f.name, "datatype": "FP64" if f.kind == "number" else "BYTES", "shape": [-1]} for f in binding.features
+            ],
+            "outputs": model_outputs(binding.loaded),
+        }

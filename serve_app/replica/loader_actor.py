@@ -2,13 +2,12 @@
 
 Loading a large model is seconds of Python (skops rebuilds a forest tree by tree). In the
 replica's own process that work holds the GIL its event loop needs, so a busy replica
-serves a fraction of its rate for the whole load (a loop doing 55k small steps a second
-alone managed 11k beside a loader thread), and on a machine without a spare core the
-load takes CPU from every replica. Here each replica owns a loader actor: a process of
+serves a fraction of its rate for the whole load, and on a machine without a spare core
+the load takes CPU from every replica. Here each replica owns a loader actor: a process of
 its own, niced to 19, that reads, audits, loads and verifies a version with exactly the
 replica's registry and trust policy (`nonstop.loading.load_version`), and hands the
-verified model back through Ray's object transfer, which costs the replica milliseconds
-(8 ms for a 300-tree forest, against 0.8 s for skops to rebuild it). The artifact's
+verified model back through Ray's object transfer, which costs the replica far less than
+rebuilding the model would: the object arrives built. The artifact's
 bytes are parsed by skops only, in the loader; what crosses to the replica is the
 verified object, serialized by Ray as every message between the app's processes is.
 The actor is owned by the replica and ends with it.

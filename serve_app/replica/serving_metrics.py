@@ -19,9 +19,9 @@ from serve_app.replica.state import LoadFailure, ReplicaStatus
 
 _SWAP_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 _BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-# Rows predicted are tallied in the replica and handed to Ray at most this often: one Ray
-# counter increment per request (tags checked, a record built) was 3% of a replica's CPU
-# on one-row predictions, and Prometheus reads counters every several seconds anyway.
+# Rows predicted are tallied in the replica and handed to Ray at most this often: a Ray
+# counter increment per request (tags checked, a record built) costs a replica CPU on
+# every prediction, and Prometheus reads counters every several seconds anyway.
 FLUSH_S = 1.0
 Served = tuple[str, str, str]  # model, version, role
 

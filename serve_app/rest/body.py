@@ -13,14 +13,8 @@ import asyncio
 
 from starlette.requests import Request
 
-from nonstop.errors import InvalidInput, PayloadTooLarge
-from serve_app.config import Limits
-
-
-class BodyTimeout(InvalidInput):
-    """The body did not arrive within the deadline."""
-
-    reason = "body_timeout"
+from nonstop.errors import PayloadTooLarge
+from serve_app.wire.limits import BodyTimeout, Limits
 
 
 async def read_body(request: Request, limits: Limits) -> bytes:

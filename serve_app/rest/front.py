@@ -1,8 +1,8 @@
 """The ASGI front of a replica: predictions go straight to their handler, the rest to FastAPI.
 
-FastAPI's routing, dependency resolution and middleware stack took a fifth of a replica's
-CPU on a one-row prediction (benchmarks/profile_serving.py), more than decoding and
-predicting together. The prediction routes are the only ones on the hot path, so the front
+FastAPI's routing, dependency resolution and middleware stack cost more of a replica's
+CPU on a one-row prediction than decoding and predicting together (profiled by
+benchmarks/profile_serving.py). The prediction routes are the only ones on the hot path, so the front
 matches them itself, with the patterns FastAPI compiles for the same paths, and calls the
 very handlers FastAPI has registered for them; FastAPI still serves every other route, the
 OpenAPI document (where the hot routes are described too) and routing's own refusals.

@@ -1,4 +1,4 @@
-"""The HTTP contract, as OpenAPI: what clients may send and every answer they may get.
+"""The V1 routes' contract, as OpenAPI: what clients may send and every answer they may get.
 
 The predict route reads the raw body so that it can name the first problem precisely,
 which leaves FastAPI nothing to infer a request schema from; it is declared here instead.
@@ -13,8 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from nonstop.manifest import Scalar
-from serve_app.wire.v1_arrow import ARROW_STREAM
 from serve_app.replica.state import ModelMetadata
+from serve_app.rest.common import MODEL_HEADER, VERSION_HEADER
+from serve_app.wire.v1_arrow import ARROW_STREAM
 
 Value = float | str | None
 
@@ -46,12 +47,10 @@ class ModelList(BaseModel):
     models: list[str]
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Each status's answer: the one error shape (serve_app/rest/api.py)."""
     return {status: {"model": ErrorBody} for status in statuses}
 
-
-VERSION_HEADER = "x-model-version"
-MODEL_HEADER = "x-model-name"
 
 PREDICT: dict[str, Any] = {
     "responses": {
@@ -62,7 +61,7 @@ PREDICT: dict[str, Any] = {
                 MODEL_HEADER: {"description": "the model that answered", "schema": {"type": "string"}},
             },
         },
-        **_errors(404, 413, 422, 503),
+        **error_responses(404, 413, 422, 503),
     },
     "openapi_extra": {
         "parameters": [
@@ -91,5 +90,5 @@ PREDICT: dict[str, Any] = {
         }
     },
 }
-METADATA: dict[str, Any] = {"response_model": None, "responses": {200: {"model": ModelMetadata}, **_errors(404)}}
+METADATA: dict[str, Any] = {"response_model": None, "responses": {200: {"model": ModelMetadata}, **error_responses(404)}}
 LISTING: dict[str, Any] = {"response_model": None, "responses": {200: {"model": ModelList}}}

@@ -7,20 +7,14 @@ is validated.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from serve_app.rest.v1_openapi import VERSION_HEADER, ErrorBody
-from serve_app.wire.v2_tensors import BINARY_CONTENT_TYPE, HEADER_LENGTH, InferenceRequest
-
-
-def package_version() -> str:
-    try:
-        return version("nonstop")
-    except PackageNotFoundError:
-        return "unknown"
+from serve_app.rest.common import VERSION_HEADER
+from serve_app.rest.v1_openapi import error_responses
+from serve_app.wire.v2_json import BINARY_CONTENT_TYPE, HEADER_LENGTH
+from serve_app.wire.v2_tensors import InferenceRequest
 
 
 class TensorMetadata(BaseModel):
@@ -94,15 +88,11 @@ def _inline(model: type[BaseModel]) -> dict[str, Any]:
     return resolve(schema)
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorBody} for status in statuses}
-
-
 def _ok(model: type[BaseModel], *errors: int, version_header: bool = False) -> dict[str, Any]:
     ok: dict[str, Any] = {"model": model}
     if version_header:
         ok["headers"] = {VERSION_HEADER: {"description": "the version that answered", "schema": {"type": "string"}}}
-    return {"response_model": None, "responses": {200: ok, **_errors(*errors)}}
+    return {"response_model": None, "responses": {200: ok, **error_responses(*errors)}}
 
 
 SERVER_LIVE_V1 = _ok(V1Live)
@@ -127,7 +117,7 @@ INFER: dict[str, Any] = {
             },
             "headers": {VERSION_HEADER: {"description": "the version that answered", "schema": {"type": "string"}}},
         },
-        **_errors(404, 413, 422, 503),
+        **error_responses(404, 413, 422, 503),
     },
     "openapi_extra": {
         "requestBody": {

@@ -1,95 +1,27 @@
 """Open Inference Protocol (V2) REST routes, and KServe's V1 server liveness at `/`.
 
 The same data plane answers V1 and V2: a V2 request is bound to a version, decoded
-(serve_app.wire.v2_tensors) against that version's schema into the matrix a V1 request becomes,
-and predicted by the same batched call, so a swap between the check and the prediction
-cannot answer from a version the client did not ask for. The versioned forms answer only
-for a version this replica holds at that moment (404 otherwise).
+(serve_app.wire.v2_json) against that version's schema into the matrix a V1 request
+becomes, and predicted by the same batched call, so a swap between the check and the
+prediction cannot answer from a version the client did not ask for. The versioned forms
+answer only for a version this replica holds at that moment (404 otherwise). What a
+model is described as, which outputs it gives and how a version in the path is read are
+the data plane's, shared with the gRPC transport.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from nonstop.errors import InvalidInput, ModelNotReady, VersionNotFound, clip
-from nonstop.loading import LoadedModel
+from nonstop.errors import ModelNotReady
+from serve_app.edge import KEY_HEADER
+from serve_app.replica.dataplane import EXTENSIONS, SERVER_NAME, Binding, server_version
 from serve_app.rest import v2_openapi as spec
-from serve_app.replica.dataplane import Binding, DataPlane, InferenceResult, Output
-from serve_app.rest.v1_openapi import MODEL_HEADER, VERSION_HEADER
 from serve_app.rest.body import read_body
-from serve_app.rollout.canary import KEY_HEADER
+from serve_app.rest.common import MODEL_HEADER, VERSION_HEADER, answer_headers, json_response, limits_of, plane_of
 from serve_app.rest.front import HotRoute
-from serve_app.rest.v1_routes import answer_headers, json_response, limits_of, plane_of
-from serve_app.wire.v2_tensors import (
-    BINARY_CONTENT_TYPE,
-    HEADER_LENGTH,
-    PREDICT,
-    PREDICT_PROBA,
-    OutputTensor,
-    datatype_of,
-    decode,
-    encode,
-    prediction_tensor,
-)
-
-SERVER_NAME = "nonstop"
-EXTENSIONS = ["binary_tensor_data"]
-
-
-def _binding(request: Request, model: str, version: str | None, key: str | None = None) -> Binding:
-    """The version this request runs on: the primary (or, during a canary, the candidate
-    for its share; `key` keeps a client's choice sticky), or the one the path names if held."""
-    plane = plane_of(request)
-    if version is None:
-        return plane.bind(model, key=key)
-    if not (version.isascii() and version.isdigit()):  # '²' is a digit to str.isdigit, not to int()
-        raise VersionNotFound(f"model {clip(model)!r} version {clip(version)!r} is not served here")
-    return plane.bind(model, int(version))
-
-
-def model_outputs(loaded: LoadedModel) -> list[dict[str, Any]]:
-    """The prediction, and class probabilities from a classifier that gives them."""
-    classes = loaded.manifest.classes
-    outputs = [{"name": PREDICT, "datatype": datatype_of(classes) if classes else "FP64", "shape": [-1]}]
-    if loaded.manifest.task == "classification" and hasattr(loaded.estimator, "predict_proba"):
-        outputs.append({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, len(classes)]})
-    return outputs
-
-
-def describe_model(binding: Binding) -> dict[str, Any]:
-    return {
-        "name": binding.model,
-        "versions": [str(binding.version)],
-        "platform": "scikit-learn",
-        "inputs": [
-            {"name": f.name, "datatype": "FP64" if f.kind == "number" else "BYTES", "shape": [-1]} for f in binding.features
-        ],
-        "outputs": model_outputs(binding.loaded),
-    }
-
-
-async def infer_outputs(
-    plane: DataPlane, binding: Binding, matrix: np.ndarray, names: list[str]
-) -> tuple[InferenceResult, list[OutputTensor]]:
-    """The outputs asked for by name, in that order, from the bound version (REST and gRPC)."""
-    available = [o["name"] for o in model_outputs(binding.loaded)]
-    unknown = [name for name in names if name not in available]
-    if unknown:
-        raise InvalidInput(
-            f"model {binding.model!r} v{binding.version} has no output(s) {', '.join(clip(u) for u in unknown)}; "
-            f"it has: {', '.join(available)}"
-        )
-    kinds = {Output.PREDICTIONS} | ({Output.PROBABILITIES} if PREDICT_PROBA in names else set())
-    result = await plane.infer(binding, matrix, frozenset(kinds))
-    tensors = {PREDICT: prediction_tensor(result.predictions)}
-    if PREDICT_PROBA in names:
-        probabilities = np.asarray(result.outputs[Output.PROBABILITIES], dtype=np.float64)
-        tensors[PREDICT_PROBA] = OutputTensor(PREDICT_PROBA, "FP64", list(probabilities.shape), probabilities.ravel())
-    return result, [tensors[name] for name in names]
+from serve_app.wire.v2_json import BINARY_CONTENT_TYPE, HEADER_LENGTH, decode, encode
 
 
 def _ready(binding: Binding) -> Response:
@@ -98,11 +30,11 @@ def _ready(binding: Binding) -> Response:
 
 
 async def infer(request: Request, model: str, version: str | None = None) -> Response:
-    binding = _binding(request, model, version, key=request.headers.get(KEY_HEADER))
-    limits = limits_of(request)
+    plane, limits = plane_of(request), limits_of(request)
+    binding = plane.bind_requested(model, version, key=request.headers.get(KEY_HEADER))
     body = await read_body(request, limits)
     decoded = decode(body, request.headers.get(HEADER_LENGTH), model, binding.features, limits)
-    result, answer = await infer_outputs(plane_of(request), binding, decoded.matrix, list(decoded.outputs))
+    result, answer = await plane.infer_outputs(binding, decoded.matrix, list(decoded.outputs))
     content, header_length = encode(model, result.version, decoded.request_id, answer, decoded.outputs)
     headers = answer_headers(result)
     if header_length is None:
@@ -126,7 +58,7 @@ def create_router() -> APIRouter:
 
     @router.get("/v2", **spec.SERVER_METADATA)
     async def server_metadata() -> Response:
-        return json_response({"name": SERVER_NAME, "version": spec.package_version(), "extensions": EXTENSIONS})
+        return json_response({"name": SERVER_NAME, "version": server_version(), "extensions": EXTENSIONS})
 
     @router.get("/v2/health/live", **spec.LIVE)
     async def live() -> Response:
@@ -144,19 +76,21 @@ def create_router() -> APIRouter:
 
     @router.get("/v2/models/{model}", **spec.MODEL_METADATA)
     async def model_metadata(model: str, request: Request) -> Response:
-        return json_response(describe_model(_binding(request, model, None)))
+        plane = plane_of(request)
+        return json_response(plane.describe(plane.bind_requested(model, None)))
 
     @router.get("/v2/models/{model}/versions/{version}", **spec.MODEL_METADATA)
     async def version_metadata(model: str, version: str, request: Request) -> Response:
-        return json_response(describe_model(_binding(request, model, version)))
+        plane = plane_of(request)
+        return json_response(plane.describe(plane.bind_requested(model, version)))
 
     @router.get("/v2/models/{model}/ready", **spec.MODEL_READY)
     async def model_ready(model: str, request: Request) -> Response:
-        return _ready(_binding(request, model, None))
+        return _ready(plane_of(request).bind_requested(model, None))
 
     @router.get("/v2/models/{model}/versions/{version}/ready", **spec.MODEL_READY)
     async def version_ready(model: str, version: str, request: Request) -> Response:
-        return _ready(_binding(request, model, version))
+        return _ready(plane_of(request).bind_requested(model, version))
 
     @router.post(INFER_PATH, **spec.INFER)
     async def infer_route(model: str, request: Request) -> Response:

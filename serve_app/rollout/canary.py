@@ -5,7 +5,7 @@ and the controller write it): it loads the candidate beside the primary (role
 `candidate` in the served state), answers the step's share of requests with it, and
 tallies evidence per version for the controller. The choice is made per request, in the
 replica, so it needs no mesh and works the same locally and on KubeRay. A client that
-sends a request key (`x-request-key`) always gets the same version for the same key at a
+sends a request key (`x-request-key`, serve_app/edge.py) always gets the same version for the same key at a
 given share, and a key that reached the candidate stays on it as the share grows.
 
 Comparisons are made on the same rows, off the response path: a request the candidate
@@ -33,12 +33,11 @@ from nonstop.errors import NonstopError, SchemaMismatchError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.profile import read_profile
 from nonstop.registry import Registry
+from serve_app.replica.state import Role, ServingState
 from serve_app.rollout.evidence import InputBins, VersionStats, output_edges
 from serve_app.rollout.policy import RolloutState, replay
-from serve_app.replica.state import Role, ServingState
 
 log = logging.getLogger("nonstop.canary")
-KEY_HEADER = "x-request-key"
 MAX_OFF_PATH = 4
 REPORT_INTERVAL_S = 1.0
 
@@ -59,7 +58,7 @@ def share_of(key: str, candidate: int) -> float:
 
 
 @dataclass(frozen=True)
-class Route:
+class Assignment:
     """Which version answers one request, and which one predicts it too, off the path."""
 
     answer: LoadedModel
@@ -101,43 +100,43 @@ class Canary:
 
     # --- on the request path ----------------------------------------------------------------
 
-    def route(self, state: ServingState, key: str | None) -> Route | None:
+    def assign(self, state: ServingState, key: str | None) -> Assignment | None:
         """None when no rollout runs here (the primary answers, nothing is tallied)."""
         primary, candidate = state.primary, state.held(Role.CANDIDATE)
         if primary is None or candidate is None or not self._tallying:
             return None
         point = share_of(key, candidate.version) if key else random.random()
         if point < self.weight:
-            return Route(answer=candidate, compare=primary, by_candidate=True)
-        return Route(answer=primary, compare=candidate if self.weight == 0 else None, by_candidate=False)
+            return Assignment(answer=candidate, compare=primary, by_candidate=True)
+        return Assignment(answer=primary, compare=candidate if self.weight == 0 else None, by_candidate=False)
 
-    def answered(self, route: Route, matrix: np.ndarray, predictions: list[Any], seconds: float) -> None:
+    def answered(self, assignment: Assignment, matrix: np.ndarray, predictions: list[Any], seconds: float) -> None:
         """Tally the answer, and start its comparison off the response path."""
-        stats = self._stats_for(route.answer)
+        stats = self._stats_for(assignment.answer)
         stats.answered(seconds, len(matrix))
-        stats.predicted(predictions, self._edges.get(route.answer.version))
-        self._saw(route.answer, matrix)
-        if route.compare is None:
+        stats.predicted(predictions, self._edges.get(assignment.answer.version))
+        self._saw(assignment.answer, matrix)
+        if assignment.compare is None:
             return
         if self._off_path >= MAX_OFF_PATH:
             self.skipped += 1
             return
         self._off_path += 1
-        asyncio.get_running_loop().create_task(self._compare(route, matrix, predictions))
+        asyncio.get_running_loop().create_task(self._compare(assignment, matrix, predictions))
 
     def failed(self, loaded: LoadedModel, seconds: float) -> None:
         self._stats_for(loaded).answered(seconds, 0, ok=False)
 
-    async def _compare(self, route: Route, matrix: np.ndarray, answered: list[Any]) -> None:
+    async def _compare(self, assignment: Assignment, matrix: np.ndarray, answered: list[Any]) -> None:
         """The candidate's tally gets the pairs: its rows against the primary's, whichever answered."""
-        other = route.compare
+        other = assignment.compare
         try:
             if other is None:
                 return
             started = time.perf_counter()
             theirs = await self._score(other, matrix)
-            if route.by_candidate:
-                self._stats_for(route.answer).paired(answered, theirs)
+            if assignment.by_candidate:
+                self._stats_for(assignment.answer).paired(answered, theirs)
                 return
             shadow = self._stats_for(other)  # shadow mode: the candidate scored what the primary answered
             shadow.answered(time.perf_counter() - started, len(matrix))

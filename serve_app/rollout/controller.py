@@ -29,9 +29,9 @@ from nonstop.errors import NonstopError
 from nonstop.profile import DataProfile, read_profile
 from nonstop.registry import Registry
 from serve_app.rollout.evidence import Evidence, VersionStats, summarize
-from serve_app.rollout.rollout_metrics import RolloutMetrics
-from serve_app.rollout.policy import CanaryConfig, RolloutState, decide, replay
 from serve_app.rollout.moves import CONTROLLER_ACTOR, Rollouts
+from serve_app.rollout.policy import CanaryConfig, RolloutState, decide, replay
+from serve_app.rollout.rollout_metrics import RolloutMetrics
 
 log = logging.getLogger("nonstop.controller")
 NAMESPACE = "nonstop"

@@ -1,10 +1,10 @@
 """Instances as an Arrow IPC stream: the binary request body for large batches.
 
-Decoding JSON costs microseconds per number, so a 1,000-row request of 30 features
-spends about a hundred times longer parsing than predicting. An Arrow stream holding one
-column per feature decodes in a fraction of a millisecond, a copy per column at most.
-The rules are JSON's: every feature present by name and nothing else, numbers finite,
-null a missing value imputed as in training, strings within the length limit.
+Decoding JSON costs time for every number, so a large request can spend far longer
+being parsed than predicted; an Arrow stream holding one column per feature decodes
+with a copy per column at most (throughput benchmark: docs/results/throughput.md). The
+rules are JSON's: every feature present by name and nothing else, numbers finite, null
+a missing value imputed as in training, strings within the length limit.
 
 The body is untrusted bytes, so it is decoded only by pyarrow's IPC reader, and nothing
 computes on it before pyarrow has fully validated it: the schema must hold exactly the
@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from nonstop.errors import InvalidInput, PayloadTooLarge, clip
 from nonstop.manifest import FeatureKind, FeatureSpec
 from nonstop.schema import columns_to_matrix
-from serve_app.config import Limits
+from serve_app.wire.limits import Limits, listed
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 FLOAT64 = pa.float64()
@@ -144,7 +144,7 @@ def _check_schema(schema: pa.Schema, features: list[FeatureSpec]) -> None:
     given = schema.names
     repeated = sorted(name for name, count in Counter(given).items() if count > 1)
     if repeated:
-        raise InvalidInput(f"column(s) given more than once: {_names(repeated)}")
+        raise InvalidInput(f"column(s) given more than once: {listed(repeated)}")
     names = [f.name for f in features]
     present = set(given)
     missing = [n for n in names if n not in present]
@@ -152,19 +152,13 @@ def _check_schema(schema: pa.Schema, features: list[FeatureSpec]) -> None:
         raise InvalidInput(f"missing feature column(s) {', '.join(missing)}")
     unknown = sorted(present - set(names))
     if unknown:
-        raise InvalidInput(f"unknown column(s) {_names(unknown)}")
+        raise InvalidInput(f"unknown column(s) {listed(unknown)}")
     for spec in features:
         field = schema.field(spec.name)
         if field.metadata and any(key.startswith(b"ARROW:extension") for key in field.metadata):
             raise InvalidInput(f"column {spec.name!r}: extension types are not accepted: send a plain Arrow type")
         if not _accepted(field.type, spec.kind):
             raise InvalidInput(f"column {spec.name!r}: expected {_EXPECTED[spec.kind]}, got Arrow type {clip(str(field.type), 80)}")
-
-
-def _names(names: list[str], shown: int = 5) -> str:
-    """A few client-given names, each clipped: the echo stays short whatever was sent."""
-    listed = ", ".join(clip(n) for n in names[:shown])
-    return listed if len(names) <= shown else f"{listed} and {len(names) - shown} more"
 
 
 _NUMBER_TYPES = frozenset(

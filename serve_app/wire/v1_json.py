@@ -1,4 +1,4 @@
-"""Request bodies to a validated feature matrix: JSON here, Arrow in arrow_input.
+"""KServe V1 request bodies to a validated feature matrix: JSON here, Arrow in v1_arrow.
 
 Decoding is checked against the schema of the exact version that will answer (the
 caller passes its features), so the matrix handed to the data plane is already valid.
@@ -22,8 +22,8 @@ import orjson
 from nonstop.errors import InvalidInput, PayloadTooLarge, clip
 from nonstop.manifest import FeatureSpec
 from nonstop.schema import rows_to_matrix
+from serve_app.wire.limits import Limits
 from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_matrix, is_arrow
-from serve_app.config import Limits
 
 
 def body_matrix(body: bytes, content_type: str | None, features: Sequence[FeatureSpec], limits: Limits) -> np.ndarray:
@@ -52,11 +52,11 @@ def json_instances(body: bytes, limits: Limits) -> list[Any]:
 
 
 def _parse_json(body: bytes) -> Any:
-    """orjson reads a well-formed body five to twenty times faster than Python's json (a
-    1,000-row body: about 1 ms against 5). What orjson refuses is read again by Python's
-    json, whose answers the API keeps: NaN and Infinity literals read, then refused naming
-    the row and feature; its own messages for everything else. Both are strict parsers
-    of the same format, and the body is bounded before either sees it."""
+    """orjson reads a well-formed body faster than Python's json. What orjson refuses is
+    read again by Python's json, whose answers the API keeps: NaN and Infinity literals
+    read, then refused naming the row and feature; its own messages for everything else.
+    Both are strict parsers of the same format, and the body is bounded before either
+    sees it."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:

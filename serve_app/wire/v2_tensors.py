@@ -1,23 +1,21 @@
-"""Open Inference Protocol (V2) bodies: a request decoded into the matrix the estimator
-was fitted on, and a response encoded as JSON or with the binary tensor data extension.
+"""Open Inference Protocol (V2) tensors: the rules both V2 transports share.
 
 A request holds either one tensor per feature (named as in the schema, numbers in any
 numeric datatype, text as BYTES) or one `[N, F]` tensor in schema order (all-number
-schemas). Tensor data is JSON (`data`, flat or nested row-major) or binary: with the
-`Inference-Header-Content-Length` header, the body is that many bytes of JSON followed by
-each binary input's bytes in input order, sized by its `binary_data_size` parameter.
+schemas). An input's data is JSON values (flat or nested row-major) or binary (the
+binary tensor extension's layout, which gRPC's raw contents share); `to_matrix` turns
+validated tensors into the matrix the estimator was fitted on, and the answer's tensors
+are built and laid out here too.
 
 The rules are V1's (every feature present by name and nothing else, numbers finite,
 strings within the length limit), with one difference the binary format forces: it has
 no null, so NaN in a float tensor is the missing value (imputed as in training), as
-null is in JSON. Sizes are checked before anything is decoded: the body against the
-byte limit, each shape against the instance limit, and each binary input's declared size
-against its shape and against the bytes actually there.
+null is in JSON. Sizes are checked before anything is decoded: each shape against the
+instance limit, and each binary input's size against its shape.
 """
 
 from __future__ import annotations
 
-import json
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -25,15 +23,13 @@ from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from nonstop.errors import InvalidInput, PayloadTooLarge, clip, validation_problems
+from nonstop.errors import InvalidInput, PayloadTooLarge, clip
 from nonstop.manifest import FeatureSpec
 from nonstop.schema import columns_to_matrix
-from serve_app.config import Limits
+from serve_app.wire.limits import Limits, listed
 
-HEADER_LENGTH = "inference-header-content-length"
-BINARY_CONTENT_TYPE = "application/octet-stream"
 PREDICT = "predict"
 PREDICT_PROBA = "predict_proba"
 
@@ -100,35 +96,11 @@ class InferenceRequest(BaseModel):
 
 
 @dataclass(frozen=True)
-class Decoded:
-    """What the data plane needs: the matrix, and what the answer should hold."""
-
-    matrix: np.ndarray
-    request_id: str | None
-    outputs: dict[str, bool]  # requested output name -> as binary
-
-
-@dataclass(frozen=True)
 class OutputTensor:
     name: str
     datatype: str
     shape: list[int]
     values: np.ndarray  # flat, row-major
-
-
-def decode(body: bytes, header_length: str | None, model: str, features: list[FeatureSpec], limits: Limits) -> Decoded:
-    if len(body) > limits.max_body_bytes:
-        raise PayloadTooLarge(f"request body of {len(body)} bytes exceeds the limit of {limits.max_body_bytes}")
-    split = _split_at(header_length, len(body))
-    view = memoryview(body)
-    try:
-        request = InferenceRequest.model_validate_json(body if split == len(body) else bytes(view[:split]))
-    except ValidationError as exc:
-        raise InvalidInput(f"not a V2 inference request: {clip(validation_problems(exc), 300)}") from exc
-    if request.model_name is not None and request.model_name != model:
-        raise InvalidInput(f"the body names model {clip(request.model_name)!r}, the path {model!r}")
-    matrix = to_matrix(request.inputs, _payloads(request.inputs, view[split:]), features, limits)
-    return Decoded(matrix=matrix, request_id=request.id, outputs=requested(request))
 
 
 def to_matrix(inputs: list[RequestInput], tensors: list[Payload], features: list[FeatureSpec], limits: Limits) -> np.ndarray:
@@ -142,45 +114,6 @@ def to_matrix(inputs: list[RequestInput], tensors: list[Payload], features: list
     return columns_to_matrix(columns, features)
 
 
-def _split_at(header_length: str | None, size: int) -> int:
-    if header_length is None:
-        return size
-    value = header_length.strip()
-    if not (value.isascii() and value.isdigit()) or not 0 < int(value) <= size:
-        raise InvalidInput(
-            f"Inference-Header-Content-Length must be the byte length of the JSON header, "
-            f"between 1 and the body's {size} bytes; got {clip(header_length)!r}"
-        )
-    return int(value)
-
-
-def _payloads(inputs: list[RequestInput], binary: memoryview) -> list[Payload]:
-    """Each input's JSON data or slice of the binary section (in input order, all of it claimed)."""
-    slices: list[Payload] = []
-    at = 0
-    for tensor in inputs:
-        size = tensor.parameters.binary_data_size
-        if size is None:
-            if tensor.data is None:
-                raise InvalidInput(f"input {clip(tensor.name)!r} has neither data nor a binary_data_size parameter")
-            slices.append(tensor.data)
-            continue
-        if tensor.data is not None:
-            raise InvalidInput(f"input {clip(tensor.name)!r} has both data and binary_data_size: send one")
-        if at + size > len(binary):
-            raise InvalidInput(
-                f"input {clip(tensor.name)!r} declares {size} binary bytes but only {len(binary) - at} follow the header"
-            )
-        slices.append(binary[at : at + size])
-        at += size
-    if at != len(binary):
-        raise InvalidInput(
-            f"{len(binary) - at} bytes after the JSON header belong to no input "
-            "(binary inputs need a binary_data_size parameter; a JSON-only body needs no Inference-Header-Content-Length)"
-        )
-    return slices
-
-
 def _rows(inputs: list[RequestInput], limits: Limits) -> int:
     """The instance count every input agrees on, within the limit, before any data is read."""
     counts = set()
@@ -189,7 +122,7 @@ def _rows(inputs: list[RequestInput], limits: Limits) -> int:
             raise InvalidInput(f"input {clip(tensor.name)!r}: shape must be [N] or [N, width] with sizes >= 0")
         counts.add(tensor.shape[0])
     if len(counts) > 1:
-        raise InvalidInput(f"inputs disagree on the number of instances: shapes' first sizes include {_listed(sorted(counts))}")
+        raise InvalidInput(f"inputs disagree on the number of instances: shapes' first sizes include {listed(sorted(counts))}")
     rows = counts.pop()
     if rows == 0:
         raise InvalidInput("the inputs hold no instances: send at least one")
@@ -202,7 +135,7 @@ def _is_matrix_form(inputs: list[RequestInput], features: list[FeatureSpec]) -> 
     names = [t.name for t in inputs]
     repeated = sorted(n for n, count in Counter(names).items() if count > 1)
     if repeated:
-        raise InvalidInput(f"input(s) given more than once: {_listed(repeated)}")
+        raise InvalidInput(f"input(s) given more than once: {listed(repeated)}")
     schema = [f.name for f in features]
     if len(inputs) == 1 and names[0] not in schema:
         return True
@@ -211,8 +144,8 @@ def _is_matrix_form(inputs: list[RequestInput], features: list[FeatureSpec]) -> 
     unknown = [n for n in names if n not in known]
     if missing or unknown:
         raise InvalidInput(
-            f"inputs must be one tensor per feature, named as in the schema (missing: {_listed(missing)}; "
-            f"unknown: {_listed(unknown)}), or a single [N, {len(schema)}] tensor in schema order"
+            f"inputs must be one tensor per feature, named as in the schema (missing: {listed(missing)}; "
+            f"unknown: {listed(unknown)}), or a single [N, {len(schema)}] tensor in schema order"
         )
     return False
 
@@ -336,19 +269,13 @@ def requested(request: InferenceRequest) -> dict[str, bool]:
     names = [o.name for o in request.outputs]
     repeated = sorted(n for n, count in Counter(names).items() if count > 1)
     if repeated:
-        raise InvalidInput(f"output(s) requested more than once: {_listed(repeated)}")
+        raise InvalidInput(f"output(s) requested more than once: {listed(repeated)}")
     if not request.outputs:
         raise InvalidInput('"outputs" is empty: name at least one, or leave it out for the prediction')
     return {
         o.name: o.parameters.binary_data if o.parameters.binary_data is not None else everything_binary
         for o in request.outputs
     }
-
-
-def _listed(names: list[Any], most: int = 5) -> str:
-    """Names a client sent, a few of them and each clipped: a body can hold thousands."""
-    shown = ", ".join(clip(str(n)) for n in names[:most])
-    return (shown + (f" and {len(names) - most} more" if len(names) > most else "")) or "none"
 
 
 def datatype_of(values: list[Any]) -> str:
@@ -372,37 +299,9 @@ def prediction_tensor(predictions: list[Any]) -> OutputTensor:
     return OutputTensor(PREDICT, datatype, [len(predictions)], values)
 
 
-def encode(
-    model: str, version: int, request_id: str | None, outputs: list[OutputTensor], binary: dict[str, bool]
-) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when any output goes as binary."""
-    described: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
-    for tensor in outputs:
-        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
-        if binary.get(tensor.name):
-            raw = tensor_bytes(tensor)
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
-        else:
-            entry["data"] = tensor.values.tolist()
-        described.append(entry)
-    header: dict[str, Any] = {"model_name": model, "model_version": str(version), "outputs": described}
-    if request_id is not None:
-        header["id"] = request_id
-    text = _dumps(header)
-    if not chunks:
-        return text, None
-    return text + b"".join(chunks), len(text)
-
-
 def tensor_bytes(tensor: OutputTensor) -> bytes:
     """The extension's (and gRPC's raw contents') layout of a tensor."""
     if tensor.datatype != "BYTES":
         return np.ascontiguousarray(tensor.values, dtype=NUMPY_TYPES[tensor.datatype]).tobytes()
     encoded = [str(v).encode() for v in tensor.values]
     return b"".join(_LENGTH.pack(len(e)) + e for e in encoded)
-
-
-def _dumps(content: dict[str, Any]) -> bytes:
-    return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()

@@ -24,11 +24,11 @@ from nonstop.ledger import LedgerEntry
 from nonstop_ops.cluster import lifecycle as local
 from nonstop_ops.cluster.serve_client import submit_serve_config
 from nonstop_ops.cluster.serve_config import deployment_config
+from serve_app.replica.state import Role
 from serve_app.rollout.canary import share_of
 from serve_app.rollout.controller import controller_name
-from serve_app.rollout.policy import Policy
 from serve_app.rollout.moves import CONFIG_ACTOR, Rollouts
-from serve_app.replica.state import Role
+from serve_app.rollout.policy import Policy
 from tests.conftest import MODEL, train_into
 from harness.canary import CanaryLoad, RolloutRun, run_rollout
 from harness.rollout import Stack, wait_until

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from nonstop_ops.cluster.serve_config import grpc_port, serve_port
-from serve_app.config import Limits
+from serve_app.wire.limits import Limits
 from tests.kuberay.manifests import Build, Manifest, PodTemplate, cluster_spec, pod_templates, ray_containers
 
 INTERNAL_PORTS = {8265, 6379, 10001, 52365}  # dashboard, GCS, Ray client, dashboard agent

@@ -21,8 +21,8 @@ from nonstop_ops.cluster.serve_config import check_user_config, deployment_confi
 from nonstop_ops.kube import render
 from serve_app.config import ModelTarget
 from serve_app.rollout.controller import Controller
-from serve_app.rollout.policy import CanaryConfig, Policy
 from serve_app.rollout.moves import CONFIG_ACTOR, Rollouts
+from serve_app.rollout.policy import CanaryConfig, Policy
 from tests.conftest import MODEL, train_into
 
 

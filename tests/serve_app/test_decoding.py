@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nonstop.errors import InvalidInput
-from serve_app.config import Limits
+from serve_app.wire.limits import Limits
 from serve_app.wire.v1_json import json_instances
 
 _scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text()

@@ -31,8 +31,8 @@ from serve_app.rollout.evidence import (
     mean_absolute_difference,
     summarize,
 )
-from serve_app.rollout.policy import Policy, decide
 from serve_app.rollout.moves import Rollouts
+from serve_app.rollout.policy import Policy, decide
 from tests.conftest import MODEL, train_into
 from training import demo
 from training.job import TrainOptions, train
