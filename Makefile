@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 
-.PHONY: install run down test test-fast test-unit test-inprocess test-tools test-integration bench bench-peers clean fuzz proto
+.PHONY: install run down test test-fast test-unit test-inprocess test-tools test-integration docs bench bench-peers clean fuzz proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ test-fast: install
 	$(BIN)/lint-imports
 	$(PYTEST) -n $(TEST_WORKERS) tests/unit tests/inprocess
 
+## the documentation site (mkdocs.yml, pages under docs/) into build/site; any warning fails.
+## NO_MKDOCS_2_WARNING: material prints an end-of-life notice on every build (not a warning)
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
+
 ## coverage-guided fuzzing (atheris) of every decoder of untrusted bytes, side by side,
 ## FUZZ_SECONDS each (30 minutes unless told); findings under build/fuzz/<target>/artifacts
 fuzz: install
@@ -52,12 +57,12 @@ bench-peers: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m benchmarks.peers.compare $(PEERS_ARGS)
 
-## regenerate serve_app/oip_v2_pb2*.py from serve_app/oip_v2.proto (OIP v2 gRPC), with a
+## regenerate serve_app/grpc_v2/oip_v2_pb2*.py from serve_app/grpc_v2/oip_v2.proto (OIP v2 gRPC), with a
 ## grpcio-tools whose protoc matches the protobuf runtime Ray runs with (in its own venv)
 GRPC_TOOLS := /tmp/nonstop-grpcio-tools
 proto:
 	test -x $(GRPC_TOOLS)/bin/python || ($(PYTHON) -m venv $(GRPC_TOOLS) && $(GRPC_TOOLS)/bin/pip install -q grpcio-tools==1.85.1)
-	$(GRPC_TOOLS)/bin/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. serve_app/oip_v2.proto
+	$(GRPC_TOOLS)/bin/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. serve_app/grpc_v2/oip_v2.proto
 
 clean:
 	rm -rf $(VENV) registry data build *.egg-info

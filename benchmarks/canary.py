@@ -36,11 +36,12 @@ import ray  # noqa: E402
 from nonstop.config import Settings  # noqa: E402
 from nonstop.ledger import LedgerEntry  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
-from nonstop_ops import cluster as local  # noqa: E402
-from serve_app.rollout_policy import Policy  # noqa: E402
-from serve_app.rollouts import Rollouts  # noqa: E402
-from tests.harness.canary import Answer, CanaryLoad, bodies  # noqa: E402
-from tests.harness.rollout import wait_until  # noqa: E402
+from nonstop_ops.cluster import lifecycle as local  # noqa: E402
+from nonstop_ops.cluster.serve_config import deployment_config, load_serve_config  # noqa: E402
+from serve_app.rollout.policy import Policy  # noqa: E402
+from serve_app.rollout.moves import Rollouts  # noqa: E402
+from harness.canary import Answer, CanaryLoad, bodies  # noqa: E402
+from harness.rollout import wait_until  # noqa: E402
 from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
 
@@ -134,8 +135,8 @@ def main() -> None:
     policy = Policy(steps=(0.05, 0.25, 0.5, 1.0), window_s=args.window, min_requests=50)
     features = registry.manifest(MODEL, primary).feature_names
     live = pd.concat([demo.day_frame(day) for day in range(5, 10)], ignore_index=True)
-    config = local.load_serve_config()
-    local.deployment_config(config)["user_config"]["poll_interval_s"] = 0.5
+    config = load_serve_config()
+    deployment_config(config)["user_config"]["poll_interval_s"] = 0.5
     local.stop(CLUSTER)
     local.start(CLUSTER, Settings(registry=registry.uri))
     rollouts = Rollouts(registry, MODEL, "production")

@@ -41,7 +41,8 @@ from benchmarks.peers.compare import prepare
 from benchmarks.peers.servers import MODEL, v1_body
 from benchmarks.throughput import run_wrk
 from nonstop.config import Settings
-from nonstop_ops import cluster as local
+from nonstop_ops.cluster import lifecycle as local
+from nonstop_ops.cluster.serve_config import deployment_config, load_serve_config
 
 LOG_PORT = 27950
 PYSPY_RATE = 250
@@ -55,8 +56,8 @@ LAYERS = (
     ("FastAPI / Starlette", "starlette/"),
     ("FastAPI / Starlette", "fastapi/"),
     ("FastAPI / Starlette", "pydantic"),
-    ("nonstop routes", "serve_app/routes.py"),
-    ("nonstop data plane", "serve_app/dataplane.py"),
+    ("nonstop routes", "serve_app/rest/v1_routes.py"),
+    ("nonstop data plane", "serve_app/replica/dataplane.py"),
     ("batching (serve.batch)", "ray/serve/batching.py"),
     ("decode (json.loads, validation)", "_instances"),
     ("decode (json.loads, validation)", "_fast_matrix"),
@@ -64,10 +65,10 @@ LAYERS = (
     ("predict", "loading.py"),
     ("predict", "compiled.py"),
     ("predict", "sklearn/"),
-    ("encode (json.dumps, response)", "_json (serve_app/routes.py"),
+    ("encode (json.dumps, response)", "_json (serve_app/rest/v1_routes.py"),
     ("encode (json.dumps, response)", "json/encoder.py"),
-    ("nonstop metrics", "serve_app/metrics.py"),
-    ("model poller / status", "serve_app/holder.py"),
+    ("nonstop metrics", "serve_app/replica/serving_metrics.py"),
+    ("model poller / status", "serve_app/replica/holder.py"),
     ("model poller / status", "nonstop/registry.py"),
     ("event loop (asyncio)", "asyncio/"),
 )
@@ -257,9 +258,9 @@ def main() -> None:
     registry, _, samples, _ = prepare(scratch)
     os.environ["RAY_SERVE_HAPROXY_LOG_TARGET"] = f"127.0.0.1:{LOG_PORT}"  # read by `ray start`
     os.environ.update(dict(pair.split("=", 1) for pair in args.env))
-    config = local.load_serve_config()
+    config = load_serve_config()
     if args.access_log:
-        local.deployment_config(config).setdefault("logging_config", {})["enable_access_log"] = args.access_log == "on"
+        deployment_config(config).setdefault("logging_config", {})["enable_access_log"] = args.access_log == "on"
     cluster = local.LocalCluster.isolated(27000, "nonstop-profile", worker_niceness=args.worker_niceness)
     log = HAProxyLog(LOG_PORT)
     local.stop(cluster)

@@ -1,7 +1,7 @@
 """The rollout report: every kind of upgrade under continuous load, measured as a client.
 
 Starts its own local cluster (ports 36xxx, its own registry), serves a random forest big
-enough to take seconds to load, runs the scenarios of tests.harness.rollout with traffic
+enough to take seconds to load, runs the scenarios of harness/rollout.py with traffic
 flowing, and writes report.json, report.md and timeline.png:
 
     .venv/bin/python -m benchmarks.rollout --out benchmarks/out/rollout
@@ -25,10 +25,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import ray  # noqa: E402
 
-from nonstop_ops import cluster as local  # noqa: E402
+from nonstop_ops.cluster import lifecycle as local  # noqa: E402
+from nonstop_ops.cluster.serve_config import load_serve_config  # noqa: E402
 from nonstop.config import Settings  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
-from tests.harness.rollout import SCENARIOS, RolloutCheck, RolloutResult, Stack, wider_data  # noqa: E402
+from harness.rollout import SCENARIOS, RolloutCheck, RolloutResult, Stack, wider_data  # noqa: E402
 from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
 
@@ -41,8 +42,8 @@ CANDIDATES = {"alias": 1, "pin": 1, "refuse_corrupt": 1, "rollback": 1}
 
 class Candidates:
     """Versions trained before the measured run and handed out as the scenarios ask for
-    them, so that every dip on the timeline is the server's (training on the same two cores
-    while traffic flows took throughput down to about a quarter). Anything not prepared is
+    them, so that every dip on the timeline is the server's (training on the cores that
+    serve, while traffic flows, takes much of the throughput). Anything not prepared is
     trained on the spot, and its span is drawn on the timeline as the benchmark's work."""
 
     def __init__(self, train_one: Callable[[Path], int], registry: Registry) -> None:
@@ -171,7 +172,7 @@ def main() -> None:
     candidates.prepare(data, sum(CANDIDATES.get(name, 0) for name in args.scenarios))
     if "refuse_schema" in args.scenarios:
         candidates.prepare(wider_data(data), 1)
-    config = local.load_serve_config()
+    config = load_serve_config()
     local.stop(CLUSTER)
     local.start(CLUSTER, Settings(registry=registry.uri))
     try:

@@ -3,10 +3,10 @@
     python -m benchmarks.switchover [--scenario code_upgrade|first_start|slow_probe ...]
                                     [--unfixed] [--port-base 45000] [--out docs/results/switchover.json]
 
-Runs each scenario (tests/harness/switchover_scenarios.py) with the settings of the
+Runs each scenario (harness/switchover_scenarios.py) with the settings of the
 built prod overlay (kubectl kustomize kuberay/overlays/prod), or with `--unfixed` the
-settings the manifests had before issue 12 (the head excluded from the serve Service,
-KubeRay's injected worker probe), and prints what the clients saw. The timings are the
+settings that overlay avoids (the head excluded from the serve Service, KubeRay's injected
+worker probe, no drain), and prints what the clients saw. The timings are the
 operator's real ones (deletion delay 60 s); the integration test runs them shortened.
 Numbers from a shared 2-core machine are noisy.
 """
@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 
 from nonstop.registry import Registry
-from nonstop_ops import cluster as local
-from tests.harness.switchover import KUBERAY_WORKER_PROBE, ServiceSettings, Timing
-from tests.harness.switchover_scenarios import Stage, code_upgrade, first_start, slow_probe
+from nonstop_ops.cluster import lifecycle as local
+from harness.switchover import KUBERAY_WORKER_PROBE, ServiceSettings, Timing
+from harness.switchover_scenarios import Stage, code_upgrade, first_start, slow_probe
 from training import demo
 from training.job import TrainOptions, train
 
@@ -45,7 +45,7 @@ def built_rayservice(overlay: Path = OVERLAY) -> dict[str, Any]:
 
 
 def unfixed(settings: ServiceSettings) -> ServiceSettings:
-    """The manifests before issue 12: head excluded, KubeRay's 2 s / 1-failure probe, no drain."""
+    """The settings the prod overlay avoids: head excluded, KubeRay's 2 s / 1-failure probe, no drain."""
     return dataclasses.replace(settings, exclude_head=True, worker_probe=KUBERAY_WORKER_PROBE, drain_s=None)
 
 

@@ -36,14 +36,15 @@ import pyarrow as pa
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from nonstop_ops import cluster as local  # noqa: E402
+from nonstop_ops.cluster import lifecycle as local  # noqa: E402
+from nonstop_ops.cluster.serve_config import deployment_config, load_serve_config  # noqa: E402
 from nonstop.config import Settings  # noqa: E402
 from nonstop.loading import TrustPolicy, load_version  # noqa: E402
-from tests.harness.loadgen import run_load  # noqa: E402
+from harness.loadgen import run_load  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
 from nonstop.schema import rows_to_matrix  # noqa: E402
-from serve_app.arrow_input import ARROW_STREAM, arrow_stream  # noqa: E402
-from serve_app.v2_codec import BINARY_CONTENT_TYPE, HEADER_LENGTH  # noqa: E402
+from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_stream  # noqa: E402
+from serve_app.wire.v2_json import BINARY_CONTENT_TYPE, HEADER_LENGTH  # noqa: E402
 from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
 
@@ -133,7 +134,7 @@ def _driver(url: str, payload: Payload, concurrency: int, seconds: float) -> dic
         "p90_ms": float(np.percentile(latencies, 90)),
         "p99_ms": float(np.percentile(latencies, 99)),
         "errors": len(result.failed),
-        "client": "tests.harness.loadgen",
+        "client": "harness.loadgen",
     }
 
 
@@ -169,7 +170,7 @@ def run_serve(
 ) -> dict[str, Any]:
     """V1 and Arrow bodies, then V2's (`v2`: name -> one-record and 1,000-row payloads)."""
     cluster = _cluster(ingress)
-    with local.serving(cluster, Settings(registry=registry.uri), local.load_serve_config(), MODEL):
+    with local.serving(cluster, Settings(registry=registry.uri), load_serve_config(), MODEL):
         url = f"{cluster.http_url}/v1/models/{MODEL}:predict"
         v2_url = f"{cluster.http_url}/v2/models/{MODEL}/infer"
         return {
@@ -293,7 +294,7 @@ def main() -> None:
         "v2 json": (_v2_payload(manifest.samples.inputs[:1], binary=False), _v2_payload(big_rows, binary=False)),
         "v2 binary": (_v2_payload(manifest.samples.inputs[:1], binary=True), _v2_payload(big_rows, binary=True)),
     }
-    replicas = local.deployment_config(local.load_serve_config())["num_replicas"]
+    replicas = deployment_config(load_serve_config())["num_replicas"]
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "seconds_per_level": args.seconds,

@@ -3,7 +3,7 @@
 An error says what went wrong and carries a stable short `reason` code (the one
 vocabulary of metrics, `nonstop status` and load failures); it knows nothing of how it
 is reported. The HTTP edge maps error types to statuses in one table
-(serve_app/routes.py), the CLI maps them to exit codes (nonstop_ops/cli.py `main`).
+(serve_app/rest/v1_routes.py), the CLI maps them to exit codes (nonstop_ops/cli.py `main`).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from packaging.requirements import Requirement
 
-from nonstop_ops.cluster import check_user_config, load_serve_config
+from nonstop_ops.cluster.serve_config import check_user_config, load_serve_config
 
 GENERATED_NAME = Path("base") / "serve-config.generated.yaml"
 CONSTRAINTS_NAME = Path("constraints.txt")

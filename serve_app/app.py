@@ -34,20 +34,20 @@ from nonstop.config import Settings
 from nonstop.errors import ConfigError, validation_problems
 from nonstop.loading import LoadedModel, TrustPolicy
 from nonstop.registry import Registry
-from serve_app.canary import Canary
 from serve_app.config import AppArgs, ModelTarget
-from serve_app.controller import ControllerLink
-from serve_app.dataplane import PREDICTIONS_ONLY, DataPlane, Job, Output, Outputs, run_batch
-from serve_app.front import Front
-from serve_app.holder import ModelHolder
-from serve_app.loader import OutOfProcessLoader
-from serve_app import oip_v2_pb2 as pb
-from serve_app.metrics import ServingMetrics
-from serve_app.rollouts import Rollouts
-from serve_app.routes import create_api
-from serve_app.state import ReplicaStatus
-from serve_app.status_board import board
-from serve_app.v2_grpc import GrpcV2, request_key
+from serve_app.grpc_v2 import oip_v2_pb2 as pb
+from serve_app.grpc_v2.servicer import GrpcV2, request_key
+from serve_app.replica.dataplane import PREDICTIONS_ONLY, DataPlane, Job, Output, Outputs, run_batch
+from serve_app.replica.holder import ModelHolder
+from serve_app.replica.loader_actor import OutOfProcessLoader
+from serve_app.replica.serving_metrics import ServingMetrics
+from serve_app.replica.state import ReplicaStatus
+from serve_app.replica.status_board import board
+from serve_app.rest.api import create_api
+from serve_app.rest.front import Front
+from serve_app.rollout.canary import Canary
+from serve_app.rollout.controller import ControllerLink
+from serve_app.rollout.moves import Rollouts
 
 HEARTBEAT_S = 5.0
 log = logging.getLogger("nonstop.app")
@@ -77,7 +77,7 @@ class ModelServer:
         """Called by Serve after __init__: the routes get this replica's data plane."""
         return create_api(self._plane, self._limits)
 
-    # OIP v2 over gRPC: Serve calls the method named after the RPC (serve_app/v2_grpc.py)
+    # OIP v2 over gRPC: Serve calls the method named after the RPC (serve_app/grpc_v2/servicer.py)
     async def ServerLive(self, request: pb.ServerLiveRequest, grpc_context: RayServegRPCContext) -> pb.ServerLiveResponse:  # noqa: N802
         return await self._grpc.answer(self._grpc.server_live, request, grpc_context, pb.ServerLiveResponse)
 
@@ -134,7 +134,7 @@ class ModelServer:
         self._holder.config_refused(message)
 
     async def _apply_canary(self, target: ModelTarget) -> None:
-        """The config's canary block, to the alias's controller (serve_app/rollouts.py
+        """The config's canary block, to the alias's controller (serve_app/rollout/moves.py
         `apply_config`), retried while the controller is out of reach (restarting)."""
         alias = target.followed_alias
         if alias is None:
@@ -154,10 +154,10 @@ class ModelServer:
 
     async def _predict(self, job: Job) -> Outputs:
         if job.loaded.fast is not None and job.outputs == PREDICTIONS_ONLY:
-            # The numpy path predicts in microseconds: queueing for a batch (a task hop,
-            # Serve's batch metrics) would cost more than batching saves, about a tenth
-            # of a replica's CPU by py-spy (benchmarks/profile_serving.py). Not a batch,
-            # so nonstop_batch_size does not count it (its observe was 4% of the CPU).
+            # The numpy path predicts at once: queueing for a batch (a task hop, Serve's
+            # batch metrics) would cost more than batching saves (profiled by
+            # benchmarks/profile_serving.py). Not a batch, so nonstop_batch_size does
+            # not count it, nor pays for observing it.
             return run_batch([job])[0]
         return await self._predict_batch(job)
 
@@ -179,7 +179,7 @@ class ModelServer:
             raise RuntimeError("the registry poller of this replica stopped")
 
     async def _follow_rollouts(self) -> None:
-        """The alias's rollout in the ledger, at the alias's poll interval (serve_app/canary.py)."""
+        """The alias's rollout in the ledger, at the alias's poll interval (serve_app/rollout/canary.py)."""
         while True:
             target = self._holder.state.target
             await asyncio.sleep(target.poll_interval_s if target else 1.0)

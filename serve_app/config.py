@@ -9,7 +9,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nonstop.registry import PRODUCTION, check_name
-from serve_app.rollout_policy import CanaryConfig
+from serve_app.rollout.policy import CanaryConfig
+from serve_app.wire.limits import Limits
 
 
 class ModelTarget(BaseModel):
@@ -53,15 +54,6 @@ class ModelTarget(BaseModel):
 
     def describe(self) -> str:
         return f"{self.model} v{self.version}" if self.version else f"{self.model}@{self.followed_alias}"
-
-
-class Limits(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    max_instances: int = Field(default=10_000, ge=1)
-    max_string_length: int = Field(default=256, ge=1)
-    body_timeout_s: float = Field(default=30.0, gt=0, le=600, description="deadline for the whole request body to arrive")
 
 
 class AppArgs(BaseModel):

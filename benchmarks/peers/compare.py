@@ -21,7 +21,6 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,9 @@ from benchmarks.throughput import _arrow_payload, run_wrk  # noqa: E402
 from nonstop.config import Settings  # noqa: E402
 from nonstop.loading import TrustPolicy, load_version  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
-from nonstop_ops import cluster as local  # noqa: E402
+from nonstop_ops.cluster import lifecycle as local  # noqa: E402
+from nonstop_ops.cluster import ClusterError  # noqa: E402
+from nonstop_ops.cluster.serve_config import load_serve_config  # noqa: E402
 from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
 
@@ -83,7 +84,7 @@ def run_nonstop(
     registry: Registry, rows: list[list[float]], big_rows: list[list[float]], names: list[str], seconds: float, worker_niceness: int = 0
 ) -> dict[str, Any]:
     cluster = _cluster(worker_niceness)
-    with local.serving(cluster, Settings(registry=registry.uri), local.load_serve_config(), MODEL):
+    with local.serving(cluster, Settings(registry=registry.uri), load_serve_config(), MODEL):
         url = f"{cluster.http_url}/v1/models/{MODEL}:predict"
         bigs = {"json": v1_body(big_rows), "arrow": _arrow_payload(names, big_rows)}
         return measure(url, v1_body(rows), bigs, seconds)
@@ -251,7 +252,7 @@ def main() -> None:
                     else:
                         this[server] = run_peer(server, args.scratch, model_dir, rows, big_rows, args.seconds)
                     break
-                except (RuntimeError, local.ClusterError) as exc:
+                except (RuntimeError, ClusterError) as exc:
                     print(f"  {server} failed to start (attempt {attempt}): {exc}", flush=True)
         rounds.append({s: this[s] for s in args.servers if s in this})
         (args.scratch / "rounds.json").write_text(json.dumps(rounds, indent=2))  # kept if a later round fails

@@ -18,11 +18,12 @@ import httpx
 import pytest
 import ray
 
-from nonstop_ops import cluster as local
+from nonstop_ops.cluster import lifecycle as local
+from nonstop_ops.cluster.serve_config import deployment_config, load_serve_config
 from nonstop.config import Settings
 from nonstop.registry import Registry
-from tests.harness.rollout import Stack, wait_until
-from serve_app.holder import stagger_s
+from harness.rollout import Stack, wait_until
+from serve_app.replica.holder import stagger_s
 from tests.conftest import MODEL
 
 PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "46000"))
@@ -53,8 +54,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, trained_once: Path) -> Iter
     root = tmp_path_factory.mktemp("serving") / "registry"
     shutil.copytree(trained_once, root)
     registry = Registry(str(root))
-    config = local.load_serve_config()
-    local.deployment_config(config)["user_config"]["poll_interval_s"] = POLL_INTERVAL_S
+    config = load_serve_config()
+    deployment_config(config)["user_config"]["poll_interval_s"] = POLL_INTERVAL_S
     config["applications"][0]["args"] = {"limits": {"body_timeout_s": BODY_TIMEOUT_S}}
     local.stop(TEST_CLUSTER)  # a previous run's leftovers, haproxy included
     local.start(TEST_CLUSTER, Settings(registry=registry.uri))

@@ -20,11 +20,11 @@ import pytest
 from nonstop.ledger import Ledger
 from nonstop.registry import Registry
 from nonstop.storage import LocalStorage
-from serve_app.canary import share_of
-from serve_app.rollout_policy import Policy
+from serve_app.rollout.canary import share_of
+from serve_app.rollout.policy import Policy
 from tests.conftest import MODEL, train_into
-from tests.harness.canary import CanaryLoad, RolloutRun, bodies, run_rollout
-from tests.harness.rollout import Stack, wait_until
+from harness.canary import CanaryLoad, RolloutRun, bodies, run_rollout
+from harness.rollout import Stack, wait_until
 from tests.integration.conftest import POLL_INTERVAL_S, SLACK_S
 from tests.integration.test_metrics import _series
 from training import demo

@@ -1,7 +1,7 @@
 """Canaries set by the serve config, and rollouts that survive faults, under constant load.
 
 Each rollout here is started the way an operator on KubeRay or with `serve deploy` would:
-a deploy of the Serve config with a `canary:` block in user_config (serve_app/rollouts.py
+a deploy of the Serve config with a `canary:` block in user_config (serve_app/rollout/moves.py
 `apply_config`). Then faults in the middle of automatic rollouts: the controller actor's
 process killed with SIGKILL, one replica killed with SIGKILL. Windows are 4 s here.
 """
@@ -21,15 +21,17 @@ from ray.util.state import list_actors
 
 from nonstop.errors import ConfigError
 from nonstop.ledger import LedgerEntry
-from nonstop_ops import cluster as local
-from serve_app.canary import share_of
-from serve_app.controller import controller_name
-from serve_app.rollout_policy import Policy
-from serve_app.rollouts import CONFIG_ACTOR, Rollouts
-from serve_app.state import Role
+from nonstop_ops.cluster import lifecycle as local
+from nonstop_ops.cluster.serve_client import submit_serve_config
+from nonstop_ops.cluster.serve_config import deployment_config
+from serve_app.replica.state import Role
+from serve_app.rollout.canary import share_of
+from serve_app.rollout.controller import controller_name
+from serve_app.rollout.moves import CONFIG_ACTOR, Rollouts
+from serve_app.rollout.policy import Policy
 from tests.conftest import MODEL, train_into
-from tests.harness.canary import CanaryLoad, RolloutRun, run_rollout
-from tests.harness.rollout import Stack, wait_until
+from harness.canary import CanaryLoad, RolloutRun, run_rollout
+from harness.rollout import Stack, wait_until
 from tests.integration.conftest import SLACK_S
 from tests.integration.test_canary import FOLLOW_S, SETTLE_S, WINDOW_S, _load, _shuffled
 from training.job import TrainOptions, train
@@ -80,9 +82,9 @@ def _deploy_bad_block(served: Stack) -> list[str]:
     """Deploy a config with a bad canary block as the KubeRay operator does (no check
     before sending); returns the replicas' refusals once every replica refused it."""
     config = copy.deepcopy(served.config)
-    local.deployment_config(config)["user_config"]["canary"] = {"version": 2, "stepz": [0.5, 1.0]}
+    deployment_config(config)["user_config"]["canary"] = {"version": 2, "stepz": [0.5, 1.0]}
     config["http_options"] = {"host": "127.0.0.1", "port": served.cluster.http_port}
-    local.submit_serve_config(served.cluster, yaml.safe_dump(config))
+    submit_serve_config(served.cluster, yaml.safe_dump(config))
     refusals: list[str] = []
 
     def everywhere() -> bool:

@@ -22,10 +22,10 @@ import pyarrow as pa
 import pytest
 
 from nonstop.formats import format_named
-from serve_app.arrow_input import ARROW_STREAM, arrow_stream
+from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_stream
 from tests.conftest import MODEL
-from tests.harness.loadgen import BackgroundLoad
-from tests.harness.rollout import Stack, wait_until
+from harness.loadgen import BackgroundLoad
+from harness.rollout import Stack, wait_until
 from tests.integration.conftest import swap_bound
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness.rollout import Stack
+from harness.rollout import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,10 @@ import httpx
 import pyarrow as pa
 import pytest
 
-from serve_app.arrow_input import ARROW_STREAM, arrow_stream
-from serve_app.config import Limits
+from serve_app.wire.limits import Limits
+from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_stream
 from tests.conftest import train_into
-from tests.harness.rollout import Stack, wait_until
+from harness.rollout import Stack, wait_until
 from tests.integration.conftest import BODY_TIMEOUT_S, swap_bound
 
 pytestmark = pytest.mark.integration

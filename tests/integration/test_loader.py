@@ -13,10 +13,10 @@ import ray
 from nonstop.errors import ManifestError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.schema import rows_to_matrix
-from nonstop_ops import cluster as local
-from serve_app.loader import LOADER_NICENESS, ModelLoader, OutOfProcessLoader
+from nonstop_ops.cluster import lifecycle as local
+from serve_app.replica.loader_actor import LOADER_NICENESS, ModelLoader, OutOfProcessLoader
 from tests.conftest import MODEL
-from tests.harness.rollout import Stack
+from harness.rollout import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def test_a_version_loads_in_a_niced_process_and_arrives_verified(served: Stack) 
 
 def test_replicas_and_haproxy_serve_at_full_priority_and_only_the_loader_is_niced(served: Stack) -> None:
     """Ray would start its workers at nice 15, behind its own daemons and any client on the
-    machine (nonstop_ops/cluster.py sets RAY_worker_niceness)."""
+    machine (nonstop_ops/cluster/lifecycle.py sets RAY_worker_niceness)."""
     replicas = [pid for _, pid in served.replicas().values()]
     haproxy = [p.pid for p in map(psutil.Process, local.cluster_pids(served.cluster)) if p.name() == "haproxy"]
     assert len(replicas) >= 2 and haproxy, (replicas, haproxy)

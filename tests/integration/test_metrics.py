@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import MODEL, train_into
-from tests.harness.rollout import Stack, wait_until
+from harness.rollout import Stack, wait_until
 from tests.integration.conftest import swap_bound
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.rollout import REFUSALS, SCENARIOS, RolloutCheck, RolloutResult, Stack
+from harness.rollout import REFUSALS, SCENARIOS, RolloutCheck, RolloutResult, Stack
 from tests.conftest import train_into
 
 pytestmark = pytest.mark.integration

@@ -17,12 +17,12 @@ import pyarrow as pa
 import pytest
 
 from nonstop.loading import TrustPolicy, load_version
-from nonstop_ops import cluster as local
-from tests.harness.loadgen import BackgroundLoad
+from nonstop_ops.cluster import lifecycle as local
+from harness.loadgen import BackgroundLoad
 from nonstop.schema import rows_to_matrix
-from serve_app.arrow_input import ARROW_STREAM, arrow_stream
+from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_stream
 from tests.conftest import MODEL, train_into
-from tests.harness.rollout import Stack, wait_until
+from harness.rollout import Stack, wait_until
 from tests.integration.conftest import swap_bound
 from training import demo
 

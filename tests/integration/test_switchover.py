@@ -2,8 +2,8 @@
 
 The serveConfigV2 and the settings that decide the switchover (head in the serve Service,
 the worker readiness probe, the preStop drain) come from the built prod overlay; the
-operator's and the kubelet's moves are emulated by tests/harness/switchover.py, the
-Service by tests/harness/forwarder.py. One chain, two cluster starts, three scenarios:
+operator's and the kubelet's moves are emulated by harness/switchover.py, the
+Service by harness/forwarder.py. One chain, two cluster starts, three scenarios:
 the first start on an empty registry with the first training run, then a code upgrade
 through a NewCluster switch whose new workers answer their probes slowly. The full,
 separate scenarios and the unfixed settings: benchmarks/switchover.py.
@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from nonstop.registry import Registry
-from nonstop_ops import cluster as local
+from nonstop_ops.cluster import lifecycle as local
 from tests.conftest import MODEL, train_into
-from tests.harness.switchover import ServiceSettings, Timing
-from tests.harness.switchover_scenarios import Stage, first_start_then_upgrade
+from harness.switchover import ServiceSettings, Timing
+from harness.switchover_scenarios import Stage, first_start_then_upgrade
 from tests.tools.kuberay.manifests import KUBERAY, find_kubectl, load_all, run_kubectl
 
 # Two Ray clusters started one after the other on a 2-core machine shared with the rest.

@@ -20,7 +20,7 @@ import tritonclient.http.aio as triton_aio
 from nonstop.loading import TrustPolicy, load_version
 from nonstop.schema import rows_to_matrix
 from tests.conftest import MODEL, train_into
-from tests.harness.rollout import Stack
+from harness.rollout import Stack
 from tests.integration.client_venvs import client_python
 from tests.integration.conftest import promote_between_answers
 from training import demo

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from tests.conftest import MODEL, train_into
-from tests.harness.rollout import Stack
+from harness.rollout import Stack
 from tests.integration.client_venvs import client_python
 from tests.integration.conftest import promote_between_answers
 from tests.integration.test_v2_clients import _expected, _telling_rows

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from tests.harness.forwarder import Forwarder
-from tests.harness.loadgen import Sample
-from tests.harness.switchover import KUBERAY_WORKER_PROBE, Probe, ServiceSettings, drain_of, went_backwards
+from harness.forwarder import Forwarder
+from harness.loadgen import Sample
+from harness.switchover import KUBERAY_WORKER_PROBE, Probe, ServiceSettings, drain_of, went_backwards
 
 def server(name: str) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):

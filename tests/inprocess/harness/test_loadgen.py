@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from tests.harness.loadgen import VERSION_HEADER, BackgroundLoad, run_load
+from harness.loadgen import VERSION_HEADER, BackgroundLoad, run_load
 from tests.loopback import serve_in_thread
 
 

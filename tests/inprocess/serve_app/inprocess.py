@@ -13,10 +13,11 @@ import pandas as pd
 from nonstop.loading import TrustPolicy
 from nonstop.manifest import Manifest
 from nonstop.registry import Registry
-from serve_app.config import Limits, ModelTarget
-from serve_app.dataplane import DataPlane
-from serve_app.holder import ModelHolder
-from serve_app.routes import create_api
+from serve_app.config import ModelTarget
+from serve_app.replica.dataplane import DataPlane
+from serve_app.replica.holder import ModelHolder
+from serve_app.rest.api import create_api
+from serve_app.wire.limits import Limits
 from tests.conftest import MODEL, train_into
 from training import demo
 

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 
 from nonstop.registry import Registry
-from serve_app.arrow_input import ARROW_STREAM, arrow_stream
-from serve_app.config import Limits
+from serve_app.wire.limits import Limits
+from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_stream
 from tests.conftest import MODEL
 from tests.inprocess.serve_app.inprocess import PREDICT, call, train_mixed
 

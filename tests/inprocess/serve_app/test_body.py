@@ -9,8 +9,8 @@ import json
 from collections.abc import AsyncIterator
 
 from nonstop.registry import Registry
-from serve_app.config import Limits
-from serve_app.routes import MAX_ERROR_CHARS
+from serve_app.edge import MAX_ERROR_CHARS
+from serve_app.wire.limits import Limits
 from tests.conftest import MODEL
 from tests.inprocess.serve_app.inprocess import PREDICT, call
 

@@ -12,16 +12,18 @@ import pytest
 from nonstop.loading import TrustPolicy
 from nonstop.registry import Registry
 from nonstop.schema import frame_to_matrix
-from serve_app import oip_v2_pb2 as pb
-from serve_app.canary import KEY_HEADER, Canary, share_of
-from serve_app.config import Limits, ModelTarget
-from serve_app.dataplane import DataPlane
-from serve_app.holder import ModelHolder
-from serve_app.rollout_policy import Policy
-from serve_app.rollouts import Rollouts
-from serve_app.routes import create_api
-from serve_app.state import Role
-from serve_app.v2_grpc import GrpcV2
+from serve_app.config import ModelTarget
+from serve_app.edge import KEY_HEADER
+from serve_app.grpc_v2 import oip_v2_pb2 as pb
+from serve_app.grpc_v2.servicer import GrpcV2
+from serve_app.replica.dataplane import DataPlane
+from serve_app.replica.holder import ModelHolder
+from serve_app.replica.state import Role
+from serve_app.rest.api import create_api
+from serve_app.rollout.canary import Canary, share_of
+from serve_app.rollout.moves import Rollouts
+from serve_app.rollout.policy import Policy
+from serve_app.wire.limits import Limits
 from tests.conftest import MODEL, train_into
 from training import demo
 
@@ -52,7 +54,7 @@ def test_a_replica_follows_the_rollout_answers_by_weight_and_tallies(registry: R
         canary = Canary(registry, TrustPolicy(), holder.hold, lambda m, a, t: reports.append((m, a, t)))
         plane = DataPlane(holder, canary=canary)
         await canary.sync(holder.state)
-        assert holder.state.held(Role.CANDIDATE) is None and plane.bind(MODEL).route is None  # no rollout: no routing
+        assert holder.state.held(Role.CANDIDATE) is None and plane.bind(MODEL).assignment is None  # no rollout: no routing
         Rollouts(registry, MODEL, "production").start(candidate, Policy(steps=(0.25, 1.0)), actor="test")
         await canary.sync(holder.state)
         during = holder.state.held(Role.CANDIDATE)

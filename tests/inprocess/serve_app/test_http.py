@@ -14,8 +14,8 @@ from nonstop.formats.skops_sklearn import SKOPS, TRUSTED_CALLABLES, TRUSTED_TYPE
 from nonstop.loading import TrustPolicy, load_version
 from nonstop.registry import Registry
 from nonstop.schema import rows_to_matrix
-from serve_app.config import Limits
-from serve_app.routes import HTTP_STATUS, http_status
+from serve_app.edge import ERROR_CODES, http_status
+from serve_app.wire.limits import Limits
 from tests.conftest import MODEL
 from tests.inprocess.serve_app.inprocess import PREDICT, call, train_mixed
 
@@ -123,7 +123,7 @@ def test_a_schema_with_text_and_nullable_columns_trains_loads_and_serves(registr
 def test_one_table_maps_errors_to_statuses_and_errors_carry_none() -> None:
     """Subclasses take their family's status; anything unlisted is a 500."""
     assert not any(hasattr(t, "status_code") for t in vars(errors).values() if isinstance(t, type))
-    assert http_status(errors.ArtifactIntegrityError(MODEL, 1, "x")) == HTTP_STATUS[errors.ModelLoadError] == 503
+    assert http_status(errors.ArtifactIntegrityError(MODEL, 1, "x")) == ERROR_CODES[errors.ModelLoadError].http == 503
     assert http_status(errors.TamperedAliasError("x")) == 500
     assert http_status(errors.UnknownModel("x")) == 404
 

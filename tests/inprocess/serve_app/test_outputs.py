@@ -13,7 +13,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import Ridge
 
 from nonstop.registry import Registry
-from serve_app.arrow_input import ARROW_STREAM, arrow_stream
+from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_stream
 from tests.conftest import MODEL
 from tests.inprocess.serve_app.inprocess import PREDICT, call
 from training.demo import day_frame

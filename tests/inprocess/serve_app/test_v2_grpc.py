@@ -1,4 +1,4 @@
-"""The gRPC edge in-process: a real grpc.aio server on loopback serving serve_app.v2_grpc
+"""The gRPC edge in-process: a real grpc.aio server on loopback serving serve_app.grpc_v2.servicer
 over a real registry, data plane and model, called through the generated stub. The
 status table, and the rules for `contents` and `raw_input_contents` that Triton's
 client never exercises (tests/integration/test_v2_grpc.py drives it through the stack)."""
@@ -18,12 +18,14 @@ from nonstop.errors import InvalidInput, ModelLoadError, NonstopError, PayloadTo
 from nonstop.loading import TrustPolicy, load_version
 from nonstop.registry import Registry
 from nonstop.schema import rows_to_matrix
-from serve_app import oip_v2_pb2 as pb
-from serve_app import oip_v2_pb2_grpc as pb_grpc
-from serve_app.config import Limits, ModelTarget
-from serve_app.dataplane import DataPlane
-from serve_app.holder import ModelHolder
-from serve_app.v2_grpc import GrpcV2, grpc_status
+from serve_app.config import ModelTarget
+from serve_app.edge import grpc_code
+from serve_app.grpc_v2 import oip_v2_pb2 as pb
+from serve_app.grpc_v2 import oip_v2_pb2_grpc as pb_grpc
+from serve_app.grpc_v2.servicer import GrpcV2
+from serve_app.replica.dataplane import DataPlane
+from serve_app.replica.holder import ModelHolder
+from serve_app.wire.limits import Limits
 from tests.conftest import MODEL
 from tests.inprocess.serve_app.inprocess import train_mixed
 
@@ -84,11 +86,11 @@ def _matrix_request(rows: list[list[float]], **fields: Any) -> pb.ModelInferRequ
 
 
 def test_the_one_table_maps_errors_by_their_nearest_listed_ancestor() -> None:
-    assert grpc_status(VersionNotFound("x")) == grpc.StatusCode.NOT_FOUND
-    assert grpc_status(PayloadTooLarge("x")) == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert grpc_status(InvalidInput("x")) == grpc.StatusCode.INVALID_ARGUMENT
-    assert grpc_status(ModelLoadError(MODEL, 1, "x")) == grpc.StatusCode.UNAVAILABLE
-    assert grpc_status(NonstopError("x")) == grpc.StatusCode.INTERNAL
+    assert grpc_code(VersionNotFound("x")) == grpc.StatusCode.NOT_FOUND
+    assert grpc_code(PayloadTooLarge("x")) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert grpc_code(InvalidInput("x")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert grpc_code(ModelLoadError(MODEL, 1, "x")) == grpc.StatusCode.UNAVAILABLE
+    assert grpc_code(NonstopError("x")) == grpc.StatusCode.INTERNAL
 
 
 def test_contents_and_raw_contents_give_the_estimators_predictions(served: Registry) -> None:

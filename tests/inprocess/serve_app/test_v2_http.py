@@ -16,10 +16,11 @@ from tritonclient.utils import InferenceServerException
 from nonstop.loading import TrustPolicy, load_version
 from nonstop.registry import Registry
 from nonstop.schema import rows_to_matrix
-from serve_app.config import Limits, ModelTarget
-from serve_app.dataplane import DataPlane
-from serve_app.holder import ModelHolder
-from serve_app.routes import create_api
+from serve_app.config import ModelTarget
+from serve_app.replica.dataplane import DataPlane
+from serve_app.replica.holder import ModelHolder
+from serve_app.rest.api import create_api
+from serve_app.wire.limits import Limits
 from tests.conftest import MODEL
 from tests.loopback import serve_in_thread
 from tests.inprocess.serve_app.inprocess import call, train_mixed

@@ -27,8 +27,9 @@ with atheris.instrument_imports(include=["serve_app", "nonstop"]):
     from nonstop.errors import InvalidInput, PayloadTooLarge, RegistryError, TamperedAliasError, TamperedManifestError
     from nonstop.manifest import DataFingerprint, FeatureSpec, Manifest, SampleSet
     from nonstop.registry import AliasEvent, AliasRecord, parse_alias, parse_manifest
-    from serve_app import arrow_input, decoding, oip_v2_pb2, v2_codec, v2_grpc
-    from serve_app.config import Limits
+    from serve_app.grpc_v2 import oip_v2_pb2, servicer
+    from serve_app.wire import v1_arrow, v1_json, v2_json
+    from serve_app.wire.limits import Limits
 
 import pyarrow as pa
 from google.protobuf.message import DecodeError
@@ -45,24 +46,24 @@ _counts: Counter[str] = Counter()
 
 
 def decode_json(data: bytes) -> object:
-    return decoding.body_matrix(data, "application/json", FEATURES, LIMITS)
+    return v1_json.body_matrix(data, "application/json", FEATURES, LIMITS)
 
 
 def decode_arrow(data: bytes) -> object:
-    return arrow_input.arrow_matrix(data, FEATURES, LIMITS)
+    return v1_arrow.arrow_matrix(data, FEATURES, LIMITS)
 
 
 def decode_v2(data: bytes) -> object:
     """The first two bytes choose Inference-Header-Content-Length (0: none, a JSON-only body)."""
     length = int.from_bytes(data[:2], "little")
-    return v2_codec.decode(data[2:], str(length) if length else None, "m", FEATURES, LIMITS)
+    return v2_json.decode(data[2:], str(length) if length else None, "m", FEATURES, LIMITS)
 
 
 def decode_grpc(data: bytes) -> object:
     """A ModelInferRequest as Serve's gRPC server hands it over: parsed by protobuf (whose
     DecodeError gRPC answers itself), then decoded by the V2 rules."""
     request = oip_v2_pb2.ModelInferRequest.FromString(data)
-    return v2_grpc.decode(request, FEATURES, LIMITS)
+    return servicer.decode(request, FEATURES, LIMITS)
 
 
 def decode_manifest(data: bytes) -> object:
@@ -106,7 +107,7 @@ def seeds(target: str) -> list[bytes]:
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, plain.schema) as writer:
             writer.write_table(plain, max_chunksize=1)
-        return [arrow_input.arrow_stream(t) for t in (plain, encoded, large)] + [sink.getvalue().to_pybytes()]
+        return [v1_arrow.arrow_stream(t) for t in (plain, encoded, large)] + [sink.getvalue().to_pybytes()]
     if target == "v2":
         as_json = {
             "inputs": [

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from nonstop_ops import kube
-from nonstop_ops.cluster import load_serve_config
+from nonstop_ops.cluster.serve_config import load_serve_config
 from tests.tools.kuberay.decisions import Decision, Rollout, decide
 from tests.tools.kuberay.manifests import KUBERAY, REPO_ROOT, load_all, run_kubectl
 

@@ -18,7 +18,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from nonstop_ops import kube
-from nonstop_ops.cluster import SERVE_CONFIG_NAME, load_serve_config
+from nonstop_ops.cluster.serve_config import SERVE_CONFIG_NAME, load_serve_config
 from nonstop.registry import PRODUCTION
 from serve_app.config import ModelTarget
 from tests.tools.kuberay.manifests import (

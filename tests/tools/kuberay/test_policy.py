@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nonstop_ops.cluster import grpc_port, serve_port
-from serve_app.config import Limits
+from nonstop_ops.cluster.serve_config import grpc_port, serve_port
+from serve_app.wire.limits import Limits
 from tests.tools.kuberay.manifests import Build, Manifest, PodTemplate, cluster_spec, pod_templates, ray_containers
 
 INTERNAL_PORTS = {8265, 6379, 10001, 52365}  # dashboard, GCS, Ray client, dashboard agent
@@ -18,10 +18,10 @@ SERVING_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_worker_niceness": "0",
-    # as `nonstop up` (nonstop_ops/cluster.py)
+    # as `nonstop up` (nonstop_ops/cluster/lifecycle.py)
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
     "RAY_SERVE_HAPROXY_NBTHREAD": "1",
-    # gRPC messages bounded as HTTP bodies are, before parsing (serve_app/v2_grpc.py)
+    # gRPC messages bounded as HTTP bodies are, before parsing (serve_app/grpc_v2/servicer.py)
     "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(Limits().max_body_bytes),
 }
 CLIENT_PORTS = {serve_port(), grpc_port()}  # HTTP and OIP v2 gRPC, from serve_config.yaml

@@ -32,11 +32,12 @@ from schemathesis.specs.openapi.checks import (
 
 from nonstop.loading import TrustPolicy
 from nonstop.registry import Registry
-from serve_app.arrow_input import ARROW_STREAM, arrow_stream
-from serve_app.config import Limits, ModelTarget
-from serve_app.dataplane import DataPlane
-from serve_app.holder import ModelHolder
-from serve_app.routes import create_api
+from serve_app.config import ModelTarget
+from serve_app.replica.dataplane import DataPlane
+from serve_app.replica.holder import ModelHolder
+from serve_app.rest.api import create_api
+from serve_app.wire.limits import Limits
+from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_stream
 from tests.conftest import MODEL
 from tests.loopback import serve_in_thread
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from nonstop.registry import Registry
-from serve_app.v2_codec import HEADER_LENGTH
+from serve_app.wire.v2_json import HEADER_LENGTH
 from tests.conftest import MODEL
 from tests.tools.schemathesis.test_fuzz import EXAMPLES, _fuzz, base_url, registry, schema  # noqa: F401  (shared fixtures)
 

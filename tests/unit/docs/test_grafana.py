@@ -1,7 +1,7 @@
 """The Grafana dashboard imports cleanly and queries only metrics the application exports.
 
 What is exported is read from the code that exports it (every Counter, Gauge and Histogram
-constructed in serve_app/metrics.py and serve_app/rollout_metrics.py), named as Ray's
+constructed in serve_app/replica/serving_metrics.py and serve_app/rollout/rollout_metrics.py), named as Ray's
 Prometheus endpoint names them: a `ray_` prefix, `_total` after a counter, `_bucket`,
 `_sum` and `_count` after a histogram.
 """
@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 DASHBOARD = ROOT / "docs" / "grafana" / "nonstop-dashboard.json"
-METRIC_MODULES = (ROOT / "serve_app" / "metrics.py", ROOT / "serve_app" / "rollout_metrics.py")
+METRIC_MODULES = (ROOT / "serve_app" / "replica" / "serving_metrics.py", ROOT / "serve_app" / "rollout" / "rollout_metrics.py")
 _SUFFIXES = {"Counter": ("_total",), "Gauge": ("",), "Histogram": ("_bucket", "_sum", "_count")}
 
 

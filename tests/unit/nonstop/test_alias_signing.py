@@ -20,7 +20,7 @@ from nonstop.loading import TrustPolicy
 from nonstop.registry import AliasRecord, Registry
 from nonstop.signing import sign
 from serve_app.config import ModelTarget
-from serve_app.holder import ModelHolder
+from serve_app.replica.holder import ModelHolder
 from tests.conftest import MODEL, train_into
 from tests.unit.nonstop.test_registry import DRAFT
 from tests.unit.nonstop.test_signing import KEY, OTHER_KEY

@@ -25,7 +25,7 @@ from pydantic import SecretStr
 
 from nonstop.manifest import SampleSet
 from nonstop.registry import Registry
-from tests.harness.rollout import wait_until
+from harness.rollout import wait_until
 from tests.unit.nonstop.test_registry import DRAFT
 
 KEY = SecretStr("crash-test-signing-key-4b8e2f0a6c1d9e3f")

@@ -17,12 +17,12 @@ from pydantic import ValidationError
 
 from nonstop.errors import ConfigError, NonstopError, validation_problems
 from nonstop.registry import Registry
-from nonstop_ops import cluster as local
+from nonstop_ops.cluster.serve_config import check_user_config, deployment_config, load_serve_config
 from nonstop_ops.kube import render
 from serve_app.config import ModelTarget
-from serve_app.controller import Controller
-from serve_app.rollout_policy import CanaryConfig, Policy
-from serve_app.rollouts import CONFIG_ACTOR, Rollouts
+from serve_app.rollout.controller import Controller
+from serve_app.rollout.moves import CONFIG_ACTOR, Rollouts
+from serve_app.rollout.policy import CanaryConfig, Policy
 from tests.conftest import MODEL, copy_into, train_into
 
 
@@ -69,17 +69,17 @@ def test_a_pinned_version_runs_no_canary() -> None:
 
 def test_the_deploy_commands_refuse_a_bad_block_before_sending_anything() -> None:
     """`nonstop up`/the harness deploy and `nonstop kube-render` check what a replica would."""
-    config = local.load_serve_config()
-    local.deployment_config(config)["user_config"]["canary"] = {"version": 2, "steps": [0.3, 0.2, 1.0]}
+    config = load_serve_config()
+    deployment_config(config)["user_config"]["canary"] = {"version": 2, "steps": [0.3, 0.2, 1.0]}
     with pytest.raises(ConfigError, match=r"user_config refused: canary\.steps: steps must be strictly increasing"):
-        local.check_user_config(config)
+        check_user_config(config)
     with pytest.raises(ConfigError, match=r"canary\.steps"):
         render(config)
     good = {"version": 2, "steps": [0.3, 1.0], "window_s": 30}
-    local.deployment_config(config)["user_config"]["canary"] = good
-    local.check_user_config(config)
+    deployment_config(config)["user_config"]["canary"] = good
+    check_user_config(config)
     # on KubeRay the block reaches the replicas as it is, in the generated serveConfigV2
-    assert local.deployment_config(yaml.safe_load(render(config)))["user_config"]["canary"] == good
+    assert deployment_config(yaml.safe_load(render(config)))["user_config"]["canary"] == good
 
 
 def test_a_block_starts_its_rollout_once_whoever_carries_it(registry: Registry, versions: tuple[int, int, int]) -> None:

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nonstop.errors import InvalidInput
-from serve_app.config import Limits
-from serve_app.decoding import json_instances
+from serve_app.wire.limits import Limits
+from serve_app.wire.v1_json import json_instances
 
 _scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
 _values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=20)

@@ -16,10 +16,11 @@ from sklearn.preprocessing import FunctionTransformer
 from nonstop.errors import ModelNotReady, UnknownModel
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.registry import Registry
-from serve_app.config import Limits, ModelTarget
-from serve_app.dataplane import DataPlane
-from serve_app.decoding import body_matrix
-from serve_app.holder import ModelHolder
+from serve_app.config import ModelTarget
+from serve_app.replica.dataplane import DataPlane
+from serve_app.replica.holder import ModelHolder
+from serve_app.wire.limits import Limits
+from serve_app.wire.v1_json import body_matrix
 from tests.conftest import MODEL, train_into
 from tests.unit.nonstop.test_loading import draft_of
 from tests.unit.nonstop.test_signing import KEY

@@ -20,8 +20,8 @@ from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.profile import read_profile
 from nonstop.registry import Registry
 from nonstop.schema import frame_to_matrix
-from serve_app.controller import Controller
-from serve_app.evidence import (
+from serve_app.rollout.controller import Controller
+from serve_app.rollout.evidence import (
     InputBins,
     VersionStats,
     agreement_rate,
@@ -31,8 +31,8 @@ from serve_app.evidence import (
     mean_absolute_difference,
     summarize,
 )
-from serve_app.rollout_policy import Policy, decide
-from serve_app.rollouts import Rollouts
+from serve_app.rollout.moves import Rollouts
+from serve_app.rollout.policy import Policy, decide
 from tests.conftest import MODEL, copy_into, train_into
 from training import demo
 from training.job import TrainOptions, train
@@ -239,7 +239,7 @@ def test_a_restarted_controller_carries_on_from_the_ledger(registry: Registry, v
 
 
 def test_vectorized_input_bins_count_as_the_profile_does(registry: Registry, versions: dict[str, int]) -> None:
-    from serve_app.evidence import feature_counts
+    from serve_app.rollout.evidence import feature_counts
 
     profile = read_profile(registry, MODEL, versions["primary"])
     assert profile is not None

@@ -13,8 +13,9 @@ import pytest
 
 from nonstop.errors import InvalidInput, PayloadTooLarge
 from nonstop.manifest import FeatureSpec
-from serve_app.config import Limits
-from serve_app.v2_codec import OutputTensor, decode, encode, prediction_tensor
+from serve_app.wire.limits import Limits
+from serve_app.wire.v2_json import decode, encode
+from serve_app.wire.v2_tensors import OutputTensor, prediction_tensor
 
 NUMBERS = [FeatureSpec(name=n, kind="number", dtype="float64") for n in ("a", "b", "c")]
 MIXED = [FeatureSpec(name="a", kind="number", dtype="float64"), FeatureSpec(name="colour", kind="category", dtype="str")]

@@ -1,0 +1,379 @@
+"""KubeRay 1.7's NewCluster switchover, reproduced with real local Ray clusters.
+
+Each local Ray cluster plays one RayCluster of the RayService; a TCP forwarder
+(harness/forwarder.py) plays the serve Service. What moves traffic is only what
+moves it on Kubernetes, with the timings of the manifests:
+
+- the operator's reconcile loop (rayservice_controller.go: Reconcile, every 2 s):
+  the head pod's serve label from a 2 s proxy health check when the head is not excluded
+  (updateHeadPodServeLabel), then the serveConfigV2 submitted to the pending cluster, or
+  to the active one when there is none pending, through the dashboard REST API with the
+  token (reconcileServe, checkIfNeedSubmitServeApplications), then the Service's selector
+  switched to the pending cluster in the same pass once every application reports RUNNING
+  (getAndCheckServeStatus), and the old cluster deleted `deletion_delay_s` later
+  (cleanUpRayClusterInstance, rayClusterDeletionDelaySeconds);
+- the kubelet: each serving worker pod's readiness probe with the manifest's initial
+  delay, period, timeout and thresholds (or, unset, what KubeRay injects: common/pod.go,
+  utils/constant.go), probing the Serve ingress `/-/healthz` for "success".
+
+A local cluster is one node, so its "head" and "worker" endpoints all lead to its one
+Serve ingress port; the endpoints differ in what makes them ready, which is the point.
+Not reproduced: scheduling, image pulls, the endpoint controller's and kube-proxy's own
+delays (a ready endpoint takes effect at once here), the raylet part of the probe.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+
+from nonstop_ops.cluster import lifecycle as local
+from nonstop_ops.cluster import ClusterError
+from nonstop_ops.cluster.serve_client import serve_application_statuses, submit_serve_config
+from harness.forwarder import Forwarder
+from harness.loadgen import Sample
+
+RECONCILE_PERIOD_S = 2.0  # ServiceDefaultRequeueDuration
+HEAD_CHECK_TIMEOUT_S = 2.0  # RayHTTPClientDirectTimeoutSeconds
+HEALTH_PATH = "/-/healthz"
+FAILURES_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A Kubernetes readinessProbe's timing."""
+
+    initial_delay_s: float
+    period_s: float
+    timeout_s: float
+    success_threshold: int = 1
+    failure_threshold: int = 3
+
+    @classmethod
+    def of(cls, probe: dict[str, Any]) -> Probe:
+        """From a manifest's readinessProbe, with Kubernetes' defaults for what it omits."""
+        return cls(
+            initial_delay_s=probe.get("initialDelaySeconds", 0),
+            period_s=probe.get("periodSeconds", 10),
+            timeout_s=probe.get("timeoutSeconds", 1),
+            success_threshold=probe.get("successThreshold", 1),
+            failure_threshold=probe.get("failureThreshold", 3),
+        )
+
+
+# What KubeRay 1.7 injects on a RayService worker without a readinessProbe
+# (common/pod.go: initLivenessAndReadinessProbe; utils/constant.go).
+KUBERAY_WORKER_PROBE = Probe(initial_delay_s=10, period_s=5, timeout_s=2, success_threshold=1, failure_threshold=1)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """The RayService settings the switchover depends on."""
+
+    exclude_head: bool
+    worker_probe: Probe
+    workers: int = 2
+    deletion_delay_s: float = 60.0
+    drain_s: float | None = None  # a preStop hook soft-stops HAProxy, then waits this long
+
+    @classmethod
+    def of(cls, service: dict[str, Any], deletion_delay_s: float) -> ServiceSettings:
+        """From a built RayService; its first worker group's probe, or KubeRay's."""
+        (group, *_) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        container = group["template"]["spec"]["containers"][0]
+        probe = container.get("readinessProbe")
+        return cls(
+            exclude_head=service["spec"].get("excludeHeadPodFromServeSvc", False),
+            worker_probe=Probe.of(probe) if probe else KUBERAY_WORKER_PROBE,
+            workers=group.get("minReplicas", group.get("replicas", 1)),
+            deletion_delay_s=deletion_delay_s,
+            drain_s=drain_of(container),
+        )
+
+
+def drain_of(container: dict[str, Any]) -> float | None:
+    """The seconds a preStop hook that soft-stops HAProxy (SIGUSR1) then sleeps gives it."""
+    command = " ".join(container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", []))
+    sleep = re.search(r"sleep (\d+)", command)
+    return float(sleep.group(1)) if "haproxy" in command and "-USR1" in command and sleep else None
+
+
+def local_serve_config(serve_config_v2: str, cluster: local.LocalCluster, poll_interval_s: float) -> str:
+    """The RayService's serveConfigV2 for a one-node local cluster: the ingress on loopback
+    at this cluster's port, and no one-replica-per-node rule (one node holds them all)."""
+    config = yaml.safe_load(serve_config_v2)
+    config["http_options"] = {**config.get("http_options", {}), "host": local.LOOPBACK, "port": cluster.http_port}
+    if "grpc_options" in config:
+        config["grpc_options"]["port"] = cluster.grpc_port
+    for application in config["applications"]:
+        for deployment in application.get("deployments", []):
+            deployment.pop("max_replicas_per_node", None)
+            if "user_config" in deployment:
+                deployment["user_config"]["poll_interval_s"] = poll_interval_s
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def healthy(cluster: local.LocalCluster, timeout_s: float, delay_s: float = 0.0) -> bool:
+    """The Serve ingress says "success" within `timeout_s`; `delay_s` is a pod too busy to
+    answer at once, spent inside the timeout as a slow answer would be."""
+    started = time.monotonic()
+    if delay_s:
+        time.sleep(min(delay_s, timeout_s))
+    left = timeout_s - (time.monotonic() - started)
+    if left <= 0:
+        return False
+    try:
+        answer = httpx.get(cluster.http_url + HEALTH_PATH, timeout=left)
+    except httpx.HTTPError:
+        return False
+    return answer.status_code == 200 and "success" in answer.text
+
+
+@dataclass
+class Event:
+    at: float  # time.time(), comparable with the load's samples
+    what: str
+
+
+@dataclass
+class RayServiceSim:
+    """The operator and the kubelets for one RayService, over real local clusters."""
+
+    settings: ServiceSettings
+    serve_config_v2: str
+    forwarder: Forwarder
+    poll_interval_s: float = 0.5
+    active: local.LocalCluster | None = None
+    pending: local.LocalCluster | None = None
+    events: list[Event] = field(default_factory=list)
+    _cache: dict[str, str] = field(default_factory=dict)  # cluster → serveConfigV2 last sent
+    _doomed: dict[str, tuple[float, local.LocalCluster]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def note(self, what: str) -> None:
+        self.events.append(Event(time.time(), what))
+
+    def __enter__(self) -> RayServiceSim:
+        self._spawn(self._operator)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _spawn(self, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    # -- Kubernetes objects appearing ------------------------------------------------
+
+    def create_pending(self, cluster: local.LocalCluster, probe_delay_s: float = 0.0) -> None:
+        """A new RayCluster's pods are up (the caller started the local cluster): its head
+        and worker endpoints exist, not ready; each worker's kubelet starts probing.
+        `probe_delay_s`: its workers answer every probe that late (busy pods)."""
+        name = _name(cluster)
+        self.forwarder.add(f"{name}/head", name, cluster.http_port)
+        for index in range(self.settings.workers):
+            self.forwarder.add(f"{name}/worker-{index}", name, cluster.http_port)
+            self._spawn(lambda i=index: self._kubelet(cluster, f"{name}/worker-{i}", probe_delay_s))
+        self.pending = cluster
+        self.note(f"pending cluster {name} created")
+
+    # -- the kubelet --------------------------------------------------------------------
+
+    def _kubelet(self, cluster: local.LocalCluster, endpoint: str, delay_s: float) -> None:
+        probe = self.settings.worker_probe
+        if self._stop.wait(probe.initial_delay_s):
+            return
+        ready, successes, failures = False, 0, 0
+        while not self._stop.is_set() and endpoint in self._endpoint_names():
+            began = time.monotonic()
+            if healthy(cluster, probe.timeout_s, delay_s):
+                successes, failures = successes + 1, 0
+            else:
+                successes, failures = 0, failures + 1
+            if not ready and successes >= probe.success_threshold:
+                ready = True
+                self.forwarder.set_ready(endpoint, True)
+                self.note(f"{endpoint} ready")
+            elif ready and failures >= probe.failure_threshold:
+                ready = False
+                self.forwarder.set_ready(endpoint, False)
+                self.note(f"{endpoint} not ready")
+            self._stop.wait(max(0.0, probe.period_s - (time.monotonic() - began)))
+
+    def _endpoint_names(self) -> set[str]:
+        return set(self.forwarder.endpoint_names())
+
+    # -- the operator -------------------------------------------------------------------
+
+    def _operator(self) -> None:
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                self._reconcile()
+            except (httpx.HTTPError, ClusterError) as exc:
+                self.note(f"reconcile error: {exc}")  # KubeRay requeues; so do we
+            self._stop.wait(max(0.0, RECONCILE_PERIOD_S - (time.monotonic() - began)))
+
+    def _reconcile(self) -> None:
+        for cluster in (self.active, self.pending):
+            if cluster is not None:
+                self._label_head(cluster)
+        target = self.pending or self.active
+        if target is not None and self._serve_ready(target) and target is self.pending:
+            old = self.active
+            self.forwarder.select(_name(target))
+            self.active, self.pending = target, None
+            self.note(f"service switched to {_name(target)}")
+            if old is not None:
+                self._doomed[_name(old)] = (time.monotonic() + self.settings.deletion_delay_s, old)
+        for name, (when, cluster) in list(self._doomed.items()):
+            if time.monotonic() >= when:
+                del self._doomed[name]
+                self.forwarder.remove_cluster(name)
+                self.note(f"cluster {name} deleted")
+                self._spawn(lambda c=cluster: self._terminate(c))
+
+    def _terminate(self, cluster: local.LocalCluster) -> None:
+        """Pod deletion: the preStop hook (HAProxy soft-stop, then its sleep), then SIGTERM."""
+        if self.settings.drain_s is not None:
+            for pid in local.cluster_pids(cluster):
+                try:
+                    process = psutil.Process(pid)
+                    if process.name() == "haproxy":
+                        process.send_signal(signal.SIGUSR1)
+                except psutil.Error:
+                    continue
+            time.sleep(self.settings.drain_s)
+        local.stop(cluster)
+        self.note(f"cluster {_name(cluster)} stopped")
+
+    def _label_head(self, cluster: local.LocalCluster) -> None:
+        """updateHeadPodServeLabel: excluded, the head never serves; else its proxy's health."""
+        label = False if self.settings.exclude_head else healthy(cluster, HEAD_CHECK_TIMEOUT_S)
+        self.forwarder.set_ready(f"{_name(cluster)}/head", label)
+
+    def _serve_ready(self, cluster: local.LocalCluster) -> bool:
+        """reconcileServe: (re)submit when nothing is cached, no application exists, or the
+        config changed; ready when there are applications and all are RUNNING."""
+        if not local.is_running(cluster):
+            return False  # the head pod is not ready yet
+        statuses = serve_application_statuses(cluster)
+        wanted = local_serve_config(self.serve_config_v2, cluster, self.poll_interval_s)
+        if self._cache.get(_name(cluster)) != wanted or not statuses:
+            submit_serve_config(cluster, wanted)
+            self._cache[_name(cluster)] = wanted
+            self.note(f"serve config submitted to {_name(cluster)}")
+        return bool(statuses) and all(status == "RUNNING" for status in statuses.values())
+
+    def wait(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not within {timeout_s:.0f}s; events: {self.events[-8:]}")
+            time.sleep(0.2)
+
+
+def _name(cluster: local.LocalCluster) -> str:
+    return cluster.haproxy_dir.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Count:
+    """What the clients saw."""
+
+    total: int
+    ok: int
+    failed: int
+    refused: int  # connection refused or reset: no endpoint, or a pod gone
+    backwards: int  # a success answered by an older version than one already answered
+    versions: tuple[str, ...]
+
+    @classmethod
+    def of(cls, samples: list[Sample]) -> Count:
+        failed = [s for s in samples if not s.ok]
+        return cls(
+            total=len(samples),
+            ok=len(samples) - len(failed),
+            failed=len(failed),
+            refused=sum(1 for s in failed if s.error is not None),
+            backwards=went_backwards(samples),
+            versions=tuple(sorted({s.version for s in samples if s.ok and s.version})),
+        )
+
+
+def went_backwards(samples: list[Sample]) -> int:
+    """Successes answered by a lower version than one some earlier request was already
+    answered with (by the time this one was sent)."""
+    answered = sorted((s.sent_at + s.latency_s, int(s.version)) for s in samples if s.ok and s.version)
+    count, best, index = 0, -1, 0
+    for sample in sorted((s for s in samples if s.ok and s.version), key=lambda s: s.sent_at):
+        while index < len(answered) and answered[index][0] <= sample.sent_at:
+            best = max(best, answered[index][1])
+            index += 1
+        count += int(sample.version) < best  # type: ignore[arg-type]
+    return count
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long each phase lasts; the test shortens what the benchmark runs in full."""
+
+    rate: float = 20.0  # requests per second, open loop
+    concurrency: int = 8
+    settle_s: float = 5.0  # load before the trigger and after the last change
+    deletion_delay_s: float = 60.0
+    ready_timeout_s: float = 240.0
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    count: Count
+    first_ok_at: float | None
+    after_first_ok: Count  # requests sent once a first success was answered
+    events: list[Event]
+    accepted: dict[str, int]
+    refused_connections: int
+    samples: list[Sample] = field(repr=False)
+
+    def sent_from(self, start: float) -> Count:
+        """What the requests sent from `start` on (time.time()) saw."""
+        return Count.of([s for s in self.samples if s.sent_at >= start])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "count": self.count.__dict__,
+            "after_first_ok": self.after_first_ok.__dict__,
+            "connections_per_cluster": self.accepted,
+            "connections_refused": self.refused_connections,
+            "events": [(round(e.at - self.events[0].at, 2), e.what) for e in self.events],
+            "failures": [
+                (round(f.sent_at - self.events[0].at, 2), f.status, (f.error or "")[:120])
+                for f in self.samples if not f.ok
+            ][:FAILURES_SHOWN],
+        }
+
+
+def outcome(scenario: str, samples: list[Sample], sim: RayServiceSim) -> Outcome:
+    oks = sorted(s.sent_at + s.latency_s for s in samples if s.ok)
+    first = oks[0] if oks else None
+    later = [s for s in samples if first is not None and s.sent_at >= first]
+    return Outcome(
+        scenario, Count.of(samples), first, Count.of(later), list(sim.events),
+        dict(sim.forwarder.accepted), sim.forwarder.refused, samples,
+    )  # fmt: skip

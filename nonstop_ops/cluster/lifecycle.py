@@ -1,0 +1,370 @@
+"""The one way this project starts, deploys to, and stops a local Ray cluster.
+
+The CLI (`nonstop up/down`) and the test fixtures both come through here, so the
+HAProxy ingress, loopback binding and the clean-up are done the same way everywhere.
+Each cluster has its own Ray temp folder, and `stop` ends that cluster's processes by pid
+(Ray's own and Serve's haproxy, which `ray stop --force` would leave bound to the HTTP
+port), never every Ray process on the machine: two clusters can run side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import psutil
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from nonstop.config import REGISTRY_ENV, Settings
+from nonstop_ops.cluster import ClusterError
+from nonstop_ops.cluster.serve_config import check_user_config, grpc_port, serve_port
+from serve_app.wire.limits import Limits
+
+LOOPBACK = "127.0.0.1"
+
+
+class LocalCluster(BaseModel):
+    """Ports and switches of one local head node; every listener on loopback."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gcs_port: int = 6379
+    dashboard_port: int = 8265
+    http_port: int = Field(default_factory=lambda: serve_port())
+    grpc_port: int = Field(default_factory=lambda: grpc_port())
+    # Serve's head-node fallback proxy (HAProxy sends it what no replica answers, and,
+    # with gRPC on, ListApplications): Serve's own defaults, moved by `isolated`.
+    fallback_http_port: int = 8500
+    fallback_grpc_port: int = 9500
+    client_server_port: int = 10001
+    dashboard_agent_port: int = 52365
+    metrics_export_port: int = 8080
+    haproxy_stats_port: int = 8404
+    haproxy_metrics_port: int = 9101
+    haproxy_dir: str = "/tmp/haproxy-serve"
+    ray_temp_dir: str = "/tmp/nonstop-ray"
+    object_store_bytes: int | None = None
+    ingress: Literal["haproxy", "proxy"] = "haproxy"
+    throughput_optimized: bool = True
+    num_cpus: int | None = None
+    auth_token_path: str = str(Path.home() / ".ray" / "auth_token")
+    # A predict is idempotent, so HAProxy may replay it on another replica when the one it
+    # picked refuses the connection or closes it without an answer. Requests already being
+    # processed when a replica is killed can still fail (the rollout report, docs/results).
+    ingress_retry_on: str = "conn-failure empty-response junk-response response-timeout"
+    ingress_retries: int = 3
+    # Ray starts its workers at nice 15 (worker_niceness in Ray's config), behind its own
+    # daemons and any client on the machine: the replicas and the HAProxy their manager
+    # spawns would wait for a core behind a load generator, and the tail latency under
+    # concurrency shows it (the peers benchmark's --worker-niceness A/B, docs/results).
+    # Serving is the point of this cluster; only the model loader stays niced
+    # (serve_app/replica/loader_actor.py).
+    worker_niceness: int = Field(default=0, ge=0, le=19)
+
+    @classmethod
+    def isolated(cls, base: int, name: str, **overrides: object) -> LocalCluster:
+        """A cluster on ports base+1 .. base+950 with its own haproxy folder and token,
+        so tests and benchmarks never touch a developer's `nonstop up` stack."""
+        folder = f"/tmp/{name}"
+        ports = {
+            "client_server_port": base + 1,
+            "metrics_export_port": base + 80,
+            "haproxy_metrics_port": base + 101,
+            "dashboard_port": base + 265,
+            "dashboard_agent_port": base + 365,
+            "gcs_port": base + 379,
+            "haproxy_stats_port": base + 404,
+            "http_port": base + 800,
+            "fallback_http_port": base + 850,
+            "grpc_port": base + 900,
+            "fallback_grpc_port": base + 950,
+        }
+        return cls.model_validate(
+            {
+                **ports,
+                "haproxy_dir": folder,
+                "ray_temp_dir": f"{folder}-ray",
+                "auth_token_path": f"{folder}/auth_token",
+                "object_store_bytes": 256 * 1024 * 1024,
+                **overrides,
+            }
+        )
+
+    @field_validator("haproxy_dir")
+    @classmethod
+    def _short_enough(cls, value: str) -> str:
+        # Serve adds a 56-character hashed folder and HAProxy refuses socket paths over 97.
+        if len(str(Path(value).resolve())) > 26:
+            raise ValueError(f"haproxy_dir {value!r} is too long for HAProxy's socket paths (26 characters at most)")
+        return value
+
+    @field_validator("ray_temp_dir")
+    @classmethod
+    def _short_temp(cls, value: str) -> str:
+        # Ray puts sockets under <temp>/session_<date>_<pid>/sockets/ (about 70 characters);
+        # Unix socket paths stop at 107.
+        if len(str(Path(value).resolve())) > 36:
+            raise ValueError(f"ray_temp_dir {value!r} is too long for Ray's socket paths (36 characters at most)")
+        return value
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.dashboard_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Ray's Prometheus endpoint, where the replicas' nonstop_* metrics appear."""
+        return f"http://{LOOPBACK}:{self.metrics_export_port}/metrics"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    @property
+    def haproxy_config_file(self) -> str:
+        return str(Path(self.haproxy_dir) / "haproxy.cfg")
+
+    def environment(self, settings: Settings) -> dict[str, str]:
+        """Ray and Serve read these when the head starts; they are its configuration."""
+        base = Path(self.haproxy_dir)
+        return {
+            **self.client_environment(),
+            REGISTRY_ENV: settings.registry,
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if self.throughput_optimized else "0",
+            "RAY_SERVE_ENABLE_HA_PROXY": "1" if self.ingress == "haproxy" else "0",
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": self.haproxy_config_file,
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(self.haproxy_stats_port),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.haproxy_metrics_port),
+            "RAY_SERVE_HAPROXY_RETRY_ON": self.ingress_retry_on,
+            "RAY_SERVE_HAPROXY_RETRIES": str(self.ingress_retries),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(self.fallback_http_port),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(self.fallback_grpc_port),
+            # Serve's gRPC servers refuse a larger message before parsing it: the same
+            # bound as an HTTP body (serve_app/grpc_v2/servicer.py)
+            "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(Limits().max_body_bytes),
+            # Serve parses a metrics line per request from HAProxy in a Python actor,
+            # CPU taken from every request (benchmarks/profile_serving.py measures it) for
+            # series the replicas' own Serve metrics already give; and one HAProxy thread,
+            # not the four Serve starts by default, on a node whose cores serve Python replicas.
+            "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+            "RAY_SERVE_HAPROXY_NBTHREAD": "1",
+            "RAY_worker_niceness": str(self.worker_niceness),
+        }
+
+    def client_environment(self) -> dict[str, str]:
+        """Ray token authentication: the head enforces it, every client presents the token.
+
+        The default path is Ray's own, so `serve deploy` and `ray job submit` find it too.
+        """
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.auth_token_path}
+
+    def use(self) -> None:
+        """Make this process a client of the cluster (Ray reads these when it connects)."""
+        os.environ.update(self.client_environment())
+        raylet = sys.modules.get("ray._raylet")
+        if raylet is not None:  # Ray caches its config at import; this is how Ray refreshes it
+            raylet.Config.initialize("")
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {Path(self.auth_token_path).read_text().strip()}"}
+
+
+def _ray_bin() -> str:
+    return str(Path(sys.executable).parent / "ray")
+
+
+def port_open(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def is_running(cluster: LocalCluster) -> bool:
+    return port_open(cluster.gcs_port) and port_open(cluster.dashboard_port)
+
+
+def ensure_token(cluster: LocalCluster) -> None:
+    """A random token, readable by its owner only; kept across restarts so clients keep working."""
+    path = Path(cluster.auth_token_path)
+    if path.exists() and path.read_text().strip():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))
+
+
+def start(cluster: LocalCluster, settings: Settings) -> None:
+    cluster.use()
+    if is_running(cluster):
+        return
+    ensure_token(cluster)
+    for port in (cluster.http_port, cluster.grpc_port):
+        if port_open(port):
+            raise ClusterError(f"port {port} is already taken (a stale haproxy? run `nonstop down`)")
+    Path(cluster.haproxy_dir).mkdir(parents=True, exist_ok=True)
+    command = [
+        _ray_bin(), "start", "--head",
+        f"--node-ip-address={LOOPBACK}",
+        f"--port={cluster.gcs_port}",
+        f"--dashboard-host={LOOPBACK}",
+        f"--dashboard-port={cluster.dashboard_port}",
+        f"--ray-client-server-port={cluster.client_server_port}",
+        f"--dashboard-agent-listen-port={cluster.dashboard_agent_port}",
+        f"--metrics-export-port={cluster.metrics_export_port}",
+        f"--temp-dir={cluster.ray_temp_dir}",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    if cluster.num_cpus is not None:
+        command.append(f"--num-cpus={cluster.num_cpus}")
+    if cluster.object_store_bytes is not None:
+        command.append(f"--object-store-memory={cluster.object_store_bytes}")
+    env = {**os.environ, **cluster.environment(settings)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ClusterError(f"`ray start` failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+
+
+def stop(cluster: LocalCluster, timeout_s: float = 30.0) -> None:
+    """End this cluster's processes, children first, and wait for its ports to close.
+
+    A process the cluster starts while the first ones are ending (a worker a raylet was
+    spawning) is caught by the next pass."""
+    deadline = time.monotonic() + timeout_s
+    while pids := cluster_pids(cluster):
+        if time.monotonic() > deadline:
+            raise ClusterError(f"processes {pids} of the cluster on port {cluster.gcs_port} outlived stopping it")
+        _end(pids)
+    ports = (cluster.http_port, cluster.grpc_port, cluster.gcs_port)
+    while any(port_open(port) for port in ports):
+        if time.monotonic() > deadline:
+            raise ClusterError(f"ports {'/'.join(map(str, ports))} still open after stopping the cluster")
+        time.sleep(0.2)
+
+
+def cluster_pids(cluster: LocalCluster) -> list[int]:
+    """Every process of this cluster, deepest descendants first.
+
+    The roots are the processes whose command line names this cluster's Ray temp folder
+    (GCS, raylet, dashboard, log monitor) or haproxy folder (Serve puts each config in a
+    hashed subfolder of it), and Ray's client server, which names neither but is started
+    with this cluster's GCS address and outlives the head otherwise; workers and the
+    replicas are their descendants.
+    """
+    prefixes = [str(Path(folder).resolve()) + "/" for folder in (cluster.ray_temp_dir, cluster.haproxy_dir)]
+    prefixes += [f"={p}" for p in prefixes]
+    gcs_suffix = f":{cluster.gcs_port}"
+    me = os.getpid()
+    roots: list[psutil.Process] = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        names_folder = any(any(p in arg or arg == p[:-1] for p in prefixes) for arg in cmdline)
+        client_server = "ray.util.client.server" in cmdline and any(
+            arg.startswith("--address=") and arg.endswith(gcs_suffix) for arg in cmdline
+        )
+        if proc.info["pid"] != me and (names_folder or client_server):
+            roots.append(proc)
+    ordered: list[int] = []
+    for root in roots:
+        try:
+            family = root.children(recursive=True)
+        except psutil.Error:
+            family = []
+        ordered += [child.pid for child in reversed(family) if child.pid != me]
+        ordered.append(root.pid)
+    return list(dict.fromkeys(ordered))
+
+
+def _end(pids: list[int], grace_s: float = 5.0) -> None:
+    """SIGTERM to all, then SIGKILL to whatever is still alive after the grace period."""
+    procs = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            proc.terminate()
+            procs.append(proc)
+        except psutil.Error:
+            continue
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
+def deploy(cluster: LocalCluster, config: dict[str, Any]) -> None:
+    """What `serve deploy` does, with the HTTP listener pinned to this cluster's port."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+    from ray.serve.schema import ServeDeploySchema
+
+    config = copy.deepcopy(config)
+    config.setdefault("http_options", {}).update({"host": LOOPBACK, "port": cluster.http_port})
+    if "grpc_options" in config:  # gRPC listens on the HTTP host (Serve 2.60's haproxy.py)
+        config["grpc_options"]["port"] = cluster.grpc_port
+    ServeDeploySchema.model_validate(config)
+    check_user_config(config)
+    ServeSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers()).deploy_applications(config)
+
+
+@contextlib.contextmanager
+def serving(cluster: LocalCluster, settings: Settings, config: dict[str, Any], model: str) -> Iterator[dict[str, Any]]:
+    """A fresh cluster with `config` deployed and `model` ready (its metadata is yielded),
+    stopped on the way out whatever happens: what every benchmark run starts from."""
+    stop(cluster)
+    start(cluster, settings)
+    try:
+        deploy(cluster, config)
+        yield wait_ready(cluster, model)
+    finally:
+        stop(cluster)
+
+
+def app_status(cluster: LocalCluster) -> dict[str, Any]:
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    return ServeSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers()).get_serve_details()
+
+
+def wait_ready(cluster: LocalCluster, model: str, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Until the app is RUNNING and the model answers as ready over HTTP."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        apps = app_status(cluster).get("applications", {})
+        status = apps.get("nonstop", {}).get("status")
+        if status == "DEPLOY_FAILED":
+            raise ClusterError(f"deployment failed: {apps['nonstop'].get('message')}")
+        if status == "RUNNING":
+            try:
+                answer = httpx.get(f"{cluster.http_url}/v1/models/{model}", timeout=5)
+                if answer.status_code == 200 and answer.json().get("ready"):
+                    return answer.json()
+                last = f"HTTP {answer.status_code}: {answer.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = str(exc)
+        else:
+            last = f"application status {status}"
+        time.sleep(0.5)
+    raise ClusterError(f"model {model!r} not ready after {timeout_s:.0f}s ({last})")
+

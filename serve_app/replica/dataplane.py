@@ -1,0 +1,282 @@
+"""The transport-free data plane: which version answers, its answer, and what it is.
+
+It knows no JSON, no HTTP and no protobuf. A request goes in two steps, so that decoding
+can be checked against the exact version that will answer:
+
+    binding = plane.bind(model, version)        # reads the served state once
+    matrix = <decode the body against binding.features>
+    result = await plane.infer(binding, matrix)  # InferenceResult
+
+A swap in the middle of a request cannot mix two versions, and a request for one model
+is never answered by another's estimator: `bind` only ever returns a version of the
+model named in the request. What a request asks for is a set of `Output`s; a new output
+kind is one enum member and one branch in `compute`.
+
+The Open Inference Protocol's work that does not depend on the transport is here too,
+so that its REST routes and its gRPC servicer give the same answers: reading a version
+a request names as text, describing a model, and the outputs asked for by name.
+
+Prediction can go through an injected batching `Predictor`, so the deployment batches
+concurrent requests (`serve.batch` with no wait: what queued while the previous batch
+ran) without this module knowing about Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib.metadata import PackageNotFoundError, version as package_version
+from typing import Any, Protocol
+
+import numpy as np
+
+from nonstop.errors import InvalidInput, ModelNotReady, NonstopError, UnknownModel, VersionNotFound, clip
+from nonstop.loading import LoadedModel
+from nonstop.manifest import FeatureSpec
+from serve_app.replica.state import ModelMetadata, Role, ServingState
+from serve_app.rollout.canary import Canary, Assignment
+from serve_app.wire.v2_tensors import PREDICT, PREDICT_PROBA, OutputTensor, datatype_of, prediction_tensor
+
+SERVER_NAME = "nonstop"
+EXTENSIONS = ["binary_tensor_data"]
+# Versions are the registry's counters: a longer number names none, and int() of a few
+# thousand digits would be refused by Python itself.
+MAX_VERSION_DIGITS = 18
+
+
+class Output(StrEnum):
+    """What a request can ask the model for."""
+
+    PREDICTIONS = "predictions"
+    PROBABILITIES = "probabilities"  # a classifier's, columns in the manifest's `classes` order
+
+
+PREDICTIONS_ONLY = frozenset({Output.PREDICTIONS})
+Outputs = dict[Output, list[Any]]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request's work for the estimator."""
+
+    loaded: LoadedModel
+    matrix: np.ndarray
+    outputs: frozenset[Output] = PREDICTIONS_ONLY
+
+
+Predictor = Callable[[Job], Awaitable[Outputs]]
+
+
+class StateSource(Protocol):
+    @property
+    def state(self) -> ServingState: ...
+
+
+class Observer(Protocol):
+    """Told of every outcome; the deployment plugs metrics in here."""
+
+    def predicted(self, model: str, version: int, rows: int) -> None: ...
+    def refused(self, model: str, reason: str) -> None: ...
+
+
+class _Unobserved:
+    def predicted(self, model: str, version: int, rows: int) -> None:
+        pass
+
+    def refused(self, model: str, reason: str) -> None:
+        pass
+
+
+OTHER_MODEL = "other"  # refusals for names not served are counted under one label
+
+
+def server_version() -> str:
+    try:
+        return package_version("nonstop")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def parse_version(model: str, version: str) -> int:
+    """A version a request names as text (a path segment, a gRPC field): decimal digits
+    only ('²' is a digit to str.isdigit, not to int()), and bounded before int() reads it."""
+    if not (version.isascii() and version.isdigit()) or len(version) > MAX_VERSION_DIGITS:
+        raise VersionNotFound(f"model {clip(model)!r} version {clip(version)!r} is not served here")
+    return int(version)
+
+
+def model_outputs(loaded: LoadedModel) -> list[dict[str, Any]]:
+    """The prediction, and class probabilities from a classifier that gives them."""
+    classes = loaded.manifest.classes
+    outputs = [{"name": PREDICT, "datatype": datatype_of(classes) if classes else "FP64", "shape": [-1]}]
+    if loaded.manifest.task == "classification" and hasattr(loaded.estimator, "predict_proba"):
+        outputs.append({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, len(classes)]})
+    return outputs
+
+
+def compute(loaded: LoadedModel, matrix: np.ndarray, outputs: frozenset[Output]) -> Outputs:
+    """Every requested output, one list entry per row."""
+    results: Outputs = {}
+    if Output.PREDICTIONS in outputs:
+        results[Output.PREDICTIONS] = loaded.predict(matrix)
+    if Output.PROBABILITIES in outputs:
+        results[Output.PROBABILITIES] = loaded.predict_proba(matrix)
+    return results
+
+
+def run_batch(jobs: Sequence[Job]) -> list[Outputs]:
+    """One estimator call per (version, outputs) for many requests; during a swap a
+    batch can hold two versions."""
+    results: list[Outputs] = [{} for _ in jobs]
+    groups: dict[tuple[int, frozenset[Output]], list[int]] = {}
+    for index, job in enumerate(jobs):
+        groups.setdefault((id(job.loaded), job.outputs), []).append(index)
+    for indices in groups.values():
+        first = jobs[indices[0]]
+        matrices = [jobs[i].matrix for i in indices]
+        stacked = compute(first.loaded, np.concatenate(matrices) if len(matrices) > 1 else matrices[0], first.outputs)
+        start = 0
+        for i, matrix in zip(indices, matrices, strict=True):
+            results[i] = {kind: values[start : start + len(matrix)] for kind, values in stacked.items()}
+            start += len(matrix)
+    return results
+
+
+@dataclass(frozen=True)
+class Binding:
+    """The version that will answer one request, chosen once."""
+
+    model: str
+    loaded: LoadedModel
+    assignment: Assignment | None = None  # set while a rollout runs: see serve_app/rollout/canary.py
+
+    @property
+    def version(self) -> int:
+        return self.loaded.version
+
+    @property
+    def features(self) -> list[FeatureSpec]:
+        return self.loaded.manifest.features
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    model: str
+    version: int
+    outputs: Outputs
+
+    @property
+    def predictions(self) -> list[Any]:
+        return self.outputs[Output.PREDICTIONS]
+
+
+class DataPlane:
+    def __init__(
+        self,
+        source: StateSource,
+        batched: Predictor | None = None,
+        observer: Observer | None = None,
+        canary: Canary | None = None,
+    ) -> None:
+        self._source = source
+        self._batched = batched
+        self._observer = observer or _Unobserved()
+        self._canary = canary
+
+    def served_models(self) -> list[str]:
+        model = self._source.state.model
+        return [model] if model else []
+
+    def is_served(self, model: str) -> bool:
+        return model in self.served_models()
+
+    def _state_for(self, model: str) -> ServingState:
+        state = self._source.state
+        if model != state.model:
+            raise UnknownModel(f"unknown model {clip(model)!r}; this server serves {state.model!r}")
+        return state
+
+    def bind_requested(self, model: str, version: str | None, key: str | None = None) -> Binding:
+        """`bind`, for a version named as text; None or empty names none (the primary,
+        or a canary's candidate for its share)."""
+        return self.bind(model, parse_version(model, version) if version else None, key)
+
+    def bind(self, model: str, version: int | None = None, key: str | None = None) -> Binding:
+        """The primary version of `model` (or, while a rollout runs, the candidate for its
+        share of requests; `key` makes the choice sticky), or the loaded `version` asked for."""
+        state = self._state_for(model)
+        if version is not None:
+            held = next((v.loaded for v in state.versions if v.loaded.version == version), None)
+            if held is None:
+                serving = state.primary.version if state.primary else None
+                raise VersionNotFound(f"model {model!r} version {version} is not served here (serving: {serving})")
+            return Binding(model, held)
+        primary = state.held(Role.PRIMARY)
+        if primary is None:
+            why = f": {state.last_error.message}" if state.last_error else ""
+            raise ModelNotReady(f"model {model!r} has no version loaded yet{why}")
+        assignment = self._canary.assign(state, key) if self._canary is not None else None
+        return Binding(model, assignment.answer if assignment else primary, assignment)
+
+    async def infer(self, binding: Binding, matrix: np.ndarray, outputs: frozenset[Output] = PREDICTIONS_ONLY) -> InferenceResult:
+        if Output.PROBABILITIES in outputs:
+            binding.loaded.require_probabilities()  # refused alone, never inside a shared batch
+        started = time.perf_counter()
+        assignment = binding.assignment
+        try:
+            results = await self._run(Job(binding.loaded, matrix, outputs))
+        except Exception:
+            if assignment is None or self._canary is None or not assignment.by_candidate or assignment.compare is None:
+                raise
+            # a candidate that fails costs the client nothing: the primary answers instead
+            self._canary.failed(assignment.answer, time.perf_counter() - started)
+            binding, assignment = Binding(binding.model, assignment.compare), None
+            results = await self._run(Job(binding.loaded, matrix, outputs))
+        if assignment is not None and self._canary is not None:
+            self._canary.answered(assignment, matrix, results.get(Output.PREDICTIONS, []), time.perf_counter() - started)
+        self._observer.predicted(binding.model, binding.version, len(matrix))
+        return InferenceResult(model=binding.model, version=binding.version, outputs=results)
+
+    async def infer_outputs(
+        self, binding: Binding, matrix: np.ndarray, names: list[str]
+    ) -> tuple[InferenceResult, list[OutputTensor]]:
+        """The outputs asked for by name, in that order, from the bound version."""
+        available = [o["name"] for o in model_outputs(binding.loaded)]
+        unknown = [name for name in names if name not in available]
+        if unknown:
+            raise InvalidInput(
+                f"model {binding.model!r} v{binding.version} has no output(s) {', '.join(clip(u) for u in unknown)}; "
+                f"it has: {', '.join(available)}"
+            )
+        kinds = {Output.PREDICTIONS} | ({Output.PROBABILITIES} if PREDICT_PROBA in names else set())
+        result = await self.infer(binding, matrix, frozenset(kinds))
+        tensors = {PREDICT: prediction_tensor(result.predictions)}
+        if PREDICT_PROBA in names:
+            probabilities = np.asarray(result.outputs[Output.PROBABILITIES], dtype=np.float64)
+            tensors[PREDICT_PROBA] = OutputTensor(PREDICT_PROBA, "FP64", list(probabilities.shape), probabilities.ravel())
+        return result, [tensors[name] for name in names]
+
+    async def _run(self, job: Job) -> Outputs:
+        return run_batch([job])[0] if self._batched is None else await self._batched(job)
+
+    def refused(self, model: str, exc: NonstopError) -> None:
+        """Count a refused request by the error's reason code; a model name the client
+        made up is not a label (that would let clients grow the metrics without bound)."""
+        self._observer.refused(model if self.is_served(model) else OTHER_MODEL, exc.reason)
+
+    def metadata(self, model: str) -> ModelMetadata:
+        return self._state_for(model).metadata()
+
+    def describe(self, binding: Binding) -> dict[str, Any]:
+        """The bound version as the Open Inference Protocol describes a model."""
+        return {
+            "name": binding.model,
+            "versions": [str(binding.version)],
+            "platform": "scikit-learn",
+            "inputs": [
+                {"name": f.name, "datatype": "FP64" if f.kind == "number" else "BYTES", "shape": [-1]} for f in binding.features
+            ],
+            "outputs": model_outputs(binding.loaded),
+        }

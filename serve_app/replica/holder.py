@@ -1,0 +1,211 @@
+"""Keeps a replica's `ServingState` in line with its target, without a request waiting.
+
+A candidate is loaded and verified off the event loop; only then is a new state, holding
+it, assigned in one reference assignment. A request reads the state once, so it runs
+wholly on the old version or wholly on the new one.
+
+Nothing in the registry can make a replica fail to start: a missing model, alias or
+pinned version, an unreadable registry, a refused artifact all leave the replica up,
+not ready (requests get "no version loaded" with the reason), and the poller keeps
+looking until something servable appears. A refused version is remembered so it is not
+loaded again at every poll; a version that did not exist yet is not a refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from nonstop.errors import (
+    AliasNotFound, ArtifactUnreadableError, ConfigError, ModelLoadError, NonstopError, SchemaMismatchError,
+)  # fmt: skip
+from nonstop.loading import LoadedModel, TrustPolicy, load_version
+from nonstop.registry import Registry
+from serve_app.config import ModelTarget
+from serve_app.replica.state import LoadFailure, Role, ServingState
+
+log = logging.getLogger("nonstop.holder")
+Loader = Callable[[str, int], Awaitable[LoadedModel]]  # (model, version) -> verified model
+
+
+def stagger_s(rank: int, load_seconds: float) -> float:
+    """Replicas load one after another, rank by rank, each waiting for the loads before it
+    to end (judged by its own last load time): loading costs CPU, and while one replica
+    loads, the others keep their full capacity."""
+    return rank * (load_seconds * 1.5 + 0.2)
+
+
+class ModelHolder:
+    def __init__(
+        self,
+        registry: Registry,
+        policy: TrustPolicy,
+        on_change: Callable[[], None] = lambda: None,
+        load: Loader | None = None,
+    ) -> None:
+        """`load` is where candidates load: the deployment passes its out-of-process
+        loader (serve_app/replica/loader_actor.py); without one they load in a thread of this process."""
+        self.state = ServingState()
+        self.rank = 0
+        self._target: ModelTarget | None = None
+        self._registry = registry
+        self._policy = policy
+        self._on_change = on_change
+        self._load = load or self._load_here
+        self._refused: set[tuple[str, int]] = set()
+        self._lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+        self._pending: asyncio.Task[None] | None = None
+
+    async def configure(self, target: ModelTarget) -> None:
+        """Apply a new target. A replica with nothing of the target's model to serve
+        (at start, or after a change of model) loads before returning; otherwise the
+        load runs in the background.
+
+        Ray Serve sends no traffic to a replica while its `reconfigure` runs: a blocking
+        load would take a serving replica out of rotation for the whole load, while a
+        replica switching models must not be routed requests for the new name before it
+        can answer them. Never raises for what the registry holds: see the module doc.
+        """
+        self._refused.clear()
+        switching = target.model != self.state.model or self.state.primary is None
+        self._set(self.state.retargeted(target) if not switching else self.state)
+        self._target = target
+        self._restart_poller(target)
+        if switching:
+            await self.sync()
+        else:
+            self._pending = asyncio.create_task(self.sync())
+
+    async def sync(self) -> None:
+        """Bring the served state in line with the target, if it is not already."""
+        async with self._lock:
+            target = self._target
+            if target is None:
+                return
+            state = self.state.retargeted(target)
+            current = state.primary
+            if current is not None and target.version is not None and current.version == target.version:
+                return
+            try:
+                version = await asyncio.to_thread(self._resolve, target)
+                if current is not None and current.version == version:
+                    return
+                if (target.model, version) in self._refused:
+                    return
+                await asyncio.sleep(0.0 if current is None else stagger_s(self.rank, current.load_seconds))
+                held = state.held(Role.CANDIDATE)  # a promoted canary is already loaded and verified
+                candidate = held if held is not None and held.version == version else await self._load(target.model, version)
+                self._check_schema(target, current, candidate)
+            except NonstopError as exc:
+                self._fail(state, exc)
+                return
+            self._set(state.with_version(candidate, Role.PRIMARY))
+            log.info(
+                "serving %s v%d (was %s), loaded in %.3fs",
+                target.model,
+                candidate.version,
+                f"v{current.version}" if current else "nothing",
+                candidate.load_seconds,
+            )
+
+    async def _load_here(self, model: str, version: int) -> LoadedModel:
+        return await asyncio.to_thread(load_version, self._registry, model, version, self._policy)
+
+    async def hold(self, loaded: LoadedModel | None, role: Role) -> None:
+        """Put `loaded` in `role` beside the primary (None: drop what holds it), under the
+        lock `sync` changes the state under, so neither undoes the other's change."""
+        async with self._lock:
+            if loaded is None:
+                self._set(self.state.without(role))
+            elif loaded.manifest.model == self.state.model:
+                self._set(self.state.with_version(loaded, role))
+
+    def config_refused(self, message: str | None) -> None:
+        """A user_config this replica would not apply (None: the last one was applied):
+        the state says so as its last error, so every answer and `nonstop status` show it."""
+        state = self.state
+        if message is not None:
+            self._set(state.with_error(LoadFailure(version=None, reason=ConfigError.reason, message=message, at=datetime.now(UTC))))
+        elif state.last_error is not None and state.last_error.reason == ConfigError.reason:
+            self._set(replace(state, last_error=None))
+
+    @property
+    def ready(self) -> bool:
+        return self.state.ready
+
+    @property
+    def polling(self) -> bool:
+        """False once the poller ended, which only a bug or a close can do."""
+        return self._poller is not None and not self._poller.done()
+
+    def _set(self, state: ServingState) -> None:
+        if state is not self.state:
+            self.state = state
+            self._on_change()
+
+    def _resolve(self, target: ModelTarget) -> int:
+        if target.version is not None:
+            self._registry.manifest(target.model, target.version)  # VersionNotFound until it is published
+            return target.version
+        alias = target.followed_alias or ""
+        version = self._registry.resolve(target.model, alias)
+        if version is None:
+            raise AliasNotFound(f"model {target.model!r} has no alias {alias!r} to follow (yet)")
+        return version
+
+    @staticmethod
+    def _check_schema(target: ModelTarget, current: LoadedModel | None, candidate: LoadedModel) -> None:
+        """Schema continuity is a rule between versions of one model."""
+        if current is None or target.allow_schema_change or current.manifest.same_schema(candidate.manifest):
+            return
+        ours = set(current.manifest.feature_names)
+        theirs = set(candidate.manifest.feature_names)
+        raise SchemaMismatchError(
+            target.model,
+            candidate.version,
+            f"features differ from served v{current.version} "
+            f"(missing: {sorted(ours - theirs) or 'none'}, new: {sorted(theirs - ours) or 'none'}); "
+            "set allow_schema_change in user_config to serve it",
+        )
+
+    def _fail(self, state: ServingState, exc: NonstopError) -> None:
+        """Record why. Only a published version that was refused for what it holds is
+        remembered (and not loaded again); a missing alias or version, a registry or
+        storage error, is retried at the next poll. A failure that repeats at every poll (a forged alias, say) is
+        reported once, with the time it was first seen."""
+        version = exc.version if isinstance(exc, ModelLoadError) else None
+        if version is not None and not isinstance(exc, ArtifactUnreadableError):  # storage may come back
+            self._refused.add((exc.model, version))
+        if state.last_error is not None and state.last_error.message == exc.message:
+            self._set(state)
+            return
+        failure = LoadFailure(version=version, reason=exc.reason, message=exc.message, at=datetime.now(UTC))
+        log.warning("load refused: %s", exc.message)
+        self._set(state.with_error(failure))
+
+    def _restart_poller(self, target: ModelTarget) -> None:
+        """Every target is polled: an alias for where it points, a pinned version until
+        it is published and loaded (after that a poll costs nothing)."""
+        if self._poller is not None:
+            self._poller.cancel()
+        self._poller = asyncio.create_task(self._poll(target.poll_interval_s))
+
+    async def _poll(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sync()
+            except Exception:  # the poller must outlive any surprise; the next tick retries
+                log.exception("poll failed")
+
+    async def close(self) -> None:
+        for task in (self._poller, self._pending):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -1,1 +1,0 @@
-"""Load generators and rollout scenarios for the tests and benchmarks; never installed."""
