@@ -19,13 +19,15 @@ LINT = str(Path(sys.executable).parent / "lint-imports")
 
 
 def lint(folder: Path) -> subprocess.CompletedProcess[str]:
-    # PYTHONPATH: grimp must find the packages of `folder`, not the installed ones
+    # PYTHONPATH: grimp must find the packages of `folder`, not the installed ones.
+    # COLUMNS: lint-imports wraps its report at the terminal's width (80 without one), which
+    # would split a long contract name from its KEPT/BROKEN.
     return subprocess.run(
         [LINT, "--config", str(folder / "pyproject.toml")],
         cwd=folder,
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": str(folder), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(folder), "PATH": "/usr/bin:/bin", "COLUMNS": "400"},
         check=False,
     )
 
