@@ -190,8 +190,13 @@ def decide(
     if shadowing:
         if evidence.compared < policy.min_compared:
             return Decision("hold", [f"only {evidence.compared} rows scored in the shadow (need {policy.min_compared})"])
-    elif (answered := candidate.requests if window_requests is None else window_requests) < policy.min_requests:
-        return Decision("hold", [f"only {answered} candidate requests this window (need {policy.min_requests})"])
+    else:
+        if (answered := candidate.requests if window_requests is None else window_requests) < policy.min_requests:
+            return Decision("hold", [f"only {answered} candidate requests this window (need {policy.min_requests})"])
+        # a step advances only once every check has had its sample: a candidate whose
+        # answers were not yet compared with the primary's has not been judged on them
+        if evidence.compared < policy.min_compared:
+            return Decision("hold", [f"only {evidence.compared} candidate rows compared with the primary (need {policy.min_compared})"])
     return Decision("advance", ["every check passed over a full window"])
 
 
