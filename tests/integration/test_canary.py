@@ -164,12 +164,17 @@ def test_editing_one_entry_of_the_run_fails_verification(served: Stack, runs: di
 
 def test_the_evidence_is_exported_to_prometheus(runs: dict[str, RolloutRun], served: Stack) -> None:
     candidates = {str(run.candidate) for run in runs.values()}
+    seen: dict[str, object] = {}
 
     def exported() -> bool:
         evidence = _series(served, "ray_nonstop_rollout_evidence")
         judged = {labels.get("version") for labels, _ in evidence if labels.get("role") == "candidate" and labels.get("stat") == "agreement"}
         verdicts = {labels.get("verdict") for labels, _ in _series(served, "ray_nonstop_rollout_decisions_total")}
         drift = [labels for labels, _ in _series(served, "ray_nonstop_rollout_input_psi") if labels.get("feature") == "mean_radius"]
+        seen.update(judged=judged, candidates=candidates, verdicts=verdicts, drift=drift)
         return bool(judged & candidates) and {"rollback", "advance"} <= verdicts and bool(drift)
 
-    wait_until(exported, 180, "rollout evidence on the Prometheus endpoint")
+    try:
+        wait_until(exported, 180, "rollout evidence on the Prometheus endpoint")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; last seen: {seen}") from None
