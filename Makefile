@@ -30,7 +30,7 @@ down: install
 TEST_WORKERS ?= 2
 test: install
 	$(BIN)/lint-imports
-	$(PYTEST) -n $(TEST_WORKERS)
+	$(PYTEST) -n $(TEST_WORKERS) --durations=30
 
 ## one tier each: `make test-unit`, `test-inprocess`, `test-tools`, `test-integration`
 test-unit test-inprocess test-tools test-integration: test-%: install
