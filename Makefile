@@ -46,10 +46,14 @@ test-fast: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
-## coverage-guided fuzzing (atheris) of every decoder of untrusted bytes, side by side,
-## FUZZ_SECONDS each (30 minutes unless told); findings under build/fuzz/<target>/artifacts
+## coverage-guided fuzzing (atheris) of every decoder of untrusted bytes and of trusted
+## artifacts with mutated arrays (tests/tools/fuzz/artifacts.py), side by side (at most
+## FUZZ_AT_ONCE at a time if set), FUZZ_SECONDS each (30 minutes unless told), FUZZ_TARGETS
+## (comma-separated) or all; findings under build/fuzz/<target>/artifacts, figures in
+## docs/results/fuzz.md
 fuzz: install
-	$(BIN)/python -m tests.tools.fuzz.runner $${FUZZ_SECONDS:-1800} build/fuzz
+	$(BIN)/python -m tests.tools.fuzz.runner $${FUZZ_SECONDS:-1800} build/fuzz $${FUZZ_TARGETS:-} \
+		$${FUZZ_AT_ONCE:+--at-once $$FUZZ_AT_ONCE} --report docs/results/fuzz.md
 
 ## nonstop side by side with KServe, MLServer and FastAPI + uvicorn (each in its own venv under
 ## benchmarks/out/peers; wrk from Debian, installed if missing): docs/results/peers.{md,json,png}

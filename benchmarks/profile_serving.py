@@ -69,7 +69,7 @@ LAYERS = (
     ("encode (json.dumps, response)", "json/encoder.py"),
     ("nonstop metrics", "serve_app/replica/serving_metrics.py"),
     ("model poller / status", "serve_app/replica/holder.py"),
-    ("model poller / status", "nonstop/registry.py"),
+    ("model poller / status", "nonstop/registry/"),
     ("event loop (asyncio)", "asyncio/"),
 )
 HTTPLOG = re.compile(

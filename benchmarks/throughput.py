@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from nonstop_ops.cluster import lifecycle as local  # noqa: E402
-from nonstop_ops.cluster.serve_config import deployment_config, load_serve_config  # noqa: E402
+from nonstop_ops.cluster.serve_config import load_serve_config, replica_bounds  # noqa: E402
 from nonstop.config import Settings  # noqa: E402
 from nonstop.loading import TrustPolicy, load_version  # noqa: E402
+from nonstop.manifest import Manifest  # noqa: E402
 from harness.loadgen import run_load  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
 from nonstop.schema import rows_to_matrix  # noqa: E402
@@ -80,6 +82,19 @@ def _v2_payload(rows: list[list[Any]], binary: bool) -> Payload:
     return header + matrix.tobytes(), BINARY_CONTENT_TYPE, {HEADER_LENGTH: str(len(header))}
 
 
+def demo_registry(work: Path) -> tuple[Registry, Manifest]:
+    """The demo model trained and promoted in a fresh registry under `work`: what every
+    serving benchmark serves, so their figures compare."""
+    demo.write_days(work / "data", 5)
+    registry = Registry(str(work / "registry"))
+    return registry, train(TrainOptions(data=str(work / "data"), model=MODEL, promote=True), registry).manifest
+
+
+def one_record(manifest: Manifest) -> Payload:
+    """A one-row V1 JSON body, features by name: the request the latency tables are about."""
+    return _json_payload([dict(zip(manifest.feature_names, manifest.samples.inputs[0], strict=True))])
+
+
 def _cluster(ingress: str) -> local.LocalCluster:
     return local.LocalCluster.isolated(
         PORT_BASE, f"nonstop-bench-{PORT_BASE}", ingress=ingress, throughput_optimized=ingress == "haproxy"
@@ -108,6 +123,7 @@ def run_wrk(url: str, payload: Payload | tuple[bytes, str], concurrency: int, se
         return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sent = re.search(r"(\d+) requests in", out)
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
@@ -115,6 +131,7 @@ def run_wrk(url: str, payload: Payload | tuple[bytes, str], concurrency: int, se
         "p90_ms": ms("90"),
         "p99_ms": ms("99"),
         "errors": int(non_2xx.group(1) if non_2xx else 0) + (sum(map(int, socket.groups())) if socket else 0),
+        "requests": int(sent.group(1)) if sent else 0,  # answered, whatever the status
         "client": "wrk",
     }
 
@@ -134,19 +151,26 @@ def _driver(url: str, payload: Payload, concurrency: int, seconds: float) -> dic
         "p90_ms": float(np.percentile(latencies, 90)),
         "p99_ms": float(np.percentile(latencies, 99)),
         "errors": len(result.failed),
+        "requests": len(result.samples),
         "client": "harness.loadgen",
     }
 
 
+def load_client() -> Callable[[str, Payload, int, float], dict[str, Any]]:
+    """wrk in its own process where installed (the client that costs the server least), else
+    the project's async driver in this process."""
+    return run_wrk if shutil.which("wrk") else _driver
+
+
 def measure(url: str, payload: Payload, seconds: float, levels: tuple[int, ...] = CONCURRENCIES) -> dict[int, dict[str, Any]]:
-    client = run_wrk if shutil.which("wrk") else _driver
+    client = load_client()
     client(url, payload, 4, 2)  # warm-up
     return {c: client(url, payload, c, seconds) for c in levels}
 
 
 def rows_per_second(url: str, payloads: dict[str, Payload], seconds: float) -> dict[str, float]:
     """1,000-row requests from 2 concurrent clients, per body format: rows answered per second."""
-    client = run_wrk if shutil.which("wrk") else _driver
+    client = load_client()
     return {name: client(url, payload, 2, seconds)["rps"] * 1000 for name, payload in payloads.items()}
 
 
@@ -279,12 +303,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="nonstop-bench-"))
-    demo.write_days(work / "data", 5)
-    registry = Registry(str(work / "registry"))
-    manifest = train(TrainOptions(data=str(work / "data"), model=MODEL, promote=True), registry).manifest
+    registry, manifest = demo_registry(Path(tempfile.mkdtemp(prefix="nonstop-bench-")))
     names = manifest.feature_names
-    body = _json_payload([dict(zip(names, manifest.samples.inputs[0], strict=True))])
+    body = one_record(manifest)
     big_rows = [manifest.samples.inputs[i % len(manifest.samples.inputs)] for i in range(1000)]
     big = {
         "json": _json_payload([dict(zip(names, row, strict=True)) for row in big_rows]),
@@ -294,7 +315,7 @@ def main() -> None:
         "v2 json": (_v2_payload(manifest.samples.inputs[:1], binary=False), _v2_payload(big_rows, binary=False)),
         "v2 binary": (_v2_payload(manifest.samples.inputs[:1], binary=True), _v2_payload(big_rows, binary=True)),
     }
-    replicas = deployment_config(load_serve_config())["num_replicas"]
+    replicas = replica_bounds(load_serve_config())[0]  # the autoscaler's floor: where an idle stack rests
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "seconds_per_level": args.seconds,

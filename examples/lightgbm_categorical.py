@@ -2,7 +2,11 @@
 
 LightGBM takes pandas' `category` dtype natively; the served model gets the column with
 the same dtype, and LightGBM maps it back onto the categories it was trained with (an
-unseen category is treated as missing). Needs `pip install 'nonstop[lightgbm]'`.
+unseen category is treated as missing). Needs `pip install 'nonstop[lightgbm]'`, and
+LightGBM trusted by name in the one setting training and serving read (its boosters are
+off the format's trust list: their insides cannot be checked at load):
+
+    export NONSTOP_TRUSTED_TYPES=lightgbm.basic.Booster,lightgbm.sklearn.LGBMClassifier
 
     python examples/lightgbm_categorical.py --registry registry
     ray job submit --working-dir . -- python examples/lightgbm_categorical.py

@@ -3,38 +3,62 @@
 The load here differs from `loadgen`'s in what a canary needs: each request carries
 several real rows (so the evidence has rows to compare and bin, and a rescaled feature
 shows), rotating through a day's data, and a request key, so stickiness can be checked.
-Bounded in time and count, loopback only.
+Requests can take turns over every protocol (V1 JSON and Arrow, V2 JSON and binary,
+gRPC), the same rows in each. Bounded in time and count, loopback only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import grpc
 import httpx
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from nonstop.ledger import LedgerEntry
 from nonstop.registry import Registry
 from serve_app.edge import KEY_HEADER
+from serve_app.grpc_v2 import oip_v2_pb2 as pb
+from serve_app.grpc_v2.oip_v2_pb2_grpc import GRPCInferenceServiceStub
 from serve_app.rollout.moves import Rollouts
 from serve_app.rollout.policy import Policy
+from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_stream
+from serve_app.wire.v2_json import BINARY_CONTENT_TYPE, HEADER_LENGTH
 from harness.loadgen import VERSION_HEADER, check_loopback
 from harness.rollout import wait_until
+from training.demo import day_frame
+from training.publish import publish_model
+
+
+PROTOCOLS = ("v1_json", "v1_arrow", "v2_json", "v2_binary", "grpc")
+_V1_URL = re.compile(r"^(http://[^/]+)/v1/models/([^/:]+):predict$")
 
 
 @dataclass(frozen=True)
 class Answer:
+    """`status`: the HTTP status; over gRPC 200 for OK, else the gRPC code's number plus
+    1000 (never 2xx), and 0 when no answer came at all."""
+
     sent_at: float
     latency_s: float
     status: int
     version: int | None
     key: str
+    protocol: str = "v1_json"
+    error: str = ""
 
     @property
     def ok(self) -> bool:
@@ -50,9 +74,50 @@ def bodies(frame: pd.DataFrame, features: Sequence[str], rows: int, rescale: dic
     return [json.dumps({"instances": values[i : i + rows]}).encode() for i in range(0, len(values) - rows + 1, rows)]
 
 
+# A fragile candidate raises on any row holding this value (log1p(-1) is -inf, which its
+# imputer refuses) and answers every other row; the demo model takes it as any number.
+POISON = -1.0
+
+
+def publish_fragile(registry: Registry, model: str) -> int:
+    """A real, trusted Pipeline published unpromoted: a candidate that fails on some inputs."""
+    fragile = make_pipeline(FunctionTransformer(np.log1p), SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=1000))
+    published = publish_model(fragile, day_frame(0), model=model, label="target", holdout=day_frame(1), registry=registry)
+    return published.manifest.version
+
+
+@dataclass(frozen=True)
+class Request:
+    """One set of rows as each protocol carries it."""
+
+    rows: list[list[float]]
+
+    def v1_arrow(self, features: Sequence[str]) -> bytes:
+        return arrow_stream(pa.table({name: [row[i] for row in self.rows] for i, name in enumerate(features)}))
+
+    def v2_json(self) -> bytes:
+        tensor = {"name": "x", "shape": [len(self.rows), len(self.rows[0])], "datatype": "FP64", "data": self.rows}
+        return json.dumps({"inputs": [tensor]}).encode()
+
+    def v2_binary(self) -> tuple[bytes, int]:
+        """The body and its JSON header's length: the tensor as raw little-endian FP64."""
+        raw = np.asarray(self.rows, dtype="<f8").tobytes()
+        shape = [len(self.rows), len(self.rows[0])]
+        header = json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "FP64", "parameters": {"binary_data_size": len(raw)}}]})
+        return header.encode() + raw, len(header.encode())
+
+    def grpc(self, model: str) -> pb.ModelInferRequest:
+        request = pb.ModelInferRequest(model_name=model)
+        shape = [len(self.rows), len(self.rows[0])]
+        request.inputs.add(name="x", datatype="FP64", shape=shape).contents.fp64_contents.extend(v for row in self.rows for v in row)
+        return request
+
+
 @dataclass
 class CanaryLoad:
-    """Closed-loop clients in a thread; `keys` distinct request keys cycle over requests."""
+    """Closed-loop clients in a thread; `keys` distinct request keys cycle over requests,
+    and requests take turns over `protocols` (V1 JSON alone unless told; gRPC needs
+    `grpc_address`, Arrow needs `features`)."""
 
     url: str
     payloads: list[bytes]
@@ -60,10 +125,25 @@ class CanaryLoad:
     max_seconds: float = 300.0
     max_requests: int = 200_000
     keys: int = 500
+    protocols: tuple[str, ...] = ("v1_json",)
+    features: tuple[str, ...] = ()
+    grpc_address: str | None = None
     answers: list[Answer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_loopback(self.url)
+        matched = _V1_URL.match(self.url)
+        unknown = set(self.protocols) - set(PROTOCOLS)
+        if unknown or not self.protocols:
+            raise ValueError(f"protocols {sorted(unknown) or '(none)'}: not among {PROTOCOLS}")
+        if "grpc" in self.protocols and (self.grpc_address is None or not self.grpc_address.startswith("127.0.0.1:")):
+            raise ValueError(f"gRPC load needs a loopback grpc_address, not {self.grpc_address!r}")
+        if "v1_arrow" in self.protocols and not self.features:
+            raise ValueError("Arrow load needs the feature names")
+        if matched is None and set(self.protocols) != {"v1_json"}:
+            raise ValueError(f"{self.url} is not a V1 predict URL to derive the others from")
+        self._base, self._model = matched.groups() if matched else (self.url, "")
+        self._requests = [Request(json.loads(p)["instances"]) for p in self.payloads] if self.protocols != ("v1_json",) else []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -79,26 +159,63 @@ class CanaryLoad:
         self._thread.join(timeout=60)
         return self.answers
 
+    def by_protocol(self) -> dict[str, list[Answer]]:
+        return {p: [a for a in self.answers if a.protocol == p] for p in self.protocols}
+
+    async def _http(self, client: httpx.AsyncClient, protocol: str, turn: int, key: str) -> tuple[int, int | None, str]:
+        headers = {KEY_HEADER: key}
+        if protocol == "v1_json":
+            url, content, headers["content-type"] = self.url, self.payloads[turn % len(self.payloads)], "application/json"
+        else:
+            request, url = self._requests[turn % len(self._requests)], f"{self._base}/v2/models/{self._model}/infer"
+            if protocol == "v1_arrow":
+                url, content, headers["content-type"] = self.url, request.v1_arrow(self.features), ARROW_STREAM
+            elif protocol == "v2_json":
+                content, headers["content-type"] = request.v2_json(), "application/json"
+            else:
+                content, length = request.v2_binary()
+                headers["content-type"], headers[HEADER_LENGTH] = BINARY_CONTENT_TYPE, str(length)
+        response = await client.post(url, content=content, headers=headers)
+        version = response.headers.get(VERSION_HEADER)
+        if version is None and protocol.startswith("v2") and response.status_code == 200:
+            header = response.content[: int(response.headers.get(HEADER_LENGTH, len(response.content)))]
+            version = json.loads(header).get("model_version")
+        return response.status_code, int(version) if version else None, "" if response.status_code == 200 else response.text[:300]
+
+    async def _grpc(self, stub: GRPCInferenceServiceStub, turn: int, key: str) -> tuple[int, int | None, str]:
+        request = self._requests[turn % len(self._requests)].grpc(self._model)
+        try:
+            reply = await stub.ModelInfer(request, metadata=((KEY_HEADER, key),), timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            return 1000 + exc.code().value[0], None, f"{exc.code().name}: {exc.details()}"[:300]
+        return 200, int(reply.model_version), ""
+
     async def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
         turns = iter(range(self.max_requests))
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        channel = grpc.aio.insecure_channel(self.grpc_address) if self.grpc_address else None
+        stub = GRPCInferenceServiceStub(channel) if channel is not None else None
         async with httpx.AsyncClient(limits=limits, timeout=30) as client:
 
             async def worker() -> None:
                 while time.monotonic() < deadline and not self._stop.is_set() and (turn := next(turns, None)) is not None:
-                    key = f"client-{turn % self.keys}"
-                    headers = {"content-type": "application/json", KEY_HEADER: key}
+                    key, protocol = f"client-{turn % self.keys}", self.protocols[turn % len(self.protocols)]
                     sent, started = time.time(), time.perf_counter()
                     try:
-                        response = await client.post(self.url, content=self.payloads[turn % len(self.payloads)], headers=headers)
-                        version = response.headers.get(VERSION_HEADER)
-                        status = response.status_code
-                    except httpx.HTTPError:
-                        version, status = None, 0
-                    self.answers.append(Answer(sent, time.perf_counter() - started, status, int(version) if version else None, key))
+                        if protocol == "grpc" and stub is not None:
+                            status, version, error = await self._grpc(stub, turn, key)
+                        else:
+                            status, version, error = await self._http(client, protocol, turn, key)
+                    except (httpx.HTTPError, grpc.RpcError) as exc:
+                        status, version, error = 0, None, repr(exc)[:300]
+                    self.answers.append(Answer(sent, time.perf_counter() - started, status, version, key, protocol, error))
 
-            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+            try:
+                await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+            finally:
+                if channel is not None:
+                    await channel.close()
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ class Forwarder:
         self._selector: str | None = None
         self._turn = itertools.count()
         self.accepted: Counter[str] = Counter()  # connections per cluster
+        self.accepted_by_endpoint: Counter[str] = Counter()
         self.refused = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -105,6 +106,12 @@ class Forwarder:
             for name in [e.name for e in self._endpoints.values() if e.cluster == cluster]:
                 del self._endpoints[name]
 
+    def remove(self, name: str) -> None:
+        """One deleted pod's endpoint leaves the Service (kube-proxy has heard of it); the
+        connections it carries end when the pod's processes do."""
+        with self._lock:
+            self._endpoints.pop(name, None)
+
     def endpoint_names(self) -> list[str]:
         with self._lock:
             return list(self._endpoints)
@@ -132,6 +139,7 @@ class Forwarder:
             writer.transport.abort()
             return
         self.accepted[endpoint.cluster] += 1
+        self.accepted_by_endpoint[endpoint.name] += 1
         endpoint.connections.update((writer, upstream_writer))
         try:
             await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import httpx
 
 VERSION_HEADER = "x-model-version"
+MODEL_HEADER = "x-model-name"
+REQUEST_ID_HEADER = "x-request-id"
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class Sample:
     status: int
     version: str | None
     error: str | None = None
+    request_id: str | None = None  # as the server answered it (serve_app/edge.py)
+    model: str | None = None  # the model that answered, as the server named it
 
     @property
     def ok(self) -> bool:
@@ -103,7 +107,10 @@ async def run_load(
                 try:
                     response = await client.post(url, content=content, headers=headers)
                     result.samples.append(
-                        Sample(sent, time.perf_counter() - started, response.status_code, response.headers.get(VERSION_HEADER))
+                        Sample(
+                            sent, time.perf_counter() - started, response.status_code, response.headers.get(VERSION_HEADER),
+                            request_id=response.headers.get(REQUEST_ID_HEADER), model=response.headers.get(MODEL_HEADER),
+                        )  # fmt: skip
                     )
                 except httpx.HTTPError as exc:
                     result.samples.append(Sample(sent, time.perf_counter() - started, 0, None, f"{type(exc).__name__}: {exc}"))
@@ -124,12 +131,16 @@ class BackgroundLoad:
         max_requests: int = 50_000,
         max_seconds: float = 120,
         rate: float | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> None:
         check_loopback(url)
         self._stop = threading.Event()
         self._result: LoadResult | None = None
         self._args = (url, body)
-        self._kwargs = {"concurrency": concurrency, "max_requests": max_requests, "max_seconds": max_seconds, "rate": rate}
+        self._kwargs = {
+            "concurrency": concurrency, "max_requests": max_requests, "max_seconds": max_seconds, "rate": rate,
+            "extra_headers": extra_headers,
+        }  # fmt: skip
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:

@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 
 from nonstop_ops.cluster import lifecycle as local
-from nonstop_ops.cluster.serve_config import deployment_config
+from nonstop_ops.cluster.serve_config import deployment_config, replica_bounds
 from harness.loadgen import BackgroundLoad, Sample
 from nonstop.manifest import ManifestDraft
-from nonstop.registry import Registry
+from nonstop.registry import Registry, alias_lineage
 from harness.rollout_stats import Event, ScenarioReport, report
 from serve_app.replica.state import ReplicaStatus
 from serve_app.replica.status_board import read_board
@@ -76,10 +76,11 @@ class Stack:
         }
 
     def settled(self) -> bool:
-        """The app RUNNING with all its replicas: the last deploy is wholly applied."""
+        """The app RUNNING with as many replicas as its config allows (between the
+        autoscaler's bounds): the last deploy is wholly applied."""
         app = local.app_status(self.cluster)["applications"]["nonstop"]
-        wanted = deployment_config(self.config)["num_replicas"]
-        return app["status"] == "RUNNING" and len(self.replicas()) == wanted
+        fewest, most = replica_bounds(self.config)
+        return app["status"] == "RUNNING" and fewest <= len(self.replicas()) <= most
 
     def board(self, live: dict[str, tuple[str, int]] | None = None) -> dict[str, ReplicaStatus]:
         live = self.replicas() if live is None else live
@@ -90,8 +91,8 @@ class Stack:
         replicas share) and one at the board."""
         live = self.replicas()
         board = self.board(live)
-        wanted = deployment_config(self.config).get("num_replicas", 2)
-        return len(board) == len(live) == wanted and all(r.serves(model or self.model, version) for r in board.values())
+        fewest, most = replica_bounds(self.config)
+        return len(board) == len(live) and fewest <= len(live) <= most and all(r.serves(model or self.model, version) for r in board.values())
 
     def refusing_everywhere(self, version: int, reason: str) -> bool:
         board = self.board()
@@ -286,7 +287,8 @@ class RolloutCheck:
         self._wait(lambda: self.stack.serving_everywhere(new), f"every replica on v{new}")
 
         def go() -> Outcome:
-            target = self.stack.registry.alias(self.stack.model, "production").lineage()[-2]
+            entries = self.stack.registry.ledger(self.stack.model).verified()
+            target = alias_lineage(entries, "production")[-2]
             trigger = self._trigger("rollback", f"rollback to v{target}", target, lambda: self.stack.registry.rollback(self.stack.model))
             done = self._wait(lambda: self.stack.serving_everywhere(target), f"every replica back on v{target}")
             return trigger, done, str(target), []

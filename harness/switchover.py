@@ -14,12 +14,18 @@ moves it on Kubernetes, with the timings of the manifests:
   (cleanUpRayClusterInstance, rayClusterDeletionDelaySeconds);
 - the kubelet: each serving worker pod's readiness probe with the manifest's initial
   delay, period, timeout and thresholds (or, unset, what KubeRay injects: common/pod.go,
-  utils/constant.go), probing the Serve ingress `/-/healthz` for "success".
+  utils/constant.go), probing the Serve ingress `/-/healthz` for "success"; and a pod's
+  deletion: its preStop hook as the manifest writes it (wait, HAProxy soft-stop, drain),
+  cut at terminationGracePeriodSeconds, then the pod's processes stopped;
+- the endpoint removal of a pod deleted while its cluster serves (a node drain, a
+  scale-down): it reaches kube-proxy `propagation_s` after the kubelet starts the preStop
+  hook, and until then new connections still go to the pod (`RayServiceSim.delete_pod`).
 
 A local cluster is one node, so its "head" and "worker" endpoints all lead to its one
 Serve ingress port; the endpoints differ in what makes them ready, which is the point.
 Not reproduced: scheduling, image pulls, the endpoint controller's and kube-proxy's own
-delays (a ready endpoint takes effect at once here), the raylet part of the probe.
+delays for a ready endpoint (it takes effect at once here; only a deleted pod's removal
+is delayed, by the caller's `propagation_s`), the raylet part of the probe.
 """
 
 from __future__ import annotations
@@ -76,35 +82,68 @@ KUBERAY_WORKER_PROBE = Probe(initial_delay_s=10, period_s=5, timeout_s=2, succes
 
 
 @dataclass(frozen=True)
+class PreStop:
+    """A preStop hook that soft-stops HAProxy (SIGUSR1): the seconds it sleeps before the
+    soft-stop (while the pod's endpoint removal propagates) and after it (the drain)."""
+
+    wait_s: float
+    drain_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.wait_s + self.drain_s
+
+
+# The hook before issue 24: soft-stop at once, then 10 s (benchmarks/switchover.py --old-prestop).
+OLD_PRESTOP = PreStop(wait_s=0.0, drain_s=10.0)
+DEFAULT_GRACE_S = 30.0  # terminationGracePeriodSeconds when a pod spec leaves it out
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
-    """The RayService settings the switchover depends on."""
+    """The RayService settings the switchover and a pod's deletion depend on."""
 
     exclude_head: bool
     worker_probe: Probe
     workers: int = 2
     deletion_delay_s: float = 60.0
-    drain_s: float | None = None  # a preStop hook soft-stops HAProxy, then waits this long
+    prestop: PreStop | None = None
+    grace_s: float = DEFAULT_GRACE_S
+
+    @property
+    def termination_s(self) -> float:
+        """How long a deleted pod may take: its preStop hook, cut at the grace period."""
+        return min(self.prestop.total_s, self.grace_s) if self.prestop else 0.0
 
     @classmethod
     def of(cls, service: dict[str, Any], deletion_delay_s: float) -> ServiceSettings:
         """From a built RayService; its first worker group's probe, or KubeRay's."""
         (group, *_) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
-        container = group["template"]["spec"]["containers"][0]
+        pod = group["template"]["spec"]
+        container = pod["containers"][0]
         probe = container.get("readinessProbe")
         return cls(
             exclude_head=service["spec"].get("excludeHeadPodFromServeSvc", False),
             worker_probe=Probe.of(probe) if probe else KUBERAY_WORKER_PROBE,
             workers=group.get("minReplicas", group.get("replicas", 1)),
             deletion_delay_s=deletion_delay_s,
-            drain_s=drain_of(container),
+            prestop=prestop_of(container),
+            grace_s=float(pod.get("terminationGracePeriodSeconds", DEFAULT_GRACE_S)),
         )
 
 
-def drain_of(container: dict[str, Any]) -> float | None:
-    """The seconds a preStop hook that soft-stops HAProxy (SIGUSR1) then sleeps gives it."""
+def prestop_of(container: dict[str, Any]) -> PreStop | None:
+    """The sleeps before and after the HAProxy soft-stop (SIGUSR1) of a container's preStop
+    hook; None when the hook does not soft-stop HAProxy."""
     command = " ".join(container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", []))
-    sleep = re.search(r"sleep (\d+)", command)
-    return float(sleep.group(1)) if "haproxy" in command and "-USR1" in command and sleep else None
+    if "haproxy" not in command or "-USR1" not in command:
+        return None
+    before, after = command.split("-USR1", 1)
+
+    def slept(text: str) -> float:
+        return sum(float(s) for s in re.findall(r"\bsleep (\d+(?:\.\d+)?)", text))
+
+    return PreStop(wait_s=slept(before), drain_s=slept(after))
 
 
 def local_serve_config(serve_config_v2: str, cluster: local.LocalCluster, poll_interval_s: float) -> str:
@@ -247,17 +286,30 @@ class RayServiceSim:
                 self.note(f"cluster {name} deleted")
                 self._spawn(lambda c=cluster: self._terminate(c))
 
+    def delete_pod(self, endpoint: str, cluster: local.LocalCluster, propagation_s: float) -> None:
+        """A serving pod deleted (a node drain, a scale-down) while its cluster stays
+        selected: the kubelet starts its preStop hook at once, while the endpoint's removal
+        reaches kube-proxy `propagation_s` later; until then new connections still go to it."""
+        self.note(f"pod {endpoint} deleted")
+        self._spawn(lambda: self._terminate(cluster))
+
+        def unroute() -> None:
+            if not self._stop.wait(propagation_s):
+                self.forwarder.remove(endpoint)
+                self.note(f"{endpoint} out of the Service")
+
+        self._spawn(unroute)
+
     def _terminate(self, cluster: local.LocalCluster) -> None:
-        """Pod deletion: the preStop hook (HAProxy soft-stop, then its sleep), then SIGTERM."""
-        if self.settings.drain_s is not None:
-            for pid in local.cluster_pids(cluster):
-                try:
-                    process = psutil.Process(pid)
-                    if process.name() == "haproxy":
-                        process.send_signal(signal.SIGUSR1)
-                except psutil.Error:
-                    continue
-            time.sleep(self.settings.drain_s)
+        """Pod deletion: the preStop hook (its wait, the HAProxy soft-stop, its drain), cut
+        at the grace period as the kubelet cuts it, then the pod's processes stopped."""
+        prestop, grace = self.settings.prestop, self.settings.grace_s
+        if prestop is not None:
+            time.sleep(min(prestop.wait_s, grace))
+            if prestop.wait_s < grace:
+                self.note(f"{_name(cluster)}: HAProxy soft-stopped")
+                soft_stop_haproxy(cluster)
+                time.sleep(min(prestop.drain_s, grace - prestop.wait_s))
         local.stop(cluster)
         self.note(f"cluster {_name(cluster)} stopped")
 
@@ -285,6 +337,18 @@ class RayServiceSim:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{what} not within {timeout_s:.0f}s; events: {self.events[-8:]}")
             time.sleep(0.2)
+
+
+def soft_stop_haproxy(cluster: local.LocalCluster) -> None:
+    """What the preStop hook does in the pod: SIGUSR1 to every HAProxy (stop listening,
+    answer what is in flight, close each connection after its answer)."""
+    for pid in local.cluster_pids(cluster):
+        try:
+            process = psutil.Process(pid)
+            if process.name() == "haproxy":
+                process.send_signal(signal.SIGUSR1)
+        except psutil.Error:
+            continue
 
 
 def _name(cluster: local.LocalCluster) -> str:
@@ -348,6 +412,7 @@ class Outcome:
     events: list[Event]
     accepted: dict[str, int]
     refused_connections: int
+    accepted_by_endpoint: dict[str, int]
     samples: list[Sample] = field(repr=False)
 
     def sent_from(self, start: float) -> Count:
@@ -360,6 +425,7 @@ class Outcome:
             "count": self.count.__dict__,
             "after_first_ok": self.after_first_ok.__dict__,
             "connections_per_cluster": self.accepted,
+            "connections_per_endpoint": self.accepted_by_endpoint,
             "connections_refused": self.refused_connections,
             "events": [(round(e.at - self.events[0].at, 2), e.what) for e in self.events],
             "failures": [
@@ -375,5 +441,5 @@ def outcome(scenario: str, samples: list[Sample], sim: RayServiceSim) -> Outcome
     later = [s for s in samples if first is not None and s.sent_at >= first]
     return Outcome(
         scenario, Count.of(samples), first, Count.of(later), list(sim.events),
-        dict(sim.forwarder.accepted), sim.forwarder.refused, samples,
+        dict(sim.forwarder.accepted), sim.forwarder.refused, dict(sim.forwarder.accepted_by_endpoint), samples,
     )  # fmt: skip

@@ -1,7 +1,8 @@
-"""The three switchover scenarios, shared by the integration test (short) and
+"""The switchover scenarios, shared by the integration tests (short) and
 benchmarks/switchover.py (full): a code upgrade through a NewCluster switch, the first
-start on an empty registry followed by the first training run, and a code upgrade whose
-new workers answer their readiness probe slowly.
+start on an empty registry followed by the first training run, a code upgrade whose
+new workers answer their readiness probe slowly, and a serving pod deleted (a node
+drain, a scale-down) while the Service still selects its cluster.
 
 Each runs constant-rate load through the forwarder (the serve Service) from the moment
 the Service first selects a cluster, and returns what the clients saw.
@@ -22,10 +23,16 @@ from nonstop_ops.cluster import lifecycle as local
 from nonstop_ops.cluster import ClusterError
 from harness.forwarder import Forwarder
 from harness.loadgen import BackgroundLoad
-from harness.switchover import Outcome, RayServiceSim, ServiceSettings, Timing, outcome
+from nonstop_ops.cluster.serve_client import serve_application_statuses, submit_serve_config
+from harness.switchover import Outcome, RayServiceSim, ServiceSettings, Timing, local_serve_config, outcome
 
 START_ATTEMPTS = 2
 SLOW_PROBE_S = 3.0  # a worker busy enough to answer its probe 3 s late
+# How long after a pod's deletion kube-proxy stops sending it new connections: the
+# endpoint controller, the API server's watch and every node's kube-proxy in turn; about
+# a second on a small idle cluster, more on a large or busy one.
+PROPAGATION_S = 2.0
+SERVICE = "serve-svc"  # the selector of the pod-deletion scenario: pods of both clusters
 MODEL = "breast_cancer"
 
 
@@ -58,7 +65,7 @@ def running(stage: Stage, settings: ServiceSettings) -> Iterator[RayServiceSim]:
             local.stop(cluster)
 
 
-def start_cluster(stage: Stage, sim: RayServiceSim, cluster: local.LocalCluster, probe_delay_s: float = 0.0) -> None:
+def boot(stage: Stage, cluster: local.LocalCluster) -> None:
     """The pods come up. A `ray start` that times out on a machine this busy (its GCS
     did not answer in time) is the test machine's trouble, not the switch's: once more."""
     for attempt in range(START_ATTEMPTS):
@@ -69,6 +76,10 @@ def start_cluster(stage: Stage, sim: RayServiceSim, cluster: local.LocalCluster,
             local.stop(cluster)
             if attempt == START_ATTEMPTS - 1:
                 raise
+
+
+def start_cluster(stage: Stage, sim: RayServiceSim, cluster: local.LocalCluster, probe_delay_s: float = 0.0) -> None:
+    boot(stage, cluster)
     sim.create_pending(cluster, probe_delay_s)
 
 
@@ -94,7 +105,7 @@ def code_upgrade(stage: Stage, settings: ServiceSettings, probe_delay_s: float =
             start_cluster(stage, sim, pending, probe_delay_s)  # the new workers are the busy ones
             sim.wait(lambda: sim.active is pending, timing.ready_timeout_s, "the switch to the new cluster")
             sim.wait(lambda: any(e.what == f"cluster {active.haproxy_dir.rsplit('/', 1)[-1]} stopped" for e in sim.events),
-                     timing.deletion_delay_s + (settings.drain_s or 0) + 60, "the old cluster's deletion")  # fmt: skip
+                     timing.deletion_delay_s + settings.termination_s + 60, "the old cluster's deletion")  # fmt: skip
             time.sleep(timing.settle_s)
             samples = load.stop().samples
         return outcome(name, samples, sim)
@@ -150,9 +161,60 @@ def first_start_then_upgrade(
             sim.wait(lambda: sim.active is pending, timing.ready_timeout_s, "the switch to the new cluster")
             stopped = f"cluster {active.haproxy_dir.rsplit('/', 1)[-1]} stopped"
             sim.wait(lambda: any(e.what == stopped for e in sim.events),
-                     timing.deletion_delay_s + (settings.drain_s or 0) + 60, "the old cluster's deletion")  # fmt: skip
+                     timing.deletion_delay_s + settings.termination_s + 60, "the old cluster's deletion")  # fmt: skip
             time.sleep(timing.settle_s)
             samples = load.stop().samples
         before = [s for s in samples if s.sent_at < applied]
         after = [s for s in samples if s.sent_at >= applied]
         return outcome("first start", before, sim), outcome("upgrade, slow probes", after, sim)
+
+
+def pod_deletion(
+    stage: Stage, settings: ServiceSettings, propagation_s: float = PROPAGATION_S, name: str = "pod deletion"
+) -> Outcome:
+    """Two serving pods behind the Service (each cluster slot plays one pod with its own
+    HAProxy), constant-rate load, then one pod deleted as a node drain or a scale-down
+    deletes it: its preStop hook starts at once, and its endpoint leaves the Service
+    `propagation_s` later. The other pod serves on. Every request comes on a connection
+    of its own (`Connection: close`), as from many short-lived clients or a proxy that
+    opens connections as it needs them: the Service keeps sending new connections to the
+    deleted pod until its removal propagates, which is what a preStop hook must survive
+    (a keep-alive connection is closed by the soft-stop after its answer, and its client
+    reconnects through the Service like any other)."""
+    timing = stage.timing
+    _, leaving = stage.clusters  # the first slot's pod stays
+    with running(stage, settings) as sim:
+        for cluster in stage.clusters:
+            boot(stage, cluster)
+            submit_serve_config(cluster, local_serve_config(stage.serve_config_v2, cluster, sim.poll_interval_s))
+        for cluster in stage.clusters:
+            sim.wait(lambda c=cluster: _serves(stage, c), timing.ready_timeout_s, f"{_pod(cluster)} serving")
+            sim.forwarder.add(_pod(cluster), SERVICE, cluster.http_port)
+            sim.forwarder.set_ready(_pod(cluster), True)
+        sim.forwarder.select(SERVICE)
+        with BackgroundLoad(predict_url(sim), stage.body, concurrency=timing.concurrency, rate=timing.rate,
+                            max_seconds=timing.ready_timeout_s + settings.termination_s,
+                            extra_headers={"connection": "close"}) as load:  # fmt: skip
+            time.sleep(timing.settle_s)
+            sim.delete_pod(_pod(leaving), leaving, propagation_s)
+            stopped = f"cluster {_pod(leaving)} stopped"
+            sim.wait(lambda: any(e.what == stopped for e in sim.events), settings.termination_s + 60, "the pod's end")
+            time.sleep(timing.settle_s)
+            samples = load.stop().samples
+        return outcome(name, samples, sim)
+
+
+def _pod(cluster: local.LocalCluster) -> str:
+    return cluster.haproxy_dir.rsplit("/", 1)[-1]
+
+
+def _serves(stage: Stage, cluster: local.LocalCluster) -> bool:
+    """Every application RUNNING and a predict answered, straight at the cluster's ingress."""
+    statuses = serve_application_statuses(cluster)
+    if not statuses or any(status != "RUNNING" for status in statuses.values()):
+        return False
+    try:
+        url = f"{cluster.http_url}/v1/models/{MODEL}:predict"
+        return httpx.post(url, json=stage.body, timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False

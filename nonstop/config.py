@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Annotated
+
 from pydantic import SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nonstop.errors import ConfigError, validation_problems
 
@@ -23,6 +25,7 @@ DEFAULT_REGISTRY = "registry"
 REGISTRY_ENV = f"{ENV_PREFIX}REGISTRY"
 SIGNING_KEY_ENV = f"{ENV_PREFIX}SIGNING_KEY"
 REQUIRE_SIGNATURES_ENV = f"{ENV_PREFIX}REQUIRE_SIGNATURES"
+TRUSTED_TYPES_ENV = f"{ENV_PREFIX}TRUSTED_TYPES"
 MIN_SIGNING_KEY_CHARS = 32
 
 
@@ -49,6 +52,23 @@ class Settings(BaseSettings):
     """Refuse to run without a signing key. Unset, it is on wherever a key is set; an
     operator sets it explicitly (the KubeRay prod overlay does) so that a Secret that went
     missing stops serving instead of silently serving unsigned versions."""
+
+    trusted_types: Annotated[tuple[str, ...], NoDecode] = ()
+    """Exact type names trusted beyond a format's own list, comma-separated: the one
+    setting serving (what replicas load) and training (what it publishes, how it judges
+    production) both read. A version records at publishing the ones it needs."""
+
+    @field_validator("trusted_types", mode="before")
+    @classmethod
+    def _exact_names(cls, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):  # empty: nothing beyond the formats' own lists
+            names = [n.strip() for n in value.split(",")] if value.strip() else []
+        else:
+            names = list(value)  # type: ignore[call-overload]
+        bad = [n for n in names if not isinstance(n, str) or not n or any(c.isspace() for c in n) or n.endswith(".")]
+        if bad:
+            raise ValueError(f"{TRUSTED_TYPES_ENV} holds exact type names, comma-separated; not {bad[:3]!r}")
+        return tuple(sorted(set(names)))
 
     @field_validator("registry")
     @classmethod

@@ -61,6 +61,37 @@ class TamperedAliasError(RegistryError):
     reason = "tampered_alias"
 
 
+class LedgerTampered(RegistryError):
+    """The promotion ledger does not verify: an entry edited, copied to another number,
+    removed or unsigned, the head or an alias not matching the chain. Nothing acts on it:
+    the rollouts of the model are blocked (the primary keeps serving) until it is repaired."""
+
+    reason = "tampered_ledger"
+
+    def __init__(self, model: str, problems: list[str]) -> None:
+        super().__init__(f"the ledger of {model!r} does not verify: " + "; ".join(problems))
+        self.model = model
+        self.problems = problems
+
+    def __reduce__(self) -> tuple[type[LedgerTampered], tuple[str, list[str]]]:
+        """Rebuilt as itself across a process boundary (the controller actor)."""
+        return type(self), (self.model, self.problems)
+
+
+class LedgerEntryTooLarge(RegistryError):
+    """An entry over the ledger's size bound, refused before anything is written (a larger
+    one could never be read back, and nothing could append after it)."""
+
+    reason = "ledger_entry_too_large"
+
+
+class OldAliasFormat(RegistryError):
+    """An alias file written before the ledger held the alias history (it carries a
+    `history` list and no ledger position): refused, never guessed at."""
+
+    reason = "old_alias_format"
+
+
 # --- loading and verification (a refused version) -----------------------------------
 
 
@@ -106,6 +137,14 @@ class UntrustedArtifactError(ModelLoadError):
     reason = "untrusted_types"
 
 
+class InvalidStructureError(ModelLoadError):
+    """A trusted type whose internal arrays would send native code out of bounds or round
+    in circles (a tree's child or feature index, a support vector count, a sparse index);
+    refused before anything predicts with it, naming the type and the field."""
+
+    reason = "invalid_structure"
+
+
 class SampleMismatchError(ModelLoadError):
     reason = "sample_mismatch"
 
@@ -144,6 +183,20 @@ class PayloadTooLarge(NonstopError):
 
 class ModelNotReady(NonstopError):
     reason = "model_not_ready"
+
+
+class ModelLoadPending(NonstopError):
+    """A model that is served but not loaded on this replica could not be loaded within
+    the request's bounded wait (the load goes on): worth trying again in `retry_after_s`."""
+
+    reason = "model_loading"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[type[ModelLoadPending], tuple[str, int]]:
+        return type(self), (self.message, self.retry_after_s)
 
 
 # --- training ---------------------------------------------------------------------------

@@ -12,6 +12,15 @@ chain, and `verify()` says where. With a signing key every entry and the head ar
 as well: without one, anyone who can write the registry could rewrite the whole chain
 consistently, so the chain alone only catches edits of a single entry and accidents.
 
+Whatever acts on the ledger (replicas following a rollout, the rollout controller, the
+`nonstop rollout` and `rollback` commands) reads it through `verified()`: every entry
+bound to its number, its model and its predecessor's hash (and signed, with a key), the
+head matching the chain, and every alias file's ledger position (the entry that moved
+it) present and unchanged. A ledger that does not verify raises `LedgerTampered` and is
+never acted on. What this detects, and what it cannot, is stated in SECURITY.md.
+Entries are bounded at write time (`LedgerEntryTooLarge`), so a writer never leaves an
+entry nothing could read back.
+
 Appends are safe across processes on a local disk: an entry number is taken by creating
 its file exclusively (as the registry claims version numbers), and a loser retries on the
 next number with the winner's hash. On an object store the same protocol is best effort;
@@ -26,11 +35,12 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from nonstop.errors import RegistryError, StoredFileTooLarge
+from nonstop.errors import LedgerEntryTooLarge, LedgerTampered, NonstopError, RegistryError, StoredFileTooLarge
 from nonstop.signing import is_valid, sign
 from nonstop.storage import Storage
 
@@ -105,6 +115,21 @@ class Verification:
 
 
 @dataclass(frozen=True)
+class Anchor:
+    """Where an alias file says its alias was moved: the entry's number and hash. The
+    alias file is signed (with a key), so a ledger cut back below it is caught even when
+    an older signed head is restored with it."""
+
+    alias: str
+    version: int
+    seq: int
+    hash: str
+
+
+Anchors = Callable[[], list[Anchor]]
+
+
+@dataclass(frozen=True)
 class ServingAt:
     """What an alias served at a moment: its target, plus a candidate's share if one ran
     (a candidate at weight 0 is scored in the shadow of every request, never answers)."""
@@ -118,21 +143,33 @@ class ServingAt:
 
 
 class Ledger:
-    def __init__(self, storage: Storage, model: str, signing_key: SecretStr | None = None) -> None:
+    def __init__(
+        self, storage: Storage, model: str, signing_key: SecretStr | None = None, anchors: Anchors | None = None
+    ) -> None:
+        """`anchors` reads the model's alias files (the registry passes it); verification
+        checks each against the chain."""
         self._storage = storage
         self.model = model
         self._key = signing_key
+        self._anchors = anchors
+        self._trusted: list[LedgerEntry] = []  # verified by an earlier `verified()` on this object
 
     # --- writing ------------------------------------------------------------------------
 
     def append(self, draft: EntryDraft) -> LedgerEntry:
         """Chain `draft` after the newest entry; retried on the next number if another
-        writer took this one first."""
+        writer took this one first. An entry over the size bound is refused before
+        anything is written."""
         last = self._last()
         for _ in range(_MAX_APPEND_ATTEMPTS):
             seq = 1 if last is None else last.seq + 1
             entry = self._seal(draft, seq, GENESIS if last is None else last.hash)
             data = entry.model_dump_json(indent=2).encode()
+            if len(data) > MAX_ENTRY_BYTES:
+                raise LedgerEntryTooLarge(
+                    f"a {draft.action!r} entry of {len(data)} bytes for the ledger of {self.model!r} is over the "
+                    f"{MAX_ENTRY_BYTES} bytes allowed: not written (is the canary block or evidence that large?)"
+                )
             if self._storage.create_new(self._entry_path(seq), data):
                 self._write_head(entry)
                 return entry
@@ -163,8 +200,25 @@ class Ledger:
     # --- reading ------------------------------------------------------------------------
 
     def entries(self) -> list[LedgerEntry]:
-        """Every entry, in number order; unreadable ones raise (see `verify` to diagnose)."""
+        """Every entry, in number order, as stored: for showing (`nonstop history` shows
+        them beside what `verify` found). Whatever acts reads `verified()`."""
         return [self._read(seq) for seq in self._numbers()]
+
+    def verified(self) -> list[LedgerEntry]:
+        """Every entry, verified (module doc), or `LedgerTampered` with every problem found.
+
+        Entries this object verified before are not read again while the newest of them
+        is unchanged, so a replica polling the ledger reads only what is new; the head and
+        the alias files are checked on every call."""
+        entries, problems = self._walk(self._trusted)
+        if problems:
+            raise LedgerTampered(self.model, problems)
+        self._trusted = entries
+        return list(entries)
+
+    def since_seq(self, seq: int) -> list[LedgerEntry]:
+        """The verified entries after `seq`: what a follower has not folded in yet."""
+        return [e for e in self.verified() if e.seq > seq]
 
     def serving_at(self, at: datetime, alias: str) -> ServingAt:
         """Replay the entries up to `at`: the alias's target, and the candidate's share."""
@@ -187,35 +241,30 @@ class Ledger:
                 since = entry
         return ServingAt(alias=alias, at=at, version=version, candidate=candidate, weight=weight, since=since)
 
-    def since_seq(self, seq: int) -> list[LedgerEntry]:
-        """Entries after `seq`, each checked against its own hash (and signature, with a
-        key): a replica polling for canary steps reads only what is new, and never acts
-        on an entry that was edited."""
-        entries = []
-        for number in self._numbers():
-            if number <= seq:
-                continue
-            entry = self._read(number)
-            if entry_hash(entry.body()) != entry.hash:
-                raise RegistryError(f"ledger entry {number} of {self.model!r} was edited: not acted on")
-            if self._key is not None and (
-                entry.signature is None or not is_valid(self._key, entry.hash.encode(), entry.signature.encode())
-            ):
-                raise RegistryError(f"ledger entry {number} of {self.model!r} is not signed with the key: not acted on")
-            entries.append(entry)
-        return entries
-
     def verify(self) -> Verification:
-        """Check the chain link by link, every signature (with a key), and the head.
+        """Check the whole chain from its first entry, every signature (with a key), the
+        head and the alias files' positions; says every problem found.
 
         Entries written before a key was set may be unsigned, but once one is signed all
         later ones must be: the first signed entry vouches for the unsigned prefix
         through its `prev_hash`."""
-        problems: list[str] = []
+        entries, problems = self._walk([])
+        signed = sum(1 for e in entries if e.signature is not None) if self._key is not None else 0
+        return Verification(ok=not problems, entries=len(self._numbers()), signed=signed, problems=problems)
+
+    def _walk(self, known: list[LedgerEntry]) -> tuple[list[LedgerEntry], list[str]]:
+        """The chain from `known` (a prefix verified before) on, and what is wrong with it."""
         numbers = self._numbers()
-        expected_prev, signed, seen_signed = GENESIS, 0, False
-        last: LedgerEntry | None = None
-        for position, seq in enumerate(numbers, start=1):
+        problems: list[str] = []
+        if known and (len(numbers) < len(known) or self._reread_hash(known[-1].seq) != known[-1].hash):
+            problems.append(
+                f"entry {known[-1].seq}, verified before, is gone or changed: entries were removed or rewritten"
+            )
+            return known, problems
+        entries = list(known)
+        seen_signed = any(e.signature is not None for e in entries)
+        for seq in numbers[len(entries):]:
+            position = len(entries) + 1
             if seq != position:
                 problems.append(f"entry {position} is missing (next is {seq})")
                 break
@@ -224,25 +273,32 @@ class Ledger:
             except RegistryError as exc:
                 problems.append(exc.message)
                 break
-            where = f"entry {seq} ({entry.action} at {entry.at:%Y-%m-%d %H:%M:%S})"
-            if entry.seq != seq or entry.model != self.model:
-                problems.append(f"{where} claims to be entry {entry.seq} of {entry.model!r}: moved or copied")
-            if entry_hash(entry.body()) != entry.hash:
-                problems.append(f"{where} was edited: its content does not match its hash")
-            if entry.prev_hash != expected_prev:
-                problems.append(f"{where} does not follow entry {seq - 1}: removed, reordered or edited before it")
-            if self._key is not None:
-                if entry.signature is not None:
-                    seen_signed = True
-                    if is_valid(self._key, entry.hash.encode(), entry.signature.encode()):
-                        signed += 1
-                    else:
-                        problems.append(f"{where}: the signature does not match (forged, or another key)")
-                elif seen_signed:
-                    problems.append(f"{where} is unsigned after signed entries")
-            expected_prev, last = entry.hash, entry
-        problems += self._check_head(last)
-        return Verification(ok=not problems, entries=len(numbers), signed=signed, problems=problems)
+            found = self._check_entry(seq, entry, entries[-1].hash if entries else GENESIS, seen_signed)
+            problems += found
+            if found:
+                break  # nothing after a bad entry is trusted: each vouches for the ones before it
+            seen_signed = seen_signed or entry.signature is not None
+            entries.append(entry)
+        if not problems:
+            problems += self._check_head(entries[-1] if entries else None) + self._check_anchors(entries)
+        return entries, problems
+
+    def _check_entry(self, seq: int, entry: LedgerEntry, expected_prev: str, seen_signed: bool) -> list[str]:
+        where = f"entry {seq} ({entry.action} at {entry.at:%Y-%m-%d %H:%M:%S})"
+        problems = []
+        if entry.seq != seq or entry.model != self.model:
+            problems.append(f"{where} claims to be entry {entry.seq} of {entry.model[:80]!r}: moved or copied")
+        if entry_hash(entry.body()) != entry.hash:
+            problems.append(f"{where} was edited: its content does not match its hash")
+        if entry.prev_hash != expected_prev:
+            problems.append(f"{where} does not follow entry {seq - 1}: removed, reordered or edited before it")
+        if self._key is not None:
+            if entry.signature is not None:
+                if not is_valid(self._key, entry.hash.encode(), entry.signature.encode()):
+                    problems.append(f"{where}: the signature does not match (forged, or another key)")
+            elif seen_signed:
+                problems.append(f"{where} is unsigned after signed entries")
+        return problems
 
     def _check_head(self, last: LedgerEntry | None) -> list[str]:
         try:
@@ -255,13 +311,52 @@ class Ledger:
             head.signature is None or not is_valid(self._key, head.signed_bytes(self.model), head.signature.encode())
         ):
             return ["the head's signature is missing or does not match"]
-        if last is None or head.seq > last.seq:
+        found = self._reread_hash(head.seq)  # an entry appended since the listing is there now
+        if (last is None or head.seq > last.seq) and found != head.hash:
             return [f"the head names entry {head.seq}, which is missing: entries were removed from the end"]
+        if found != head.hash:
+            return [f"entry {head.seq} differs from the one the head names"]
+        return []
+
+    def _check_anchors(self, entries: list[LedgerEntry]) -> list[str]:
+        """Every alias file names the entry that moved it: that entry must be in the chain,
+        unchanged, moving that alias to that version, and be the alias's latest move.
+
+        Two states of a move in flight are not problems: an alias file naming an entry
+        appended after the entries were listed (it is there now, with that hash), and a
+        newest entry moving an alias whose file is not written yet. A move that stopped
+        there (a killed promote) is flagged once anything is appended after it."""
+        if self._anchors is None:
+            return []
         try:
-            named = self._read(head.seq)
-        except RegistryError as exc:
+            anchors = self._anchors()
+        except NonstopError as exc:  # a forged or unreadable alias file: nothing can be checked against it
             return [exc.message]
-        return [] if named.hash == head.hash else [f"entry {head.seq} differs from the one the head names"]
+        problems = []
+        for anchor in anchors:
+            where = f"alias {anchor.alias!r} (v{anchor.version}) was moved at entry {anchor.seq}"
+            if anchor.seq > len(entries):
+                if self._reread_hash(anchor.seq) != anchor.hash:
+                    problems.append(f"{where}, which is missing: entries were removed from the end (an older head restored?)")
+                continue
+            entry = entries[anchor.seq - 1]
+            if entry.hash != anchor.hash:
+                problems.append(f"{where}, which differs from the entry there now: the ledger was rewritten")
+            elif (entry.kind, entry.alias, entry.version) != ("alias_move", anchor.alias, anchor.version):
+                problems.append(f"{where}, but that entry is {entry.kind}/{entry.action} of {entry.alias!r}")
+            later = [e.seq for e in entries[anchor.seq:-1] if e.kind == "alias_move" and e.alias == anchor.alias]
+            if later:
+                problems.append(
+                    f"{where}, but entry {later[-1]} moved it since: the alias file is an older copy, or a move "
+                    "stopped before its alias was written (promote again)"
+                )
+        return problems
+
+    def _reread_hash(self, seq: int) -> str | None:
+        try:
+            return self._read(seq).hash
+        except RegistryError:
+            return None
 
     def _last(self) -> LedgerEntry | None:
         numbers = self._numbers()
@@ -296,3 +391,4 @@ class Ledger:
 
     def _entry_path(self, seq: int) -> str:
         return self._storage.join(self.model, LEDGER_DIR, f"{seq:0{_SEQ_DIGITS}d}.json")
+

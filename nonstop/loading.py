@@ -18,9 +18,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from nonstop.compiled import FastPredict, agrees, compile_predictor
+from nonstop.config import TRUSTED_TYPES_ENV, Settings
 from nonstop.errors import (
     ArtifactIntegrityError,
+    ConfigError,
     InvalidInput,
+    InvalidStructureError,
     ManifestError,
     ModelLoadError,
     NonstopError,
@@ -28,7 +31,7 @@ from nonstop.errors import (
     SchemaMismatchError,
     UntrustedArtifactError,
 )
-from nonstop.formats import ModelFormat, UnreadableArtifact, UntrustedContent, format_named
+from nonstop.formats import InvalidStructure, ModelFormat, UnreadableArtifact, UntrustedContent, format_named
 from nonstop.manifest import FeatureSpec, Manifest
 from nonstop.registry import Registry
 from nonstop.schema import matrix_dtype, matrix_to_frame, rows_to_matrix, to_python
@@ -39,12 +42,27 @@ _PROBA_TOLERANCE = 1e-9
 class TrustPolicy(BaseModel):
     """Each format's own exact list, plus exact type names the operator adds one by one.
 
-    Serving and training build it from the same setting (`trusted_types`), so `nonstop
-    train` measures production exactly as serving would load it."""
+    Serving and training build it from the one setting (`NONSTOP_TRUSTED_TYPES`,
+    `Settings.trusted_types`), so `nonstop train` publishes only what serving will load
+    and measures production exactly as serving would load it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     extra_types: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TrustPolicy:
+        return cls(extra_types=settings.trusted_types)
+
+    def refuse_untrusted(self, needed: Sequence[str], what: str) -> None:
+        """`needed` (a version's record, or what an artifact holds) must all be trusted
+        here; else a `ConfigError` naming the types and the setting."""
+        missing = sorted(set(needed) - set(self.extra_types))
+        if missing:
+            raise ConfigError(
+                f"{what} needs {', '.join(missing)}, outside the format's trust list and not in {TRUSTED_TYPES_ENV} "
+                f"(trusted here: {', '.join(self.extra_types) or 'nothing more'}); serving and training read that one setting"
+            )
 
 
 @dataclass(frozen=True)
@@ -147,12 +165,19 @@ def _safe_loads(manifest: Manifest, data: bytes, policy: TrustPolicy) -> Any:
         fmt = format_named(manifest.format)
     except NonstopError as exc:
         raise ManifestError(model, version, exc.message) from exc
+    if manifest.trusted_types is not None:  # recorded at publishing: refused by name before anything is read
+        try:
+            policy.refuse_untrusted(manifest.trusted_types, f"v{version} (recorded at publishing)")
+        except ConfigError as exc:
+            raise UntrustedArtifactError(model, version, exc.message) from exc
     try:
         return fmt.loads(data, policy.extra_types)
     except UntrustedContent as exc:
         raise UntrustedArtifactError(
             model, version, f"{fmt.name} artifact holds types outside the trusted list: {exc}"
         ) from exc
+    except InvalidStructure as exc:
+        raise InvalidStructureError(model, version, f"{fmt.name} artifact: {exc}") from exc
     except UnreadableArtifact as exc:
         raise ArtifactIntegrityError(model, version, str(exc)) from exc
 

@@ -77,6 +77,11 @@ class ManifestDraft(BaseModel):
     libraries: dict[str, str]
     samples: SampleSet
     gate: GateRecord | None = None
+    trusted_types: list[str] | None = Field(
+        default=None,
+        description="exact types beyond the format's own list that the artifact holds, recorded at publishing: "
+        "a loader whose NONSTOP_TRUSTED_TYPES lacks one refuses the version naming it; None: published before this was recorded",
+    )
 
 
 class Manifest(ManifestDraft):

@@ -16,16 +16,19 @@ import typer
 from pydantic import ValidationError
 
 from nonstop.errors import NonstopError, validation_problems
-from nonstop_ops.commands import history, kube_render, registry, rollout, stack, train
+from nonstop_ops.commands import history, kube_render, outcomes, registry, replay, rollout, score, stack, train
 from nonstop_ops.commands.common import exit_code
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(train.app)
+app.add_typer(score.app)
 app.add_typer(registry.app)
 app.add_typer(stack.app)
 app.add_typer(kube_render.app)
 app.add_typer(history.app)
 app.add_typer(rollout.app)
+app.add_typer(outcomes.app)
+app.add_typer(replay.app)
 
 
 def main() -> None:

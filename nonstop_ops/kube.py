@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from packaging.requirements import Requirement
 
-from nonstop_ops.cluster.serve_config import check_user_config, load_serve_config
+from nonstop_ops.cluster.serve_config import check_replicas, check_user_config, load_serve_config
 
 GENERATED_NAME = Path("base") / "serve-config.generated.yaml"
 CONSTRAINTS_NAME = Path("constraints.txt")
@@ -51,8 +51,10 @@ def kubernetes_serve_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def render(config: dict[str, Any]) -> str:
     """The generated file's text: the serveConfigV2 the base copies into the RayService;
-    a user_config a replica would refuse (a bad canary block, say) is refused here."""
+    a user_config a replica would refuse (a bad canary block, say) is refused here, and so
+    are replica bounds that let the ModelServer go below MIN_REPLICAS."""
     check_user_config(config)
+    check_replicas(config)
     return _HEADER + yaml.safe_dump(kubernetes_serve_config(config), sort_keys=False, default_flow_style=False)
 
 

@@ -9,6 +9,8 @@ none is a server fault (500, INTERNAL).
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import NamedTuple
 
 import grpc
@@ -19,10 +21,12 @@ from nonstop.errors import (
     DataValidationError,
     InvalidInput,
     ModelLoadError,
+    ModelLoadPending,
     ModelNotFound,
     ModelNotReady,
     NonstopError,
     PayloadTooLarge,
+    StorageError,
     UnknownModel,
     VersionNotFound,
     clip,
@@ -33,6 +37,11 @@ from serve_app.wire.limits import BodyTimeout
 MAX_ERROR_CHARS = 600
 # The canary's sticky key: an HTTP header, and gRPC metadata of the same name.
 KEY_HEADER = "x-request-key"
+# The request's id: the client's, or one made here; answered back in the response header
+# (HTTP) or the trailing metadata (gRPC) of that name, and the key its capture and its
+# outcome are joined on (docs/capture.md).
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 class Codes(NamedTuple):
@@ -52,7 +61,10 @@ ERROR_CODES: dict[type[NonstopError], Codes] = {
     DataValidationError: Codes(422, grpc.StatusCode.INVALID_ARGUMENT),
     ConfigError: Codes(422, grpc.StatusCode.INVALID_ARGUMENT),
     ModelNotReady: Codes(503, grpc.StatusCode.UNAVAILABLE),
+    ModelLoadPending: Codes(503, grpc.StatusCode.UNAVAILABLE),  # with Retry-After (`retry_headers`)
     ModelLoadError: Codes(503, grpc.StatusCode.UNAVAILABLE),
+    # storage a request itself writes (posted outcomes) out of reach: try again later
+    StorageError: Codes(503, grpc.StatusCode.UNAVAILABLE),
 }
 SERVER_FAULT = Codes(500, grpc.StatusCode.INTERNAL)
 
@@ -70,5 +82,23 @@ def grpc_code(exc: NonstopError) -> grpc.StatusCode:
     return codes(exc).grpc
 
 
+def retry_headers(exc: NonstopError) -> dict[str, str]:
+    """`Retry-After` for an error that says when trying again can succeed (a model still
+    loading); none otherwise. gRPC's UNAVAILABLE is itself the code clients retry on."""
+    if isinstance(exc, ModelLoadPending):
+        return {"retry-after": str(exc.retry_after_s)}
+    return {}
+
+
 def error_text(exc: NonstopError) -> str:
     return clip(exc.message, MAX_ERROR_CHARS)
+
+
+def request_id(given: str | None) -> str:
+    """The client's request id if it sent a usable one (1 to 128 characters of
+    `A-Za-z0-9._:@/+=-`: it lands in storage and in headers), else a new one."""
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    if given:
+        raise InvalidInput(f"header {REQUEST_ID_HEADER} {clip(given)!r} is not 1 to 128 characters of A-Za-z0-9._:@/+=-")
+    return uuid.uuid4().hex

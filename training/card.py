@@ -2,7 +2,9 @@
 
 A reviewer deciding whether to promote a version needs two answers the manifest alone
 does not give at a glance: does it score better than the version it would replace, on
-the same holdout, and did its training data move away from that version's. The card
+the same holdout, and did its training data move away from that version's. Where that
+version's served requests were captured and their outcomes arrived (docs/capture.md),
+the card also says how it did live over the last LIVE_DAYS days. The card
 answers both in prose a person reads and a chart they can skim; the profile stored with
 it is what lets the next version answer the second question without these rows.
 """
@@ -10,7 +12,9 @@ it is what lets the next version answer the second question without these rows.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -19,7 +23,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import StrMethodFormatter
 
-from nonstop.manifest import ManifestDraft
+from nonstop.capture import CaptureConfig, filesystem, root_of
+from nonstop.manifest import FeatureSpec, ManifestDraft
+from nonstop.outcomes import joined
+from nonstop.profile import DataProfile
+from nonstop.quality import VersionQuality, live_quality
 from nonstop.registry import Registry
 from training.metrics import HOLDOUT_ROWS
 from training.profiles import (
@@ -40,28 +48,70 @@ CARD_PNG = "card.png"
 TOP_SHIFTED = 10
 _LEVEL_COLOURS = {"stable": "#4caf50", "moderate": "#ff9800", "major": "#e53935"}
 _THIS, _PARENT = "#1f77b4", "#9e9e9e"
+LIVE_DAYS = 7
 
 
-def card_files(
-    registry: Registry, model: str, frame: pd.DataFrame, draft: ManifestDraft, comparison: Comparison
-) -> dict[str, bytes]:
-    """The files to publish with the version, keyed by name: its data profile and card.
+@dataclass(frozen=True)
+class DataSummary:
+    """What the card says of the training data: its profile, its shift from the parent's,
+    and how the parent did live. Computed from the rows before the fit, which may
+    overwrite them in place (training/stream.py)."""
 
-    The parent is the production version the candidate was compared with, so the card's
-    metrics and its shift table speak of the same version.
-    """
-    parent = comparison.production_version
+    profile: DataProfile
+    shift: ShiftReport | None
+    parent: int | None = None
+    parent_live: list[VersionQuality] = field(default_factory=list)
+
+
+def summarize(
+    registry: Registry, model: str, frame: pd.DataFrame, features: Sequence[FeatureSpec], parent: int | None
+) -> DataSummary:
+    """The parent is the production version the candidate will be compared with, so the
+    card's metrics and its shift table speak of the same version."""
     shift = None
     if parent is not None and (baseline := read_profile(registry, model, parent)) is not None:
-        shift = shift_from(baseline, parent, frame, draft.features)
+        shift = shift_from(baseline, parent, frame, features)
+    return DataSummary(profile_frame(frame, features), shift, parent, _parent_live(registry, model, parent))
+
+
+def card_files(model: str, draft: ManifestDraft, comparison: Comparison, summary: DataSummary) -> dict[str, bytes]:
+    """The files to publish with the version, keyed by name: its data profile and card."""
+    shift = summary.shift if summary.shift and summary.shift.parent_version == comparison.production_version else None
+    live = summary.parent_live if summary.parent == comparison.production_version else []
     return {
-        PROFILE_NAME: profile_frame(frame, draft.features).model_dump_json(indent=2).encode(),
-        CARD_NAME: _markdown(model, draft, comparison, shift).encode(),
+        PROFILE_NAME: summary.profile.model_dump_json(indent=2).encode(),
+        CARD_NAME: _markdown(model, draft, comparison, shift, live).encode(),
         CARD_PNG: _png(model, draft.metrics, comparison, shift),
     }
 
 
-def _markdown(model: str, draft: ManifestDraft, comparison: Comparison, shift: ShiftReport | None) -> str:
+def _parent_live(registry: Registry, model: str, parent: int | None) -> list[VersionQuality]:
+    """The parent's live quality from the registry's captures (the default destination),
+    or nothing: a card never fails a publish for lack of captures."""
+    if parent is None:
+        return []
+    try:
+        fs, path = filesystem(root_of(registry.uri, CaptureConfig()))
+        frame = joined(fs, path, model, datetime.now(UTC) - timedelta(days=LIVE_DAYS))
+        return [q for q in live_quality(frame, registry.manifest(model, parent).task) if q.version == parent]
+    except Exception:  # captures unreadable or absent: the card says nothing live
+        return []
+
+
+def _live_section(parent: int | None, live: list[VersionQuality]) -> list[str]:
+    if parent is None or not any(q.labelled for q in live):
+        return []
+    lines = [f"## How v{parent} did live", "", f"Requests captured over the last {LIVE_DAYS} days with their outcomes (`nonstop quality`):", ""]
+    lines += ["| role | captured | labelled | metrics |", "|---|---:|---:|---|"]
+    for q in live:
+        metrics = ", ".join(f"{name} {value:.4f}" for name, value in q.metrics.items()) or "no label yet"
+        lines.append(f"| {q.role} | {q.captured} | {q.labelled} | {metrics} |")
+    return [*lines, ""]
+
+
+def _markdown(
+    model: str, draft: ManifestDraft, comparison: Comparison, shift: ShiftReport | None, live: list[VersionQuality] | None = None
+) -> str:
     data = draft.data
     target = (
         f"a regression of `{draft.label}`"
@@ -81,6 +131,7 @@ def _markdown(model: str, draft: ManifestDraft, comparison: Comparison, shift: S
         "",
         *_metrics_section(draft.metrics, comparison),
         "",
+        *_live_section(comparison.production_version, live or []),
         *_shift_section(comparison, shift),
         "",
         f"![holdout metrics and the most shifted features]({CARD_PNG})",

@@ -5,9 +5,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
@@ -21,6 +24,7 @@ from nonstop.errors import ConfigError
 from nonstop.manifest import FeatureSpec, Task
 
 Estimator = Literal["auto", "logreg", "ridge", "forest"]
+FIT_BATCH_ROWS = 65_536
 _FOR_TASK: dict[str, tuple[Task, ...]] = {
     "logreg": ("classification",),
     "ridge": ("regression",),
@@ -73,6 +77,49 @@ def build_pipeline(
         ]
     )
     return Pipeline([("prep", prep), ("clf", model)])
+
+
+def fit_in_place(estimator: Any, matrix: np.ndarray, labels: np.ndarray) -> bool:
+    """Fit a built-in numeric pipeline without copying its matrix, which it overwrites
+    (imputed, then scaled); False, and nothing done, for any other estimator.
+
+    A plain fit needs about three times the matrix: the imputer sorts a copy of it to
+    find the medians, the scaler subtracts the mean into another and sums a third. Here
+    the medians are found a column at a time and the imputer is fitted on them alone
+    (the median of one row is that row), the scaler learns its statistics a batch of
+    rows at a time (partial_fit), both transform the rows where they lie, and the model
+    is fitted on the result. The fitted steps are the objects a plain fit leaves, the
+    `copy` settings serving relies on untouched."""
+    prep = estimator.named_steps.get("prep") if isinstance(estimator, Pipeline) else None
+    steps = dict(prep.steps) if isinstance(prep, Pipeline) else {}
+    imputer, scaler = steps.get("simpleimputer"), steps.get("standardscaler")
+    if not isinstance(imputer, SimpleImputer) or not isinstance(scaler, StandardScaler) or matrix.dtype != np.float64:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column: NaN, as the plain fit finds
+        medians = np.array([np.nanmedian(matrix[:, j]) for j in range(matrix.shape[1])])
+    if np.isnan(medians).any():
+        return False  # the imputer would drop that column: left to the plain fit
+    imputer.fit(medians.reshape(1, -1))
+    batches = [slice(start, start + FIT_BATCH_ROWS) for start in range(0, len(matrix), FIT_BATCH_ROWS)]
+    for rows in batches:
+        _transform_where_it_lies(imputer, matrix[rows])
+        scaler.partial_fit(matrix[rows])
+    for rows in batches:
+        _transform_where_it_lies(scaler, matrix[rows])
+    estimator.steps[-1][1].fit(matrix, labels)
+    return True
+
+
+def _transform_where_it_lies(step: Any, rows: np.ndarray) -> None:
+    copying = step.copy
+    step.copy = False
+    try:
+        out = step.transform(rows)
+    finally:
+        step.copy = copying
+    if not np.shares_memory(out, rows):
+        rows[...] = out
 
 
 def load_factory(spec: str) -> Callable[[], Any]:

@@ -11,7 +11,7 @@ same holdout through the input path serving uses. Publishing happens only after 
 check passed, so a failure leaves the registry untouched; promotion goes through the
 gate, which fails closed: a production version that cannot be loaded (with serving's own
 trust policy) or evaluated blocks promotion unless `force_promote` overrides it, and the
-override is written into the manifest and the alias history.
+override is written into the manifest and the promotion ledger.
 
 The same script runs unchanged on a laptop, under `ray job submit -- python my_train.py`
 and in a KubeRay RayJob: the registry comes from the argument or NONSTOP_REGISTRY.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,12 +42,14 @@ from nonstop.loading import LoadedModel, TrustPolicy, estimator_inputs, load_ver
 from nonstop.manifest import FeatureSpec, GateRecord, Manifest, ManifestDraft, SampleSet, Task
 from nonstop.registry import PRODUCTION, Registry, check_name
 from nonstop.schema import frame_to_matrix, matrix_to_frame, to_python
-from training.card import card_files
+from training.card import DataSummary, card_files, summarize
 from training.data import fingerprint, validate
 from training.metrics import HIGHER_IS_BETTER, check_gate_metric, detect_task, evaluate
+from training.pipeline import fit_in_place
 from training.progress import step
 
 SAMPLE_ROWS = 8
+HOLDOUT_BATCH_ROWS = 65_536
 
 
 class Gate(BaseModel):
@@ -115,14 +118,14 @@ def publish_model(
     holdout_fraction: float = 0.2,
     seed: int = 0,
     source: str = "python",
-    trusted_types: tuple[str, ...] = (),
     model_format: str = DEFAULT_FORMAT,
 ) -> TrainResult:
     """Validate, fit if unfitted, score against production, publish, maybe promote.
 
     `data` holds the features and the label (the training rows, or all rows when
-    `holdout` is None and the estimator is unfitted). `trusted_types` must match the
-    serving configuration's, so production is judged by what serving would load.
+    `holdout` is None and the estimator is unfitted). Types beyond the format's own
+    trust list come from `NONSTOP_TRUSTED_TYPES`, the setting serving reads: production is
+    judged by what serving would load, and what serving would refuse is not published.
     """
     reg = registry if isinstance(registry, Registry) else _open(registry)
     check_name("model", model)
@@ -138,28 +141,42 @@ def publish_model(
     if not fitted:
         fit(estimator, data, features, label, by_name=True)
     candidate = Candidate(estimator, features, task, format_named(model_format))
+    summary = summarize(reg, model, pd.concat([data, holdout], ignore_index=True), features, production_version(reg, model, alias))
     return publish_candidate(
-        reg, model, candidate, data, holdout, label, fingerprint(data, source),
-        promote=promote, alias=alias, gate=gate or Gate(), force_promote=force_promote, policy=TrustPolicy(extra_types=trusted_types),
+        reg, model, candidate, summary, holdout, label, fingerprint(data, source),
+        promote=promote, alias=alias, gate=gate or Gate(), force_promote=force_promote, policy=TrustPolicy.from_settings(Settings.from_env()),
     )  # fmt: skip
 
 
 def fit(estimator: Any, frame: pd.DataFrame, features: list[FeatureSpec], label: str, *, by_name: bool) -> None:
     """Fit on the rows as serving will encode them: a named frame, or the plain matrix the
     built-ins address by position."""
-    matrix = frame_to_matrix(frame, features)
-    with step(f"fitting on {len(frame)} rows"):
+    fit_matrix(estimator, frame_to_matrix(frame, features), frame[label].to_numpy(), features, by_name=by_name)
+
+
+def fit_matrix(
+    estimator: Any, matrix: np.ndarray, labels: np.ndarray, features: list[FeatureSpec], *, by_name: bool, in_place: bool = False
+) -> None:
+    """`in_place`: a built-in pipeline may overwrite `matrix` (training/pipeline.py
+    fit_in_place) rather than copy it, for a fit that needs little more than its matrix."""
+    with step(f"fitting on {len(matrix)} rows"):
         try:
-            estimator.fit(matrix_to_frame(matrix, features) if by_name else matrix, frame[label].to_numpy())
+            if not (in_place and fit_in_place(estimator, matrix, labels)):
+                estimator.fit(matrix_to_frame(matrix, features) if by_name else matrix, labels)
         except Exception as exc:  # any estimator, the user's own included: report what it raised
             raise DataValidationError(f"training failed on this data: {exc}") from exc
+
+
+def production_version(registry: Registry, model: str, alias: str) -> int | None:
+    """The version a candidate is compared with, if the model has one in `alias`."""
+    return registry.resolve(model, alias) if registry.versions(model) else None
 
 
 def publish_candidate(
     registry: Registry,
     model: str,
     candidate: Candidate,
-    train_frame: pd.DataFrame,
+    summary: DataSummary,
     holdout: pd.DataFrame,
     label: str,
     data_fingerprint: Any,
@@ -178,6 +195,9 @@ def publish_candidate(
         metrics = evaluate(candidate.task, predicted, labels, probabilities, classes)
         comparison = _compare(registry, model, alias, policy, candidate.task, holdout, labels, metrics, metric, gate.tolerance)
     forced = promote and force_promote and not comparison.not_worse
+    artifact = candidate.fmt.dumps(candidate.estimator)
+    needed = candidate.fmt.needs(artifact)
+    policy.refuse_untrusted(needed, f"this {model} version")  # serving would refuse it: nothing is published
     sample_rows = matrix[:SAMPLE_ROWS]
     draft = ManifestDraft(
         features=candidate.features,
@@ -200,12 +220,12 @@ def publish_candidate(
             production_version=comparison.production_version, passed=comparison.not_worse,
             reason=comparison.reason, forced=forced,
         ),
+        trusted_types=needed,
     )  # fmt: skip
-    frame = pd.concat([train_frame, holdout], ignore_index=True)
     with step("writing the model card"):
-        extras = card_files(registry, model, frame, draft, comparison)
+        extras = card_files(model, draft, comparison, summary)
     with step("publishing"):
-        manifest = registry.publish(model, candidate.fmt.dumps(candidate.estimator), draft, extras)
+        manifest = registry.publish(model, artifact, draft, extras)
     promoted = promote and (comparison.not_worse or force_promote)
     if promoted:
         why = f"forced past the gate: {comparison.reason}" if forced else comparison.reason
@@ -218,10 +238,13 @@ def publish_candidate(
 def _predictions(candidate: Candidate, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, list[Any]]:
     """Predictions (and class probabilities) on the holdout, through serving's input path."""
     estimator, fmt = candidate.estimator, candidate.fmt
-    inputs = estimator_inputs(estimator, matrix, candidate.features)
     try:
-        predicted = fmt.predict(estimator, inputs)
-        probabilities = fmt.predict_proba(estimator, inputs) if candidate.task == "classification" else None
+        predicted = _batched(lambda rows: fmt.predict(estimator, estimator_inputs(estimator, rows, candidate.features)), matrix)
+        probabilities = (
+            _batched(lambda rows: fmt.predict_proba(estimator, estimator_inputs(estimator, rows, candidate.features)), matrix)
+            if candidate.task == "classification"
+            else None
+        )
     except Exception as exc:  # the user's estimator: whatever it raises, nothing is published
         raise DataValidationError(f"the fitted model cannot predict the holdout: {type(exc).__name__}: {exc}") from exc
     if candidate.task == "regression":
@@ -247,7 +270,7 @@ def _compare(
     tolerance: float,
 ) -> Comparison:
     """The gate fails closed: production that exists but cannot be measured blocks."""
-    version = registry.resolve(model, alias) if registry.versions(model) else None
+    version = production_version(registry, model, alias)
     if version is None:
         return Comparison(None, None, True, f"no version in {alias!r} yet")
     try:
@@ -278,14 +301,23 @@ def _score(production: LoadedModel, task: Task, holdout: pd.DataFrame, labels: n
     if missing:
         raise ValueError(f"the holdout lacks production's feature(s) {', '.join(missing)}")
     matrix = frame_to_matrix(holdout, production.manifest.features)
-    predicted = np.asarray(production.predict(matrix))
+    predicted = _batched(lambda rows: np.asarray(production.predict(rows)), matrix)
     probabilities = None
     if task == "classification" and production.manifest.classes:
         try:
-            probabilities = np.asarray(production.predict_proba(matrix))
+            probabilities = _batched(lambda rows: np.asarray(production.predict_proba(rows)), matrix)
         except NonstopError:
             probabilities = None  # a classifier without probabilities: scored without them
     return evaluate(task, predicted, labels, probabilities, production.manifest.classes)
+
+
+def _batched(predict: Callable[[np.ndarray], np.ndarray | None], matrix: np.ndarray) -> Any:
+    """Predictions a batch of rows at a time: the pipeline's copies of a whole holdout
+    (imputed, scaled) would cost more memory than the rows themselves."""
+    parts = [predict(matrix[start : start + HOLDOUT_BATCH_ROWS]) for start in range(0, max(len(matrix), 1), HOLDOUT_BATCH_ROWS)]
+    if any(part is None for part in parts):
+        return None
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)  # type: ignore[arg-type]
 
 
 def resolve_task(estimator: Any, data: pd.DataFrame, label: str, task: Task | None) -> Task:

@@ -37,6 +37,19 @@ def v1_body(rows: list[list[float]]) -> Payload:
     return json.dumps({"instances": rows}).encode(), JSON
 
 
+def v1_objects_body(names: list[str], rows: list[list[float]]) -> Payload:
+    """V1 instances keyed by feature name, keys in schema order: what nonstop's README
+    teaches and what a client serialising its records sends."""
+    return json.dumps({"instances": [dict(zip(names, row, strict=True)) for row in rows]}).encode(), JSON
+
+
+def v2_pandas_body(names: list[str], rows: list[list[float]]) -> Payload:
+    """Named features the way KServe and MLServer take them: Open Inference Protocol v2,
+    one FP64 tensor per feature, decoded into a pandas DataFrame (`content_type: pd`)."""
+    inputs = [{"name": n, "shape": [len(rows)], "datatype": "FP64", "data": [r[i] for r in rows]} for i, n in enumerate(names)]
+    return json.dumps({"parameters": {"content_type": "pd"}, "inputs": inputs}).encode(), JSON
+
+
 def v2_body(rows: list[list[float]]) -> Payload:
     """Open Inference Protocol v2, the only REST shape MLServer reads: one FP64 tensor."""
     tensor = {"name": "input-0", "shape": [len(rows), len(rows[0])], "datatype": "FP64", "data": sum(rows, [])}
@@ -51,6 +64,8 @@ class Peer:
     packages: tuple[str, ...]  # whose installed versions the report names
     path: str  # the predict route
     body: Callable[[list[list[float]]], Payload]
+    named_path: str  # the route for named features
+    named_body: Callable[[list[str], list[list[float]]], Payload]  # features by name, its own way
     command: Callable[[Path, Path, int], list[str]]  # (venv, model folder, port) -> argv
 
     def venv(self, scratch: Path) -> Path:
@@ -107,6 +122,8 @@ PEERS = (
         packages=("kserve", "scikit-learn"),
         path=f"/v1/models/{MODEL}:predict",
         body=v1_body,
+        named_path=f"/v2/models/{MODEL}/infer",  # V1 objects of scalars fail in its get_predict_input
+        named_body=v2_pandas_body,
         command=_kserve,
     ),
     Peer(
@@ -117,6 +134,8 @@ PEERS = (
         packages=("mlserver", "mlserver-sklearn", "scikit-learn", "uvloop"),
         path=f"/v2/models/{MODEL}/infer",
         body=v2_body,
+        named_path=f"/v2/models/{MODEL}/infer",
+        named_body=v2_pandas_body,
         command=_mlserver,
     ),
     Peer(
@@ -127,6 +146,8 @@ PEERS = (
         packages=("fastapi", "uvicorn", "uvloop", "scikit-learn"),
         path=f"/v1/models/{MODEL}:predict",
         body=v1_body,
+        named_path=f"/v1/models/{MODEL}:predict",
+        named_body=v1_objects_body,
         command=_fastapi,
     ),
 )
@@ -153,6 +174,7 @@ class Running:
 
     def __init__(self, peer: Peer, scratch: Path, model_dir: Path, port: int, probe: Payload) -> None:
         self.peer, self.url = peer, f"http://127.0.0.1:{port}{peer.path}"
+        self.named_url = f"http://127.0.0.1:{port}{peer.named_path}"
         self._argv = peer.command(peer.venv(scratch), model_dir, port)
         self._log = scratch / f"{peer.name.lower()}.log"
         self._probe = probe

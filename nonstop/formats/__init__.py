@@ -9,7 +9,7 @@ module that implements `ModelFormat` and one line in `FORMATS`.
 from __future__ import annotations
 
 from nonstop.errors import ConfigError
-from nonstop.formats.base import ModelFormat, UnreadableArtifact, UntrustedContent
+from nonstop.formats.base import InvalidStructure, ModelFormat, UnreadableArtifact, UntrustedContent
 from nonstop.formats.skops_sklearn import SKOPS, SkopsFormat
 
 FORMATS: dict[str, ModelFormat] = {SKOPS.name: SKOPS}
@@ -18,6 +18,7 @@ DEFAULT_FORMAT = SKOPS.name
 __all__ = [
     "DEFAULT_FORMAT",
     "FORMATS",
+    "InvalidStructure",
     "ModelFormat",
     "SkopsFormat",
     "UnreadableArtifact",

@@ -15,9 +15,20 @@ names every type and callable the artifact would create, skops' defaults include
 - any other kind of node (partials, bound methods, operator callables, node kinds a later
   skops adds) is refused outright.
 
-Only then does skops construct the estimator. LightGBM's and XGBoost's scikit-learn
-wrappers are on the list by name (their boosters are rebuilt by their own libraries'
-parsers); they load only where the optional extra is installed.
+Only then does skops construct the estimator, and before anything predicts with it,
+the inside of every type whose native code indexes its own arrays (trees, ensembles of
+trees, libsvm models, sparse matrices) is checked (nonstop/formats/structure.py). A type
+whose inside cannot be checked is not on the list:
+
+- LightGBM's and XGBoost's boosters: their libraries rebuild each from a model string or
+  buffer in the artifact with their own native parsers, and predict by following the
+  trees' child and feature indices in C++; checking those would mean re-implementing each
+  library's model format ahead of its parser. An operator who accepts that trusts them by
+  exact name in `NONSTOP_TRUSTED_TYPES`, unchecked.
+- HistGradientBoosting: its TreePredictor's node indices are followed without bounds
+  checks, and skops itself refuses it.
+- SplineTransformer: its scipy BSplines are evaluated in C by knot and coefficient
+  arrays the artifact would set.
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ from sklearn.tree._tree import Tree
 
 from nonstop.archive import check_unpacked_size
 from nonstop.formats.base import UnreadableArtifact, UntrustedContent
+from nonstop.formats.structure import check_structure
 
 
 def _name(obj: Any) -> str:
@@ -85,7 +97,6 @@ _ESTIMATORS: list[type] = [
     preprocessing.LabelBinarizer,
     preprocessing.KBinsDiscretizer,
     preprocessing.PolynomialFeatures,
-    preprocessing.SplineTransformer,
     preprocessing.PowerTransformer,
     preprocessing.QuantileTransformer,
     preprocessing.FunctionTransformer,
@@ -111,6 +122,8 @@ _ESTIMATORS: list[type] = [
     linear_model.SGDRegressor,
     tree.DecisionTreeClassifier,
     tree.DecisionTreeRegressor,
+    tree.ExtraTreeClassifier,  # the members of ExtraTrees*
+    tree.ExtraTreeRegressor,
     Tree,
     ensemble.RandomForestClassifier,
     ensemble.RandomForestRegressor,
@@ -133,39 +146,39 @@ _ESTIMATORS: list[type] = [
     loss.HalfBinomialLoss,
     loss.HalfMultinomialLoss,
     loss.ExponentialLoss,
+    loss.HalfPoissonLoss,  # PoissonRegressor's
     link.IdentityLink,
+    link.LogLink,
     link.LogitLink,
     link.HalfLogitLink,
     link.MultinomialLogit,
     link.Interval,
 ]
-# HistGradientBoosting is left out on purpose: skops does not trust its TreePredictor,
-# whose node indices scikit-learn follows without bounds checks (a crafted file crashes
-# the process at the first predict).
+# Left out on purpose (see the module's docstring): HistGradientBoosting, SplineTransformer,
+# LightGBM's and XGBoost's wrappers and boosters.
 
 _NUMPY_SCALARS: list[type] = [
     np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
     np.float16, np.float32, np.float64, np.str_,
 ]  # fmt: skip
 
-_OPTIONAL = [
-    "lightgbm.sklearn.LGBMClassifier",
-    "lightgbm.sklearn.LGBMRegressor",
-    "lightgbm.basic.Booster",
-    "xgboost.sklearn.XGBClassifier",
-    "xgboost.sklearn.XGBRegressor",
-    "xgboost.core.Booster",
-]
+
+def _sgd_loss_types() -> list[type]:
+    """The Cython losses SGDClassifier keeps as `loss_function_` (`Hinge`, ...): used by
+    `fit` only, read from scikit-learn rather than guessed."""
+    from sklearn.linear_model import _sgd_fast
+
+    return [t for t in vars(_sgd_fast).values() if isinstance(t, type) and t.__module__ == _sgd_fast.__name__]
+
 
 TRUSTED_TYPES: frozenset[str] = frozenset(
     [_name(t) for t in _ESTIMATORS]
-    + [_name(t) for t in _loss_types()]
+    + [_name(t) for t in _loss_types() + _sgd_loss_types()]
     + [_name(t) for t in _NUMPY_SCALARS]
     + [_name(t) for t in (dict, list, tuple, set, str, int, float, bool, slice, bytes, bytearray)]
     + [_name(t) for t in (OrderedDict, defaultdict)]
     + ["numpy.ndarray", "numpy.dtype", "numpy.random.mtrand.RandomState", "numpy.random._generator.Generator"]
     + [_name(t) for t in (scipy.sparse.csr_matrix, scipy.sparse.csc_matrix, scipy.sparse.csr_array, scipy.sparse.csc_array)]
-    + _OPTIONAL
 )
 
 _ARITHMETIC_UFUNCS = [np.log, np.log1p, np.log2, np.log10, np.exp, np.expm1, np.sqrt, np.square, np.absolute, np.negative]
@@ -178,7 +191,7 @@ TRUSTED_CALLABLES: frozenset[str] = frozenset(
     # types used as values (a dtype parameter, a dict's key type, a tree's constructor)
     + [_name(t) for t in _NUMPY_SCALARS]
     + [_name(t) for t in (str, int, float, bool, list, dict, tuple, OrderedDict, Tree)]
-    + [_name(t) for t in _loss_types()]
+    + [_name(t) for t in _loss_types() + _sgd_loss_types()]
     # the bit generators a numpy Generator is rebuilt with
     + ["numpy.random.PCG64", "numpy.random.MT19937"]
 )
@@ -205,14 +218,19 @@ class SkopsFormat:
     def types_in(self, data: bytes) -> set[str]:
         return set(self._audit(data, frozenset())[0])
 
+    def needs(self, data: bytes) -> list[str]:
+        return self._audit(data, frozenset())[1]
+
     def loads(self, data: bytes, extra_types: Collection[str] = ()) -> Any:
         found, refused = self._audit(data, frozenset(extra_types))
         if refused:
             raise UntrustedContent(refused)
         try:
-            return sio.loads(data, trusted=sorted(found))
+            estimator = sio.loads(data, trusted=sorted(found))
         except Exception as exc:  # skops and the libraries it calls raise assorted errors
             raise UnreadableArtifact(f"skops could not load the artifact: {exc}") from exc
+        check_structure(estimator)  # before anything predicts with it
+        return estimator
 
     def predict(self, estimator: Any, inputs: Any) -> np.ndarray:
         return np.asarray(estimator.predict(inputs))

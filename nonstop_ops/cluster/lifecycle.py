@@ -25,7 +25,7 @@ import httpx
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nonstop.config import REGISTRY_ENV, Settings
+from nonstop.config import REGISTRY_ENV, TRUSTED_TYPES_ENV, Settings
 from nonstop_ops.cluster import ClusterError
 from nonstop_ops.cluster.serve_config import check_user_config, grpc_port, serve_port
 from serve_app.wire.limits import Limits
@@ -144,6 +144,7 @@ class LocalCluster(BaseModel):
         return {
             **self.client_environment(),
             REGISTRY_ENV: settings.registry,
+            TRUSTED_TYPES_ENV: ",".join(settings.trusted_types),  # the app builder's, as training's
             "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if self.throughput_optimized else "0",
             "RAY_SERVE_ENABLE_HA_PROXY": "1" if self.ingress == "haproxy" else "0",
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": self.haproxy_config_file,

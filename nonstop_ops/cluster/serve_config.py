@@ -20,6 +20,9 @@ from nonstop_ops.cluster import ClusterError
 
 SERVE_CONFIG_PACKAGE = "serve_app"
 SERVE_CONFIG_NAME = "serve_config.yaml"
+# Fewest replicas the ModelServer may run: with one, a code update or a crashed replica
+# leaves nothing to answer until the replacement is up (docs/upgrades.md).
+MIN_REPLICAS = 2
 
 
 def serve_config_text() -> str:
@@ -53,16 +56,37 @@ def deployment_config(config: dict[str, Any], app: str = "nonstop", deployment: 
     raise ClusterError(f"serve config has no deployment {app}/{deployment}")
 
 
+def replica_bounds(config: dict[str, Any]) -> tuple[int, int]:
+    """(fewest, most) ModelServer replicas: `autoscaling_config`'s min and max, or a fixed
+    `num_replicas` for both (Serve's default: 1)."""
+    deployment = deployment_config(config)
+    autoscaling = deployment.get("autoscaling_config")
+    if autoscaling is not None:
+        return int(autoscaling.get("min_replicas", 1)), int(autoscaling.get("max_replicas", 1))
+    fixed = int(deployment.get("num_replicas", 1))
+    return fixed, fixed
+
+
+def check_replicas(config: dict[str, Any]) -> None:
+    """Refuse a ModelServer that may run fewer than MIN_REPLICAS replicas, or none at most."""
+    fewest, most = replica_bounds(config)
+    if fewest < MIN_REPLICAS or most < fewest:
+        raise ConfigError(
+            f"ModelServer replicas {fewest}..{most} refused: at least {MIN_REPLICAS} at all times "
+            "(one leaves nothing to answer while it restarts), and max >= min"
+        )
+
+
 def check_user_config(config: dict[str, Any]) -> None:
-    """The app's user_config (model target, canary block) as a replica would read it:
+    """The app's user_config (one model target or many, canary blocks) as a replica would read it:
     refused here, naming the field, before anything is sent. A replica refuses it too
     (serve_app/app.py), for configs deployed by other means (`serve deploy`, KubeRay)."""
     from pydantic import ValidationError
 
-    from serve_app.config import ModelTarget
+    from serve_app.config import parse_user_config
 
     try:
-        ModelTarget.model_validate(deployment_config(config).get("user_config") or {})
+        parse_user_config(deployment_config(config).get("user_config") or {})
     except ValidationError as exc:
         raise ConfigError(f"user_config refused: {validation_problems(exc)}") from None
     except ConfigError as exc:

@@ -1,7 +1,8 @@
 """`nonstop history`: read a model's promotion ledger, or ask what served at a moment.
 
-The chain is verified on every read, and a broken chain exits 1 after printing what is
-wrong: a reader should never take an edited ledger for the truth without being told.
+The chain is verified on every read (as everything that acts on it verifies it:
+nonstop/ledger.py `verified`), and a broken chain exits 1 after printing what is
+wrong, entries that cannot be read at all included: a reader should never take an edited ledger for the truth without being told.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from nonstop.ledger import LedgerEntry, ServingAt, Verification
+from nonstop.errors import RegistryError
+from nonstop.ledger import Ledger, LedgerEntry, ServingAt, Verification
 from nonstop.registry import PRODUCTION
 from nonstop_ops.commands.common import ModelOpt, RegistryOpt, _print_json, _registry
 
@@ -66,6 +68,19 @@ def history(
     """The promotion ledger: every alias move, canary step and decision; exits 1 if edited."""
     ledger = _registry(registry).ledger(model)
     check = ledger.verify()
+    try:
+        _show(ledger, model, alias, at, as_json, check)
+    except RegistryError as exc:
+        if check.ok:
+            raise
+        typer.echo(f"cannot show the entries: {exc.message}", err=True)  # the problems follow
+    if not as_json or not check.ok:
+        typer.echo(_chain_line(check), err=not check.ok)
+    if not check.ok:
+        raise typer.Exit(1)
+
+
+def _show(ledger: Ledger, model: str, alias: str, at: str | None, as_json: bool, check: Verification) -> None:
     if at is not None:
         answer = ledger.serving_at(parse_time(at), alias)
         if as_json:
@@ -82,7 +97,3 @@ def history(
             typer.echo(f"{model}: the ledger is empty (no alias has moved since it was introduced)")
         for entry in entries:
             typer.echo(describe(entry))
-    if not as_json or not check.ok:
-        typer.echo(_chain_line(check), err=not check.ok)
-    if not check.ok:
-        raise typer.Exit(1)

@@ -14,12 +14,13 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from nonstop.errors import ConfigError
+from nonstop.errors import ConfigError, LedgerTampered
 from nonstop.registry import PRODUCTION
 from nonstop_ops.cluster import lifecycle as local
 from nonstop_ops.commands.common import SERVE_PORT, HttpPortOpt, ModelOpt, ReasonOpt, RegistryOpt, _actor, _print_json, _registry
 from serve_app.rollout.policy import Policy
 from serve_app.rollout.moves import Rollouts
+from serve_app.rollout.replay_check import ReplayRelied
 
 app = typer.Typer(name="rollout", no_args_is_help=True, help="Canary a version by weight, judged by a policy, with a ledger.")
 
@@ -58,7 +59,11 @@ def start(
     registry: RegistryOpt = None,
     reason: ReasonOpt = "",
 ) -> None:
-    """Start a rollout: the candidate answers the first step's share (or only shadows)."""
+    """Start a rollout: the candidate answers the first step's share (or only shadows).
+
+    With the policy's `require_replay`, only on a recent passing `nonstop replay` of the
+    candidate (exit 2, naming what is missing or failed, without one); the replay relied
+    on is shown."""
     parsed_steps = None
     if steps is not None:
         try:
@@ -68,6 +73,8 @@ def start(
     policy = load_policy(policy_file, {"steps": parsed_steps, "window_s": window, "shadow": shadow or None, "automatic": False if manual else None})
     entry = _rollouts(registry, model, alias).start(candidate, policy, _actor("rollout start"), reason)
     typer.echo(f"#{entry.seq} {entry.reason}; window {policy.window_s:g}s, steps {list(policy.steps)}")
+    if entry.evidence is not None and "replay" in entry.evidence:
+        typer.echo(ReplayRelied.model_validate(entry.evidence["replay"]).line())
 
 
 @app.command("status")
@@ -79,11 +86,19 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     live: Annotated[bool, typer.Option("--live/--no-live", help="ask the local cluster's controller for evidence")] = True,
 ) -> None:
-    """The rollout as the ledger tells it, and the controller's live evidence if it runs."""
-    state = _rollouts(registry, model, alias).state()
+    """The rollout as the ledger tells it, and the controller's live evidence if it runs;
+    exits 1, saying why, when the ledger does not verify (the rollout is blocked)."""
+    try:
+        state = _rollouts(registry, model, alias).state()
+    except LedgerTampered as exc:
+        if as_json:
+            _print_json({"blocked": exc.message, "problems": exc.problems})
+        else:
+            typer.echo(f"{model}@{alias}: rollout BLOCKED, the primary keeps serving: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
     report: dict[str, Any] = {
         "active": state.active, "primary": state.primary, "candidate": state.candidate, "weight": state.weight,
-        "paused": state.paused, "outcome": state.outcome, "from_config": state.from_config,
+        "paused": state.paused, "outcome": state.outcome, "from_config": state.from_config, "blocked": None,
         "live": _live(model, alias, http_port) if live else None,
     }  # fmt: skip
     if as_json:

@@ -13,6 +13,7 @@ from nonstop.config import Settings
 from nonstop.redact import public_uri
 from nonstop_ops.cluster import ClusterError
 from nonstop_ops.cluster import lifecycle as local
+from nonstop_ops.cluster import nodes
 from nonstop_ops.cluster.serve_config import deployment_config, load_serve_config
 from nonstop_ops.commands.common import DEMO_DATA, SERVE_PORT, HttpPortOpt, RegistryOpt, _open_registry, _registry
 
@@ -33,8 +34,12 @@ def up(
     registry: RegistryOpt = None,
     http_port: HttpPortOpt = SERVE_PORT,
     config: Annotated[Path | None, typer.Option("--config", help="Serve config (default: the packaged serve_config.yaml)")] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, max=nodes.MAX_NODES, help="extra Ray worker nodes on this machine, as KubeRay's worker pods")
+    ] = 0,
 ) -> None:
-    """Start a local Ray head (if none), train a first version if needed, deploy, wait."""
+    """Start a local Ray head (if none) and `--workers` worker nodes beside it, train a
+    first version if needed, deploy, wait. Serve spreads the replicas over the nodes."""
     settings = Settings.from_env(registry=registry)
     cluster = _cluster(http_port)
     serve_config = load_serve_config(config)
@@ -52,6 +57,8 @@ def up(
         run_training(TrainOptions(data=str(DEMO_DATA), model=model, promote=True), reg)
     typer.echo(f"starting Ray (registry {public_uri(settings.registry)}) ...")
     local.start(cluster, settings)
+    for index in range(1, workers + 1):
+        nodes.start(nodes.WorkerNode(cluster=cluster, index=index), settings)
     local.deploy(cluster, serve_config)
     meta = local.wait_ready(cluster, model)
     features = [f["name"] for f in meta["features"]]
@@ -74,7 +81,7 @@ def up(
 
 @app.command()
 def down(http_port: HttpPortOpt = SERVE_PORT) -> None:
-    """Stop the local Ray cluster and Serve's haproxy, and check the port is free."""
+    """Stop the local Ray cluster (its worker nodes too) and Serve's haproxy, and check the port is free."""
     local.stop(_cluster(http_port))
     typer.echo("stopped")
 
@@ -101,8 +108,13 @@ def status(
         ray.shutdown()
     report = status_report(details, board)
     reg = _registry(registry)
-    for model in sorted({r.status.model for r in report.replicas if r.status and r.status.model}):
+    served = {r.status.model for r in report.replicas if r.status and r.status.model}
+    served |= {v.model for r in report.replicas if r.status for v in r.status.versions}  # many models: those held
+    for model in sorted(served):
         report.aliases[model] = reg.aliases(model)
+        check = reg.ledger(model).verify()
+        if not check.ok:
+            report.blocked[model] = "; ".join(check.problems)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
         return
@@ -111,7 +123,9 @@ def status(
         typer.echo(f"  replica {replica.replica_id} [{replica.state}] {_describe(replica.status)}")
     for model, aliases in report.aliases.items():
         for name, record in aliases.items():
-            typer.echo(f"  {model}@{name} -> v{record.version}  history {[e.version for e in record.history]}")
+            typer.echo(f"  {model}@{name} -> v{record.version}  (ledger entry #{record.ledger_seq})")
+    for model, why in report.blocked.items():
+        typer.echo(f"  {model}: rollouts BLOCKED, the primaries keep serving: {why}")
 
 
 def _describe(status: ReplicaStatus | None) -> str:
@@ -121,4 +135,42 @@ def _describe(status: ReplicaStatus | None) -> str:
     held = ", ".join(f"{v.model} v{v.version} ({v.role}) since {v.since:%Y-%m-%d %H:%M:%S}" for v in status.versions)
     error = f"  last error: {status.last_error.message}" if status.last_error else ""
     serves = f"serves {held}" if held else f"NOT READY, nothing loaded for {status.target}"
-    return f"pid={status.pid} {serves}{error}"
+    capture = status.capture
+    captured = (
+        f"  capture: {capture.captured_rows} rows written, {capture.dropped_rows} dropped, {capture.buffered_rows} buffered"
+        if capture is not None and capture.enabled
+        else ""
+    )
+    return f"pid={status.pid} {serves}{error}{captured}{_quality(status)}{_many(status)}"
+
+
+def _many(status: ReplicaStatus) -> str:
+    """Many models: how this replica's budget is doing, summed over the models it loaded."""
+    if not status.models:
+        return ""
+    lines = status.models
+    held = [m for m in lines if m.held]
+    times = sorted(m.load_seconds for m in lines if m.load_seconds is not None)
+    hits, loads = sum(m.hits for m in lines), sum(m.loads for m in lines)
+    rate = f"{hits / (hits + loads):.0%}" if hits + loads else "n/a"
+    slowest = f", slowest {times[-1]:.3f}s" if times else ""
+    median = f"last load median {times[len(times) // 2]:.3f}s{slowest}" if times else "no load yet"
+    return (
+        f"\n    models: {len(held)} held ({sum(m.held_bytes for m in held)} bytes est.) of {len(lines)} loaded here; "
+        f"hit rate {rate} ({hits} hits, {loads} loads), {sum(m.evictions for m in lines)} evictions; {median}"
+    )
+
+
+def _quality(status: ReplicaStatus) -> str:
+    """Live quality per version and role, from the replica that measures it (rank 0)."""
+    capture = status.capture
+    if capture is None or not capture.enabled:
+        return ""
+    lines = [
+        f"live quality v{q.version} {q.role}: " + (", ".join(f"{name} {value:.4g}" for name, value in q.metrics.items()) or "no label yet")
+        + f" ({q.labelled}/{q.captured} rows labelled)"
+        for q in capture.quality
+    ]  # fmt: skip
+    if capture.quality_error:
+        lines.append(capture.quality_error)
+    return "".join(f"\n    {line}" for line in lines)

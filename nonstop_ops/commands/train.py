@@ -9,13 +9,17 @@ import typer
 
 from nonstop.registry import PRODUCTION
 from nonstop_ops.commands.common import DEMO_DATA, AliasOpt, ModelOpt, RegistryOpt, _registry
+from nonstop_ops.commands.outcomes import DestinationOpt
 
 app = typer.Typer()
 
 
 @app.command()
 def train(
-    data: Annotated[str, typer.Option("--data", help="CSV or Parquet file, or a folder of daily partitions")],
+    data: Annotated[
+        str,
+        typer.Option("--data", help="CSV or Parquet file, a folder of day=YYYY-MM-DD partitions (local or s3://...), or capture://MODEL"),
+    ],
     model: ModelOpt,
     label: Annotated[str, typer.Option("--label", help="label column")] = "target",
     promote: Annotated[bool, typer.Option("--promote", help="move the alias if the gate passes")] = False,
@@ -34,28 +38,32 @@ def train(
     force_promote: Annotated[
         bool, typer.Option("--force-promote", help="promote even if the gate fails or production cannot be measured (recorded)")
     ] = False,
-    trusted_type: Annotated[
-        list[str] | None, typer.Option("--trusted-type", help="exact type name the serving config also trusts (repeatable)")
-    ] = None,
     n_estimators: Annotated[int, typer.Option("--n-estimators", help="trees, for --estimator forest")] = 100,
+    since: Annotated[
+        str | None, typer.Option("--since", help="only the partitions of the newest N days, e.g. 30d (the window ends at the newest partition)")
+    ] = None,
+    destination: DestinationOpt = None,
 ) -> None:
     """Validate data, fit, score against production, publish (and maybe promote).
 
     Exit 0: published (and promoted, or not promoted because it scored worse). Exit 2 with
     a message: nothing published because of bad data or a bad --pipeline, or published but
-    not promoted because production could not be loaded or evaluated."""
+    not promoted because production could not be loaded or evaluated. Types beyond the
+    format's trust list: NONSTOP_TRUSTED_TYPES, the setting serving reads too. What has
+    to fit in memory, and what does not: docs/training.md."""
     from training.job import TrainOptions
     from training.job import train as run_training
 
     options = TrainOptions(
         data=data, model=model, label=label, promote=promote, alias=alias, estimator=estimator, pipeline=pipeline,
         task=task, gate_metric=gate_metric, gate_tolerance=gate_tolerance, force_promote=force_promote,
-        trusted_types=tuple(trusted_type or ()), n_estimators=n_estimators,
+        n_estimators=n_estimators, since=since, capture_destination=destination,
     )  # fmt: skip
     result = run_training(options, _registry(registry))
     manifest, comparison = result.manifest, result.comparison
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in manifest.metrics.items())
     typer.echo(f"published {model} v{manifest.version}: {manifest.task}, {manifest.estimator} ({metrics})")
+    typer.echo(f"trained on {manifest.data.rows} rows from {manifest.data.source}")
     typer.echo(f"compared: {comparison.reason}")
     if result.promoted:
         forced = " (FORCED past the gate)" if manifest.gate and manifest.gate.forced else ""

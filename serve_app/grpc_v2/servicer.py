@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from nonstop.errors import InvalidInput, ModelNotReady, NonstopError, PayloadTooLarge, clip, validation_problems
 from nonstop.manifest import FeatureSpec
-from serve_app.edge import KEY_HEADER, error_text, grpc_code
+from serve_app.edge import KEY_HEADER, REQUEST_ID_HEADER, error_text, grpc_code, request_id
 from serve_app.grpc_v2 import oip_v2_pb2 as pb
 from serve_app.replica.dataplane import EXTENSIONS, SERVER_NAME, DataPlane, server_version
 from serve_app.wire.limits import Limits
@@ -49,6 +49,17 @@ CONTENTS_FIELD = {
     "BYTES": "bytes_contents",
 }
 
+# The numeric fields' own types: their values arrive typed, with no null (NaN is the
+# missing value, as in binary data), not as JSON values.
+TYPED_CONTENTS = {
+    "int_contents": np.int64,
+    "int64_contents": np.int64,
+    "uint_contents": np.uint64,
+    "uint64_contents": np.uint64,
+    "fp32_contents": np.float32,
+    "fp64_contents": np.float64,
+}
+
 Reply = TypeVar("Reply", bound=Message)
 
 
@@ -58,11 +69,16 @@ class Context(Protocol):
     def set_code(self, code: grpc.StatusCode) -> None: ...
     def set_details(self, details: str) -> None: ...
     def invocation_metadata(self) -> list[tuple[str, str]]: ...
+    def set_trailing_metadata(self, trailing_metadata: list[tuple[str, str]]) -> None: ...
+
+
+def _metadata(context: Context, key: str) -> str | None:
+    return next((value for name, value in context.invocation_metadata() if name == key), None)
 
 
 def request_key(context: Context) -> str | None:
     """The canary's sticky key: `x-request-key` metadata, as the HTTP header of that name."""
-    return next((value for name, value in context.invocation_metadata() if name == KEY_HEADER), None)
+    return _metadata(context, KEY_HEADER)
 
 
 class GrpcV2:
@@ -90,13 +106,11 @@ class GrpcV2:
 
     async def server_ready(self, _: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
         """Ready once every served model has a version loaded (not an error while not)."""
-        models = self._plane.served_models()
         try:
-            for model in models:
-                self._plane.bind(model)
+            self._plane.check_ready()
         except ModelNotReady:
             return pb.ServerReadyResponse(ready=False)
-        return pb.ServerReadyResponse(ready=bool(models))
+        return pb.ServerReadyResponse(ready=True)
 
     async def server_metadata(self, _: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS)
@@ -110,16 +124,32 @@ class GrpcV2:
         return pb.ModelReadyResponse(ready=True)
 
     async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
-        return pb.ModelMetadataResponse(**self._plane.describe(self._plane.bind_requested(request.name, request.version)))
+        binding = await self._plane.bind_loaded(request.name, request.version)
+        return pb.ModelMetadataResponse(**self._plane.describe(binding))
 
-    async def model_infer(self, request: pb.ModelInferRequest, key: str | None = None) -> pb.ModelInferResponse:
-        """`key`: the client's `x-request-key` metadata, which keeps its canary choice sticky."""
+    def infer_for(self, context: Context) -> Callable[[pb.ModelInferRequest], Awaitable[pb.ModelInferResponse]]:
+        """ModelInfer with what the call's metadata says: the canary's sticky key, and the
+        request id (the client's `x-request-id` or a new one), answered in the trailing
+        metadata of that name, errors included."""
+
+        async def infer(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+            rid = request_id(_metadata(context, REQUEST_ID_HEADER))
+            context.set_trailing_metadata([(REQUEST_ID_HEADER, rid)])
+            return await self.model_infer(request, request_key(context), rid)
+
+        return infer
+
+    async def model_infer(
+        self, request: pb.ModelInferRequest, key: str | None = None, rid: str | None = None
+    ) -> pb.ModelInferResponse:
+        """`key`: the client's `x-request-key` metadata, which keeps its canary choice sticky;
+        `rid`: the request id its capture is stored under."""
         size = request.ByteSize()
         if size > self._limits.max_body_bytes:
             raise PayloadTooLarge(f"request message of {size} bytes exceeds the limit of {self._limits.max_body_bytes}")
-        binding = self._plane.bind_requested(request.model_name, request.model_version, key)
+        binding = await self._plane.bind_loaded(request.model_name, request.model_version, key)
         matrix, outputs = decode(request, binding.features, self._limits)
-        result, tensors = await self._plane.infer_outputs(binding, matrix, outputs)
+        result, tensors = await self._plane.infer_outputs(binding, matrix, outputs, rid)
         reply = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version), id=request.id)
         for tensor in tensors:
             reply.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
@@ -156,16 +186,18 @@ def _request(request: pb.ModelInferRequest) -> tuple[InferenceRequest, list[Payl
     return parsed, [_contents(t) for t in request.inputs]
 
 
-def _contents(tensor: pb.ModelInferRequest.InferInputTensor) -> list[Any]:
+def _contents(tensor: pb.ModelInferRequest.InferInputTensor) -> Payload:
     field = CONTENTS_FIELD.get(tensor.datatype)
     if field is None:
         raise InvalidInput(f"input {clip(tensor.name)!r}: {clip(tensor.datatype)} values travel in raw_input_contents only")
     others = [f.name for f, _ in tensor.contents.ListFields() if f.name != field]
     if others:
         raise InvalidInput(f"input {clip(tensor.name)!r} is {tensor.datatype}: send its values in {field}, not {others[0]}")
-    values = list(getattr(tensor.contents, field))
+    values = getattr(tensor.contents, field)
+    if field in TYPED_CONTENTS:  # typed as the field is: a narrower datatype's range is checked in to_matrix
+        return np.array(values, dtype=TYPED_CONTENTS[field])
     if tensor.datatype != "BYTES":
-        return values
+        return list(values)
     try:
         return [value.decode() for value in values]
     except UnicodeDecodeError as exc:

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version as package_version
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from nonstop.errors import InvalidInput, ModelNotReady, NonstopError, UnknownMod
 from nonstop.loading import LoadedModel
 from nonstop.manifest import FeatureSpec
 from serve_app.replica.state import ModelMetadata, Role, ServingState
-from serve_app.rollout.canary import Canary, Assignment
+from serve_app.rollout.canary import Assignment
 from serve_app.wire.v2_tensors import PREDICT, PREDICT_PROBA, OutputTensor, datatype_of, prediction_tensor
 
 SERVER_NAME = "nonstop"
@@ -66,6 +66,9 @@ class Job:
     outputs: frozenset[Output] = PREDICTIONS_ONLY
 
 
+# A job's outputs, or what its version raised on it: a batch hands each request its own.
+Outcome = Outputs | Exception
+# Raises what the job's version raised on it (`settled`), never another job's failure.
 Predictor = Callable[[Job], Awaitable[Outputs]]
 
 
@@ -74,11 +77,85 @@ class StateSource(Protocol):
     def state(self) -> ServingState: ...
 
 
+@runtime_checkable
+class ModelSource(Protocol):
+    """Many models, each with its own state (serve_app/replica/models.py `ModelSet`):
+    `state_of` raises UnknownModel for a name not served; `loaded` awaits the model's
+    load on this replica, within a bound (ModelLoadPending past it)."""
+
+    def served_models(self) -> list[str]: ...
+    def state_of(self, model: str) -> ServingState: ...
+    async def loaded(self, model: str) -> None: ...
+
+
+class OneModel:
+    """One state source as a `ModelSource`: the model its state targets, always loaded
+    by the holder before any request (or not ready, saying why)."""
+
+    def __init__(self, source: StateSource) -> None:
+        self._source = source
+
+    def served_models(self) -> list[str]:
+        model = self._source.state.model
+        return [model] if model else []
+
+    def state_of(self, model: str) -> ServingState:
+        state = self._source.state
+        if model != state.model:
+            raise UnknownModel(f"unknown model {clip(model)!r}; this server serves {state.model!r}")
+        return state
+
+    async def loaded(self, model: str) -> None:
+        pass
+
+
+class Rollout(Protocol):
+    """What the data plane asks of the rollouts (serve_app/rollout/canary.py `Canary`, or
+    one per model behind serve_app/replica/models.py `Canaries`)."""
+
+    def assign(self, state: ServingState, key: str | None) -> Assignment | None: ...
+    def answered(
+        self, assignment: Assignment, matrix: np.ndarray, predictions: list[Any], seconds: float,
+        scored: Callable[[LoadedModel, list[Any]], None] | None = None,
+    ) -> None: ...  # fmt: skip
+    def failed(self, loaded: LoadedModel, seconds: float) -> None: ...
+
+
 class Observer(Protocol):
     """Told of every outcome; the deployment plugs metrics in here."""
 
     def predicted(self, model: str, version: int, rows: int) -> None: ...
     def refused(self, model: str, reason: str) -> None: ...
+
+
+class Capture(Protocol):
+    """Given every answered request (serve_app/capture/recorder.py); returns at once."""
+
+    def served(
+        self,
+        request_id: str,
+        model: str,
+        version: int,
+        role: str,
+        features: list[FeatureSpec],
+        matrix: np.ndarray,
+        predictions: list[Any],
+        probabilities: list[list[float]] | None,
+    ) -> None: ...
+
+
+SHADOW = "shadow"  # the role of a prediction made off the path, to compare with the answer
+
+
+def _shadow(capture: Capture | None, request_id: str, model: str, matrix: np.ndarray) -> Callable[[LoadedModel, list[Any]], None] | None:
+    """What captures a rollout's off-path prediction of this request, under the same id."""
+    if capture is None:
+        return None
+
+    def scored(loaded: LoadedModel, predictions: list[Any]) -> None:
+        capture.served(request_id, model, loaded.version, SHADOW, loaded.manifest.features, matrix, predictions, None)
+
+    return scored
 
 
 class _Unobserved:
@@ -100,10 +177,15 @@ def server_version() -> str:
 
 
 def parse_version(model: str, version: str) -> int:
-    """A version a request names as text (a path segment, a gRPC field): decimal digits
-    only ('²' is a digit to str.isdigit, not to int()), and bounded before int() reads it."""
-    if not (version.isascii() and version.isdigit()) or len(version) > MAX_VERSION_DIGITS:
-        raise VersionNotFound(f"model {clip(model)!r} version {clip(version)!r} is not served here")
+    """A version a request names as text (a path segment, a gRPC field), read only when
+    canonical: ASCII decimal digits ('²' is a digit to str.isdigit, not to int()), no sign,
+    no leading zero (`01` names no version, rather than another spelling of 1), and
+    bounded before int() reads it. Every protocol reads versions here."""
+    if not (version.isascii() and version.isdigit()) or version[0] == "0" or len(version) > MAX_VERSION_DIGITS:
+        raise VersionNotFound(
+            f"model {clip(model)!r} version {clip(version)!r} is not served here: a version is its number, "
+            f"1 to {MAX_VERSION_DIGITS} digits with no sign or leading zero"
+        )
     return int(version)
 
 
@@ -126,22 +208,43 @@ def compute(loaded: LoadedModel, matrix: np.ndarray, outputs: frozenset[Output])
     return results
 
 
-def run_batch(jobs: Sequence[Job]) -> list[Outputs]:
-    """One estimator call per (version, outputs) for many requests; during a swap a
-    batch can hold two versions."""
-    results: list[Outputs] = [{} for _ in jobs]
+def run_batch(jobs: Sequence[Job]) -> list[Outcome]:
+    """One estimator call per (version, outputs) for many requests; during a swap or a
+    rollout a batch holds two versions. What one version raises, or raises on one
+    request's rows, fails that request alone: a group whose call fails is run again job
+    by job, so the happy path keeps its single call and a failure costs a rerun."""
+    outcomes: list[Outcome] = [{} for _ in jobs]
     groups: dict[tuple[int, frozenset[Output]], list[int]] = {}
     for index, job in enumerate(jobs):
         groups.setdefault((id(job.loaded), job.outputs), []).append(index)
     for indices in groups.values():
         first = jobs[indices[0]]
         matrices = [jobs[i].matrix for i in indices]
-        stacked = compute(first.loaded, np.concatenate(matrices) if len(matrices) > 1 else matrices[0], first.outputs)
+        try:
+            stacked = compute(first.loaded, np.concatenate(matrices) if len(matrices) > 1 else matrices[0], first.outputs)
+        except Exception as exc:  # whatever the estimator raises: this group's, not the batch's
+            for i in indices:
+                outcomes[i] = exc if len(indices) == 1 else _alone(jobs[i])
+            continue
         start = 0
         for i, matrix in zip(indices, matrices, strict=True):
-            results[i] = {kind: values[start : start + len(matrix)] for kind, values in stacked.items()}
+            outcomes[i] = {kind: values[start : start + len(matrix)] for kind, values in stacked.items()}
             start += len(matrix)
-    return results
+    return outcomes
+
+
+def _alone(job: Job) -> Outcome:
+    try:
+        return compute(job.loaded, job.matrix, job.outputs)
+    except Exception as exc:  # the request's own failure, handed back to it alone
+        return exc
+
+
+def settled(outcome: Outcome) -> Outputs:
+    """A job's outputs, or the exception its version raised on it, raised for its request."""
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 @dataclass(frozen=True)
@@ -151,6 +254,7 @@ class Binding:
     model: str
     loaded: LoadedModel
     assignment: Assignment | None = None  # set while a rollout runs: see serve_app/rollout/canary.py
+    role: Role = Role.PRIMARY  # the role of the version asked for by number
 
     @property
     def version(self) -> int:
@@ -175,28 +279,47 @@ class InferenceResult:
 class DataPlane:
     def __init__(
         self,
-        source: StateSource,
+        source: StateSource | ModelSource,
         batched: Predictor | None = None,
         observer: Observer | None = None,
-        canary: Canary | None = None,
+        canary: Rollout | None = None,
+        capture: Capture | None = None,
     ) -> None:
-        self._source = source
+        self._models = source if isinstance(source, ModelSource) else OneModel(source)
+        self._capture = capture
         self._batched = batched
         self._observer = observer or _Unobserved()
         self._canary = canary
 
     def served_models(self) -> list[str]:
-        model = self._source.state.model
-        return [model] if model else []
+        return self._models.served_models()
 
     def is_served(self, model: str) -> bool:
-        return model in self.served_models()
+        try:
+            self._models.state_of(model)
+        except UnknownModel:
+            return False
+        return True
 
     def _state_for(self, model: str) -> ServingState:
-        state = self._source.state
-        if model != state.model:
-            raise UnknownModel(f"unknown model {clip(model)!r}; this server serves {state.model!r}")
-        return state
+        return self._models.state_of(model)
+
+    def check_ready(self) -> None:
+        """Raises ModelNotReady while this replica cannot take requests: no model configured,
+        or a single model with no version loaded. Many models load on their first request,
+        so a replica serving them is ready once configured."""
+        models = self.served_models()
+        if not models:
+            raise ModelNotReady("no model is configured yet")
+        if isinstance(self._models, OneModel):
+            for model in models:
+                self.bind(model)  # not ready while the served model has no version loaded
+
+    async def bind_loaded(self, model: str, version: str | None = None, key: str | None = None) -> Binding:
+        """`bind_requested`, once the model is loaded on this replica: a model served but
+        not held here (evicted, or never asked for) loads first, within a bounded wait."""
+        await self._models.loaded(model)
+        return self.bind_requested(model, version, key)
 
     def bind_requested(self, model: str, version: str | None, key: str | None = None) -> Binding:
         """`bind`, for a version named as text; None or empty names none (the primary,
@@ -208,11 +331,11 @@ class DataPlane:
         share of requests; `key` makes the choice sticky), or the loaded `version` asked for."""
         state = self._state_for(model)
         if version is not None:
-            held = next((v.loaded for v in state.versions if v.loaded.version == version), None)
+            held = next((v for v in state.versions if v.loaded.version == version), None)
             if held is None:
                 serving = state.primary.version if state.primary else None
                 raise VersionNotFound(f"model {model!r} version {version} is not served here (serving: {serving})")
-            return Binding(model, held)
+            return Binding(model, held.loaded, role=held.role)
         primary = state.held(Role.PRIMARY)
         if primary is None:
             why = f": {state.last_error.message}" if state.last_error else ""
@@ -220,27 +343,44 @@ class DataPlane:
         assignment = self._canary.assign(state, key) if self._canary is not None else None
         return Binding(model, assignment.answer if assignment else primary, assignment)
 
-    async def infer(self, binding: Binding, matrix: np.ndarray, outputs: frozenset[Output] = PREDICTIONS_ONLY) -> InferenceResult:
-        if Output.PROBABILITIES in outputs:
-            binding.loaded.require_probabilities()  # refused alone, never inside a shared batch
+    async def infer(
+        self, binding: Binding, matrix: np.ndarray, outputs: frozenset[Output] = PREDICTIONS_ONLY, request_id: str | None = None
+    ) -> InferenceResult:
+        """The bound version's answer. A candidate that cannot answer (it raises, or lacks
+        an output asked for) costs the client nothing: the primary answers instead, and
+        the failure is tallied against the candidate alone. `request_id`: the id the
+        transport answers with; a request with one is captured (when capture is on), with
+        the role of the version that answered."""
         started = time.perf_counter()
         assignment = binding.assignment
         try:
-            results = await self._run(Job(binding.loaded, matrix, outputs))
+            results = await self._answer(binding.loaded, matrix, outputs)
         except Exception:
             if assignment is None or self._canary is None or not assignment.by_candidate or assignment.compare is None:
                 raise
-            # a candidate that fails costs the client nothing: the primary answers instead
             self._canary.failed(assignment.answer, time.perf_counter() - started)
             binding, assignment = Binding(binding.model, assignment.compare), None
-            results = await self._run(Job(binding.loaded, matrix, outputs))
+            results = await self._answer(binding.loaded, matrix, outputs)
+        capture = self._capture if request_id is not None else None
         if assignment is not None and self._canary is not None:
-            self._canary.answered(assignment, matrix, results.get(Output.PREDICTIONS, []), time.perf_counter() - started)
+            shadow = _shadow(capture, request_id or "", binding.model, matrix)
+            self._canary.answered(assignment, matrix, results.get(Output.PREDICTIONS, []), time.perf_counter() - started, shadow)
         self._observer.predicted(binding.model, binding.version, len(matrix))
+        if capture is not None and request_id is not None:
+            role = Role.CANDIDATE if assignment is not None and assignment.by_candidate else binding.role
+            capture.served(
+                request_id, binding.model, binding.version, role.value, binding.features, matrix,
+                results.get(Output.PREDICTIONS, []), results.get(Output.PROBABILITIES),
+            )  # fmt: skip
         return InferenceResult(model=binding.model, version=binding.version, outputs=results)
 
+    async def _answer(self, loaded: LoadedModel, matrix: np.ndarray, outputs: frozenset[Output]) -> Outputs:
+        if Output.PROBABILITIES in outputs:
+            loaded.require_probabilities()  # refused alone, never inside a shared batch
+        return await self._run(Job(loaded, matrix, outputs))
+
     async def infer_outputs(
-        self, binding: Binding, matrix: np.ndarray, names: list[str]
+        self, binding: Binding, matrix: np.ndarray, names: list[str], request_id: str | None = None
     ) -> tuple[InferenceResult, list[OutputTensor]]:
         """The outputs asked for by name, in that order, from the bound version."""
         available = [o["name"] for o in model_outputs(binding.loaded)]
@@ -251,7 +391,7 @@ class DataPlane:
                 f"it has: {', '.join(available)}"
             )
         kinds = {Output.PREDICTIONS} | ({Output.PROBABILITIES} if PREDICT_PROBA in names else set())
-        result = await self.infer(binding, matrix, frozenset(kinds))
+        result = await self.infer(binding, matrix, frozenset(kinds), request_id)
         tensors = {PREDICT: prediction_tensor(result.predictions)}
         if PREDICT_PROBA in names:
             probabilities = np.asarray(result.outputs[Output.PROBABILITIES], dtype=np.float64)
@@ -259,7 +399,7 @@ class DataPlane:
         return result, [tensors[name] for name in names]
 
     async def _run(self, job: Job) -> Outputs:
-        return run_batch([job])[0] if self._batched is None else await self._batched(job)
+        return settled(run_batch([job])[0]) if self._batched is None else await self._batched(job)
 
     def refused(self, model: str, exc: NonstopError) -> None:
         """Count a refused request by the error's reason code; a model name the client

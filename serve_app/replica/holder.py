@@ -1,6 +1,8 @@
 """Keeps a replica's `ServingState` in line with its target, without a request waiting.
 
-A candidate is loaded and verified off the event loop; only then is a new state, holding
+The holder is the one owner of every version a replica loads: the primary, and a
+rollout's candidate beside it (serve_app/rollout/canary.py says which, and its share).
+A version is loaded and verified off the event loop; only then is a new state, holding
 it, assigned in one reference assignment. A request reads the state once, so it runs
 wholly on the old version or wholly on the new one.
 
@@ -8,7 +10,10 @@ Nothing in the registry can make a replica fail to start: a missing model, alias
 pinned version, an unreadable registry, a refused artifact all leave the replica up,
 not ready (requests get "no version loaded" with the reason), and the poller keeps
 looking until something servable appears. A refused version is remembered so it is not
-loaded again at every poll; a version that did not exist yet is not a refusal.
+loaded again at every poll; a version that did not exist yet is not a refusal. A refused
+candidate is reported as a refused primary is, in the state's `last_error`.
+
+One poller per replica: at each tick it runs the follower (the rollout) and then syncs.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from serve_app.replica.state import LoadFailure, Role, ServingState
 
 log = logging.getLogger("nonstop.holder")
 Loader = Callable[[str, int], Awaitable[LoadedModel]]  # (model, version) -> verified model
+Follower = Callable[[ServingState], Awaitable[None]]  # runs at every poll (serve_app/rollout/canary.py)
+Prepare = Callable[[LoadedModel], Awaitable[None]]  # readies a fresh candidate before it answers
 
 
 def stagger_s(rank: int, load_seconds: float) -> float:
@@ -56,8 +63,9 @@ class ModelHolder:
         self._policy = policy
         self._on_change = on_change
         self._load = load or self._load_here
-        self._refused: set[tuple[str, int]] = set()
+        self._refused: set[tuple[str, int, Role]] = set()
         self._lock = asyncio.Lock()
+        self._follower: Follower | None = None
         self._poller: asyncio.Task[None] | None = None
         self._pending: asyncio.Task[None] | None = None
 
@@ -78,6 +86,7 @@ class ModelHolder:
         self._restart_poller(target)
         if switching:
             await self.sync()
+            await self._follow_now()  # a rollout under way: its candidate answers its share from the first request
         else:
             self._pending = asyncio.create_task(self.sync())
 
@@ -95,14 +104,14 @@ class ModelHolder:
                 version = await asyncio.to_thread(self._resolve, target)
                 if current is not None and current.version == version:
                     return
-                if (target.model, version) in self._refused:
+                if (target.model, version, Role.PRIMARY) in self._refused:
                     return
                 await asyncio.sleep(0.0 if current is None else stagger_s(self.rank, current.load_seconds))
                 held = state.held(Role.CANDIDATE)  # a promoted canary is already loaded and verified
                 candidate = held if held is not None and held.version == version else await self._load(target.model, version)
-                self._check_schema(target, current, candidate)
+                self._check_schema(target, current, candidate, Role.PRIMARY)
             except NonstopError as exc:
-                self._fail(state, exc)
+                self._fail(state, exc, Role.PRIMARY)
                 return
             self._set(state.with_version(candidate, Role.PRIMARY))
             log.info(
@@ -116,14 +125,46 @@ class ModelHolder:
     async def _load_here(self, model: str, version: int) -> LoadedModel:
         return await asyncio.to_thread(load_version, self._registry, model, version, self._policy)
 
-    async def hold(self, loaded: LoadedModel | None, role: Role) -> None:
-        """Put `loaded` in `role` beside the primary (None: drop what holds it), under the
-        lock `sync` changes the state under, so neither undoes the other's change."""
+    async def hold_candidate(
+        self, version: int | None, weight: float, prepare: Prepare | None = None
+    ) -> LoadedModel | None:
+        """Hold `version` beside the primary as the candidate answering `weight` of
+        requests (None: no candidate), loading it first if it is not held yet; returns
+        the candidate held, None if there is none. It is loaded, refused and reported as
+        a primary is, and must take the primary's features. `prepare` readies a fresh
+        load before it answers anything; its error refuses the load as a load error does.
+        Under the lock `sync` changes the state under, so neither undoes the other's change.
+        """
         async with self._lock:
-            if loaded is None:
-                self._set(self.state.without(role))
-            elif loaded.manifest.model == self.state.model:
-                self._set(self.state.with_version(loaded, role))
+            state = self.state
+            held = state.held(Role.CANDIDATE)
+            if version is None:
+                self._set(state.with_candidate(None, 0.0))
+                return None
+            if held is not None and held.version == version:
+                self._set(state.with_candidate(held, weight))  # a new step: only the share changes
+                return held
+            if held is not None:  # another candidate: it stops answering now, not once this one has loaded
+                self._set(state.with_candidate(None, 0.0))
+            target, primary = state.target, state.primary
+            if target is None or primary is None or (target.model, version, Role.CANDIDATE) in self._refused:
+                return None
+            try:
+                loaded = await self._load(target.model, version)
+                self._check_schema(target, primary, loaded, Role.CANDIDATE)
+                if prepare is not None:
+                    await prepare(loaded)
+            except NonstopError as exc:
+                self._fail(self.state, exc, Role.CANDIDATE)
+                return None
+            self._set(self.state.with_candidate(loaded, weight))
+            log.info("holding %s v%d as candidate for %.0f%% of requests", target.model, version, weight * 100)
+            return loaded
+
+    def follow(self, follower: Follower) -> None:
+        """Run `follower` with the state at every poll, before the sync: the replica's
+        one poller follows both the registry and the rollout."""
+        self._follower = follower
 
     def config_refused(self, message: str | None) -> None:
         """A user_config this replica would not apply (None: the last one was applied):
@@ -159,33 +200,39 @@ class ModelHolder:
         return version
 
     @staticmethod
-    def _check_schema(target: ModelTarget, current: LoadedModel | None, candidate: LoadedModel) -> None:
-        """Schema continuity is a rule between versions of one model."""
-        if current is None or target.allow_schema_change or current.manifest.same_schema(candidate.manifest):
+    def _check_schema(target: ModelTarget, current: LoadedModel | None, loaded: LoadedModel, role: Role) -> None:
+        """Schema continuity is a rule between versions of one model. A candidate takes
+        the primary's features whatever the target allows: both predict the same rows."""
+        if current is None or current.manifest.same_schema(loaded.manifest):
+            return
+        if role is Role.PRIMARY and target.allow_schema_change:
             return
         ours = set(current.manifest.feature_names)
-        theirs = set(candidate.manifest.feature_names)
+        theirs = set(loaded.manifest.feature_names)
+        advice = "a candidate cannot change them"
+        if role is Role.PRIMARY:
+            advice = "set allow_schema_change in user_config to serve it"
         raise SchemaMismatchError(
             target.model,
-            candidate.version,
+            loaded.version,
             f"features differ from served v{current.version} "
-            f"(missing: {sorted(ours - theirs) or 'none'}, new: {sorted(theirs - ours) or 'none'}); "
-            "set allow_schema_change in user_config to serve it",
+            f"(missing: {sorted(ours - theirs) or 'none'}, new: {sorted(theirs - ours) or 'none'}); {advice}",
         )
 
-    def _fail(self, state: ServingState, exc: NonstopError) -> None:
+    def _fail(self, state: ServingState, exc: NonstopError, role: Role) -> None:
         """Record why. Only a published version that was refused for what it holds is
-        remembered (and not loaded again); a missing alias or version, a registry or
-        storage error, is retried at the next poll. A failure that repeats at every poll (a forged alias, say) is
-        reported once, with the time it was first seen."""
+        remembered (and not loaded again in that role: a primary may be allowed a schema
+        change a candidate is not); a missing alias or version, a registry or storage
+        error, is retried at the next poll. A failure that repeats at every poll (a
+        forged alias, say) is reported once, with the time it was first seen."""
         version = exc.version if isinstance(exc, ModelLoadError) else None
         if version is not None and not isinstance(exc, ArtifactUnreadableError):  # storage may come back
-            self._refused.add((exc.model, version))
+            self._refused.add((exc.model, version, role))
         if state.last_error is not None and state.last_error.message == exc.message:
             self._set(state)
             return
         failure = LoadFailure(version=version, reason=exc.reason, message=exc.message, at=datetime.now(UTC))
-        log.warning("load refused: %s", exc.message)
+        log.warning("%s load refused: %s", role, exc.message)
         self._set(state.with_error(failure))
 
     def _restart_poller(self, target: ModelTarget) -> None:
@@ -195,9 +242,17 @@ class ModelHolder:
             self._poller.cancel()
         self._poller = asyncio.create_task(self._poll(target.poll_interval_s))
 
+    async def _follow_now(self) -> None:
+        if self._follower is not None:
+            try:
+                await self._follower(self.state)
+            except Exception:  # the poller must outlive any surprise; the next tick retries
+                log.exception("following the rollout failed")
+
     async def _poll(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
+            await self._follow_now()
             try:
                 await self.sync()
             except Exception:  # the poller must outlive any surprise; the next tick retries

@@ -11,13 +11,23 @@ rebuilding the model would: the object arrives built. The artifact's
 bytes are parsed by skops only, in the loader; what crosses to the replica is the
 verified object, serialized by Ray as every message between the app's processes is.
 The actor is owned by the replica and ends with it.
+
+The model crosses as one pickled blob of the loader's own making, not as the object: Ray
+hands numpy arrays over zero-copy from its object store, read-only, and native code that
+takes writable buffers then fails on them (libsvm's `predict_proba` for an SVC: predictions
+served, probabilities a 500). Unpickling the blob in the replica builds writable arrays.
+This pickle is the loader's, made from a model it has just audited and verified, and
+travels only between the replica's own processes as every Ray message does; artifacts are
+never read with pickle.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 
 import ray
+from ray import cloudpickle
 from pydantic import SecretStr
 
 from nonstop.errors import NonstopError
@@ -25,21 +35,40 @@ from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.registry import Registry
 
 LOADER_NICENESS = 19  # the lowest priority: the load runs on CPU nobody serving wants
+# Different models load at once (serve_app/replica/models.py, `budget.max_concurrent_loads`
+# bounds how many); one model's versions are loaded one at a time by its holder's lock.
+MAX_CONCURRENT_LOADS = 4
 
 
-@ray.remote(num_cpus=0, max_concurrency=1)
+@ray.remote(num_cpus=0, max_concurrency=MAX_CONCURRENT_LOADS)
 class ModelLoader:
     def __init__(self, registry_uri: str, signing_key: SecretStr | None, policy: TrustPolicy) -> None:
         os.nice(LOADER_NICENESS - os.nice(0))
         self._registry = Registry(registry_uri, signing_key=signing_key)
         self._policy = policy
 
-    def load(self, model: str, version: int) -> LoadedModel | NonstopError:
-        """The loaded model, or the refusal as a value (Ray would wrap a raised one)."""
+    def load(self, model: str, version: int) -> bytes | NonstopError:
+        """The loaded model shipped (`ship`), or the refusal as a value (Ray would wrap a
+        raised one)."""
         try:
-            return load_version(self._registry, model, version, self._policy)
+            return ship(load_version(self._registry, model, version, self._policy))
         except NonstopError as exc:
             return exc
+
+
+def ship(loaded: LoadedModel) -> bytes:
+    """The model as the replica receives it: in-band, so its arrays arrive writable.
+    Ray's cloudpickle, as for every Ray message: the checked numpy path (a closure,
+    nonstop/compiled.py) travels with the model."""
+    return cloudpickle.dumps(loaded, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def arrive(shipped: bytes) -> LoadedModel:
+    """What `ship` sent, rebuilt in the replica with arrays of its own."""
+    loaded = pickle.loads(shipped)  # noqa: S301 - the replica's own loader made it (module docstring)
+    if not isinstance(loaded, LoadedModel):
+        raise TypeError(f"the loader sent a {type(loaded).__name__}, not a LoadedModel")
+    return loaded
 
 
 class OutOfProcessLoader:
@@ -52,4 +81,4 @@ class OutOfProcessLoader:
         result = await self._actor.load.remote(model, version)
         if isinstance(result, NonstopError):
             raise result
-        return result
+        return arrive(result)

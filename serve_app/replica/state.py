@@ -2,9 +2,11 @@
 
 The holder builds a new state for every change (a version swapped in, a target changed,
 a load refused) and assigns it in one reference assignment; the data plane reads it once
-per request. A state holds any number of loaded versions, each with a role: today one
-primary; a canary or a shadow is one more entry, not another attribute threaded through
-every layer. Every version in a state belongs to the state's model: a model switch
+per request. A state holds any number of loaded versions, each with a role: a primary,
+and during a rollout a candidate with the share of requests it answers, so a request
+reads primary, candidate and share from one state, never a candidate with another
+step's share; a canary or a shadow is one more entry, not another attribute threaded
+through every layer. Every version in a state belongs to the state's model: a model switch
 builds a state with none of the old model's versions, so a request can never be answered
 by another model's estimator.
 
@@ -21,6 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nonstop.capture import CaptureStatus
 from nonstop.loading import LoadedModel
 from nonstop.manifest import FeatureSpec, Scalar, Task
 from serve_app.config import ModelTarget
@@ -53,11 +56,14 @@ class ServedVersion:
 
 @dataclass(frozen=True)
 class ServingState:
-    """The target the operator set, the versions loaded for it, and the last failure."""
+    """The target the operator set, the versions loaded for it, the candidate's share of
+    requests (`weight`; 0 with a candidate held: it only scores in the shadow), and the
+    last failure."""
 
     target: ModelTarget | None = None
     versions: tuple[ServedVersion, ...] = ()
     last_error: LoadFailure | None = None
+    weight: float = 0.0
 
     @property
     def model(self) -> str | None:
@@ -82,8 +88,12 @@ class ServingState:
         kept = tuple(v for v in self.versions if v.role is not role)
         return replace(self, versions=(*kept, ServedVersion(loaded, role)))
 
-    def without(self, role: Role) -> ServingState:
-        return replace(self, versions=tuple(v for v in self.versions if v.role is not role))
+    def with_candidate(self, loaded: LoadedModel | None, weight: float) -> ServingState:
+        """`loaded` as the candidate answering `weight` of requests, both in one change
+        (None: no candidate, and no share)."""
+        if loaded is None:
+            return replace(self, versions=tuple(v for v in self.versions if v.role is not Role.CANDIDATE), weight=0.0)
+        return replace(self.with_version(loaded, Role.CANDIDATE), weight=weight)
 
     def with_error(self, failure: LoadFailure) -> ServingState:
         return replace(self, last_error=failure)
@@ -155,6 +165,23 @@ class VersionStatus(BaseModel):
     load_seconds: float
 
 
+class ModelStatus(BaseModel):
+    """One model of many on one replica (serve_app/replica/models.py): whether it is held,
+    how often its requests found it held, how often it was loaded and evicted here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    held: bool
+    version: int | None = Field(description="the primary held, if any")
+    hits: int = Field(description="requests that found it held")
+    loads: int = Field(description="loads on this replica (the first one, and after each eviction)")
+    evictions: int
+    load_seconds: float | None = Field(description="the last load's time, as its requests waited for it")
+    held_bytes: int = Field(description="estimated bytes of its loaded versions (0 when not held)")
+    last_error: LoadFailure | None = None
+
+
 class ReplicaStatus(BaseModel):
     """One replica's report, read by `nonstop status`, the tests and the metrics."""
 
@@ -167,6 +194,8 @@ class ReplicaStatus(BaseModel):
     versions: list[VersionStatus]
     last_error: LoadFailure | None
     reported_at: datetime
+    capture: CaptureStatus | None = None
+    models: list[ModelStatus] = Field(default=[], description="many models: each one this replica loaded")
 
     def held(self, role: Role) -> VersionStatus | None:
         return next((v for v in self.versions if v.role is role), None)
@@ -180,8 +209,8 @@ class ReplicaStatus(BaseModel):
         return self.primary is not None
 
     def serves(self, model: str, version: int) -> bool:
-        primary = self.primary
-        return primary is not None and (primary.model, primary.version) == (model, version)
+        """`version` of `model` is a primary here (one model's, or one of many)."""
+        return any(v.role is Role.PRIMARY and (v.model, v.version) == (model, version) for v in self.versions)
 
 
 class OutputShape(BaseModel):

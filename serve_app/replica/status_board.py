@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import ray
+from ray._common.constants import HEAD_NODE_RESOURCE_NAME
 
 from pydantic import BaseModel, ConfigDict
 
@@ -33,8 +34,12 @@ class StatusBoard:
 
 
 def board() -> Any:
+    """The board, created by the first replica that asks. It lives on the head node, as
+    Serve's controller does: a worker node comes and goes with the autoscaler or a spot
+    reclaim, and the board would go with it (tests/integration/test_scaling.py kills one)."""
     return StatusBoard.options(
-        name=BOARD_NAME, namespace=BOARD_NAMESPACE, lifetime="detached", get_if_exists=True
+        name=BOARD_NAME, namespace=BOARD_NAMESPACE, lifetime="detached", get_if_exists=True,
+        resources={HEAD_NODE_RESOURCE_NAME: 0.001},
     ).remote()
 
 
@@ -65,6 +70,7 @@ class StatusReport(BaseModel):
     status: str
     replicas: list[ReplicaLine]
     aliases: dict[str, dict[str, AliasRecord]] = {}
+    blocked: dict[str, str] = {}  # model -> why its rollouts are blocked (a ledger that does not verify)
 
 
 def status_report(details: dict[str, Any], board: dict[str, ReplicaStatus]) -> StatusReport:

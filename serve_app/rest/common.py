@@ -12,6 +12,7 @@ import json
 from fastapi import Request
 from fastapi.responses import Response
 
+from serve_app.edge import REQUEST_ID_HEADER
 from serve_app.replica.dataplane import DataPlane, InferenceResult
 from serve_app.wire.limits import Limits
 
@@ -32,6 +33,10 @@ def json_response(content: object, status_code: int = 200, headers: dict[str, st
     return Response(json.dumps(content), status_code=status_code, media_type="application/json", headers=headers)
 
 
-def answer_headers(result: InferenceResult) -> dict[str, str]:
-    """Which model and version answered, taken from the version that did."""
-    return {MODEL_HEADER: result.model, VERSION_HEADER: str(result.version)}
+def answer_headers(result: InferenceResult, request_id: str, request: Request) -> dict[str, str]:
+    """Which model and version answered, taken from the version that did, and the request's
+    id, unless the server in front answers it already (create_api `answers_request_id`)."""
+    headers = {MODEL_HEADER: result.model, VERSION_HEADER: str(result.version)}
+    if request.app.state.answers_request_id:
+        headers[REQUEST_ID_HEADER] = request_id
+    return headers

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from nonstop.manifest import Scalar
+from serve_app.edge import REQUEST_ID_HEADER
 from serve_app.replica.state import ModelMetadata
 from serve_app.rest.common import MODEL_HEADER, VERSION_HEADER
 from serve_app.wire.v1_arrow import ARROW_STREAM
@@ -47,6 +48,10 @@ class ModelList(BaseModel):
     models: list[str]
 
 
+REQUEST_ID = REQUEST_ID_HEADER
+REQUEST_ID_TEXT = "the client's x-request-id, or one made for it: its capture and its outcome are keyed by it (docs/capture.md)"
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """Each status's answer: the one error shape (serve_app/rest/api.py)."""
     return {status: {"model": ErrorBody} for status in statuses}
@@ -59,6 +64,7 @@ PREDICT: dict[str, Any] = {
             "headers": {
                 VERSION_HEADER: {"description": "the version that answered", "schema": {"type": "string"}},
                 MODEL_HEADER: {"description": "the model that answered", "schema": {"type": "string"}},
+                REQUEST_ID: {"description": REQUEST_ID_TEXT, "schema": {"type": "string"}},
             },
         },
         **error_responses(404, 413, 422, 503),

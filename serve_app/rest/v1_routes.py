@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from nonstop.errors import InvalidInput, clip
-from serve_app.edge import KEY_HEADER
+from serve_app.edge import KEY_HEADER, REQUEST_ID_HEADER, request_id
 from serve_app.replica.dataplane import PREDICTIONS_ONLY, Output
 from serve_app.rest import v1_openapi as spec
 from serve_app.rest.body import read_body
@@ -39,16 +39,17 @@ def requested_outputs(request: Request) -> frozenset[Output]:
 async def predict(request: Request, model: str) -> Response:
     """KServe V1's predict: JSON instances, or an Arrow stream of columns."""
     plane, limits = plane_of(request), limits_of(request)
-    binding = plane.bind(model, key=request.headers.get(KEY_HEADER))
+    rid = request_id(request.headers.get(REQUEST_ID_HEADER))
+    binding = await plane.bind_loaded(model, key=request.headers.get(KEY_HEADER))
     body = await read_body(request, limits)
     matrix = body_matrix(body, request.headers.get("content-type"), binding.features, limits)
     asked = requested_outputs(request)
-    result = await plane.infer(binding, matrix, asked)
+    result = await plane.infer(binding, matrix, asked, rid)
     content: dict[str, Any] = {"predictions": result.predictions, "model_version": str(result.version)}
     if Output.PROBABILITIES in asked:
         content["probabilities"] = result.outputs[Output.PROBABILITIES]
         content["classes"] = binding.loaded.manifest.classes
-    return json_response(content, headers=answer_headers(result))
+    return json_response(content, headers=answer_headers(result, rid, request))
 
 
 PREDICT_PATH = "/v1/models/{model}:predict"

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from serve_app.rest.common import VERSION_HEADER
-from serve_app.rest.v1_openapi import error_responses
+from serve_app.rest.v1_openapi import REQUEST_ID, REQUEST_ID_TEXT, error_responses
 from serve_app.wire.v2_json import BINARY_CONTENT_TYPE, HEADER_LENGTH
 from serve_app.wire.v2_tensors import InferenceRequest
 
@@ -115,7 +115,10 @@ INFER: dict[str, Any] = {
                     }
                 },
             },
-            "headers": {VERSION_HEADER: {"description": "the version that answered", "schema": {"type": "string"}}},
+            "headers": {
+                VERSION_HEADER: {"description": "the version that answered", "schema": {"type": "string"}},
+                REQUEST_ID: {"description": REQUEST_ID_TEXT, "schema": {"type": "string"}},
+            },
         },
         **error_responses(404, 413, 422, 503),
     },

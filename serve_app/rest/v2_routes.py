@@ -14,8 +14,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from nonstop.errors import ModelNotReady
-from serve_app.edge import KEY_HEADER
+from serve_app.edge import KEY_HEADER, REQUEST_ID_HEADER, request_id
 from serve_app.replica.dataplane import EXTENSIONS, SERVER_NAME, Binding, server_version
 from serve_app.rest import v2_openapi as spec
 from serve_app.rest.body import read_body
@@ -31,12 +30,13 @@ def _ready(binding: Binding) -> Response:
 
 async def infer(request: Request, model: str, version: str | None = None) -> Response:
     plane, limits = plane_of(request), limits_of(request)
-    binding = plane.bind_requested(model, version, key=request.headers.get(KEY_HEADER))
+    rid = request_id(request.headers.get(REQUEST_ID_HEADER))
+    binding = await plane.bind_loaded(model, version, key=request.headers.get(KEY_HEADER))
     body = await read_body(request, limits)
     decoded = decode(body, request.headers.get(HEADER_LENGTH), model, binding.features, limits)
-    result, answer = await plane.infer_outputs(binding, decoded.matrix, list(decoded.outputs))
+    result, answer = await plane.infer_outputs(binding, decoded.matrix, list(decoded.outputs), rid)
     content, header_length = encode(model, result.version, decoded.request_id, answer, decoded.outputs)
-    headers = answer_headers(result)
+    headers = answer_headers(result, rid, request)
     if header_length is None:
         return Response(content, media_type="application/json", headers=headers)
     headers[HEADER_LENGTH] = str(header_length)
@@ -66,23 +66,18 @@ def create_router() -> APIRouter:
 
     @router.get("/v2/health/ready", **spec.READY)
     async def ready(request: Request) -> Response:
-        plane = plane_of(request)
-        models = plane.served_models()
-        if not models:
-            raise ModelNotReady("no model is configured yet")
-        for model in models:
-            plane.bind(model)  # not ready while any served model has no version loaded
+        plane_of(request).check_ready()
         return json_response({"ready": True})
 
     @router.get("/v2/models/{model}", **spec.MODEL_METADATA)
     async def model_metadata(model: str, request: Request) -> Response:
         plane = plane_of(request)
-        return json_response(plane.describe(plane.bind_requested(model, None)))
+        return json_response(plane.describe(await plane.bind_loaded(model)))
 
     @router.get("/v2/models/{model}/versions/{version}", **spec.MODEL_METADATA)
     async def version_metadata(model: str, version: str, request: Request) -> Response:
         plane = plane_of(request)
-        return json_response(plane.describe(plane.bind_requested(model, version)))
+        return json_response(plane.describe(await plane.bind_loaded(model, version)))
 
     @router.get("/v2/models/{model}/ready", **spec.MODEL_READY)
     async def model_ready(model: str, request: Request) -> Response:

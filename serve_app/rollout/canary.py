@@ -1,12 +1,17 @@
 """Canary by weight and shadow scoring, inside each replica, driven by the ledger.
 
 Every replica follows its alias's rollout in the promotion ledger (where `nonstop rollout`
-and the controller write it): it loads the candidate beside the primary (role
-`candidate` in the served state), answers the step's share of requests with it, and
-tallies evidence per version for the controller. The choice is made per request, in the
-replica, so it needs no mesh and works the same locally and on KubeRay. A client that
+and the controller write it), at each tick of its holder's poller and once as it starts
+(so a replacement replica holds the step's candidate before its first request): it has the holder
+(serve_app/replica/holder.py) load the candidate beside the primary (role `candidate` in
+the served state, with the step's share as the state's `weight`), answers that share of
+requests with it, and tallies evidence per version for the controller. The choice is
+made per request, in the replica, so it needs no mesh and works the same locally and on KubeRay. A client that
 sends a request key (`x-request-key`, serve_app/edge.py) always gets the same version for the same key at a
 given share, and a key that reached the candidate stays on it as the share grows.
+It reads the ledger only through its verified view (nonstop/ledger.py `verified`): a
+ledger that does not verify blocks the rollout here, failing closed: the candidate is
+dropped, the primary answers everything, and `blocked` says why.
 
 Comparisons are made on the same rows, off the response path: a request the candidate
 answered is also predicted by the primary after the answer is sent; in shadow mode (a
@@ -29,10 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from nonstop.errors import NonstopError, SchemaMismatchError
-from nonstop.loading import LoadedModel, TrustPolicy, load_version
+from nonstop.errors import LedgerTampered, NonstopError
+from nonstop.ledger import Ledger
+from nonstop.loading import LoadedModel
 from nonstop.profile import read_profile
 from nonstop.registry import Registry
+from serve_app.replica.holder import Prepare
 from serve_app.replica.state import Role, ServingState
 from serve_app.rollout.evidence import InputBins, VersionStats, output_edges
 from serve_app.rollout.policy import RolloutState, replay
@@ -42,8 +49,10 @@ MAX_OFF_PATH = 4
 REPORT_INTERVAL_S = 1.0
 
 Reporter = Callable[[str, str, dict[int, dict[str, Any]]], None]  # model, alias, tallies
-Holder = Callable[[LoadedModel | None, Role], Awaitable[None]]
+# (version or None, weight, prepare) -> the candidate held: ModelHolder.hold_candidate
+HoldCandidate = Callable[[int | None, float, Prepare | None], Awaitable[LoadedModel | None]]
 Scorer = Callable[[LoadedModel, np.ndarray], Awaitable[list[Any]]]
+Scored = Callable[[LoadedModel, list[Any]], None]  # told of each off-path prediction (capture's shadow role)
 
 
 async def _inline(loaded: LoadedModel, matrix: np.ndarray) -> list[Any]:
@@ -67,35 +76,24 @@ class Assignment:
 
 
 class Canary:
-    def __init__(
-        self,
-        registry: Registry,
-        policy: TrustPolicy,
-        hold: Holder,
-        report: Reporter,
-        score: Scorer = _inline,
-        load: Callable[[str, int], Awaitable[LoadedModel]] | None = None,
-    ) -> None:
-        """`score` predicts off the response path; the deployment passes its batcher, so
-        a comparison joins the next batch of its version instead of a thread of its own
+    def __init__(self, registry: Registry, hold: HoldCandidate, report: Reporter, score: Scorer = _inline) -> None:
+        """`hold` is the holder's: it loads, refuses and reports the candidate. `score`
+        predicts off the response path; the deployment passes its batcher, so a
+        comparison joins the next batch of its version instead of a thread of its own
         (threads would fight the event loop for the GIL)."""
         self._registry = registry
         self._score = score
-        self._load_version = load  # the deployment's loader (out of process); None: in a thread here
-        self._policy = policy
         self._hold = hold
         self._report = report
         self._rollout: RolloutState | None = None
         self._followed: tuple[str, str] | None = None
-        self.weight = 0.0
-        self._tallying = False
+        self._ledger: Ledger | None = None
+        self.blocked: str | None = None  # why the rollout followed is blocked (a ledger that does not verify)
         self._stats: dict[int, VersionStats] = {}
         self._bins: dict[int, InputBins | None] = {}
         self._edges: dict[int, list[float] | None] = {}
         self._off_path = 0
         self.skipped = 0
-        self.last_error: str | None = None
-        self._refused: set[int] = set()
         self._last_report = time.monotonic()
 
     # --- on the request path ----------------------------------------------------------------
@@ -103,15 +101,18 @@ class Canary:
     def assign(self, state: ServingState, key: str | None) -> Assignment | None:
         """None when no rollout runs here (the primary answers, nothing is tallied)."""
         primary, candidate = state.primary, state.held(Role.CANDIDATE)
-        if primary is None or candidate is None or not self._tallying:
+        if primary is None or candidate is None:
             return None
         point = share_of(key, candidate.version) if key else random.random()
-        if point < self.weight:
+        if point < state.weight:
             return Assignment(answer=candidate, compare=primary, by_candidate=True)
-        return Assignment(answer=primary, compare=candidate if self.weight == 0 else None, by_candidate=False)
+        return Assignment(answer=primary, compare=candidate if state.weight == 0 else None, by_candidate=False)
 
-    def answered(self, assignment: Assignment, matrix: np.ndarray, predictions: list[Any], seconds: float) -> None:
-        """Tally the answer, and start its comparison off the response path."""
+    def answered(
+        self, assignment: Assignment, matrix: np.ndarray, predictions: list[Any], seconds: float, scored: Scored | None = None
+    ) -> None:
+        """Tally the answer, and start its comparison off the response path; `scored` is
+        given the comparison's predictions once made."""
         stats = self._stats_for(assignment.answer)
         stats.answered(seconds, len(matrix))
         stats.predicted(predictions, self._edges.get(assignment.answer.version))
@@ -122,12 +123,12 @@ class Canary:
             self.skipped += 1
             return
         self._off_path += 1
-        asyncio.get_running_loop().create_task(self._compare(assignment, matrix, predictions))
+        asyncio.get_running_loop().create_task(self._compare(assignment, matrix, predictions, scored))
 
     def failed(self, loaded: LoadedModel, seconds: float) -> None:
         self._stats_for(loaded).answered(seconds, 0, ok=False)
 
-    async def _compare(self, assignment: Assignment, matrix: np.ndarray, answered: list[Any]) -> None:
+    async def _compare(self, assignment: Assignment, matrix: np.ndarray, answered: list[Any], scored: Scored | None = None) -> None:
         """The candidate's tally gets the pairs: its rows against the primary's, whichever answered."""
         other = assignment.compare
         try:
@@ -135,6 +136,8 @@ class Canary:
                 return
             started = time.perf_counter()
             theirs = await self._score(other, matrix)
+            if scored is not None:
+                scored(other, theirs)
             if assignment.by_candidate:
                 self._stats_for(assignment.answer).paired(answered, theirs)
                 return
@@ -159,14 +162,22 @@ class Canary:
         if target is None or alias is None:
             await self._drop(state)
             return
-        if self._followed != (target.model, alias):
+        if self._followed != (target.model, alias) or self._ledger is None:
             self._followed, self._rollout = (target.model, alias), RolloutState(alias=alias)
-            self._stats, self._refused = {}, set()
+            self._stats = {}
+            self._ledger = self._registry.ledger(target.model)
         try:
-            entries = await asyncio.to_thread(self._registry.ledger(target.model).since_seq, self._rollout.last_seq)
-        except NonstopError as exc:
-            self.last_error = exc.message  # keep doing what the ledger said last
+            entries = await asyncio.to_thread(self._ledger.since_seq, self._rollout.last_seq)
+        except LedgerTampered as exc:
+            # fail closed: nothing the ledger says is acted on, the primary answers everything
+            self.blocked = f"rollout blocked: {exc.message}"
+            log.warning(self.blocked)
+            await self._drop(state)
             return
+        except NonstopError as exc:
+            log.warning("cannot read the ledger, keeping to what it said last: %s", exc.message)
+            return
+        self.blocked = None  # verified (again, if it was repaired): follow it from where it was
         self._rollout = replay(entries, alias, self._rollout)
         await self._follow(state, self._rollout)
         await self._flush(target.model, alias)
@@ -178,44 +189,21 @@ class Canary:
         if wanted is None and held is not None and rollout.primary == held.version and primary is not None:
             # promoted: the candidate answers everything until this replica's primary is it
             if primary.version != held.version:
-                self.weight = 1.0
+                await self._hold(held.version, 1.0, None)
                 return
         if wanted is None or primary is None:
             await self._drop(state)
             return
-        if held is None or held.version != wanted:
-            if wanted in self._refused:
-                return
-            loaded = await self._load(state, wanted)
-            if loaded is None:
-                return
-            await self._hold(loaded, Role.CANDIDATE)
-        self.weight = rollout.weight
-        self._tallying = True
 
-    async def _load(self, state: ServingState, version: int) -> LoadedModel | None:
-        model = state.model or ""
-        try:
-            loaded = (
-                await self._load_version(model, version)
-                if self._load_version is not None
-                else await asyncio.to_thread(load_version, self._registry, model, version, self._policy)
-            )
-            primary = state.primary
-            if primary is not None and not primary.manifest.same_schema(loaded.manifest):
-                raise SchemaMismatchError(model, version, f"a candidate must take the same features as v{primary.version}")
-            self._bins[version] = await self._input_bins(loaded)
-        except NonstopError as exc:
-            self._refused.add(version)
-            self.last_error = exc.message
-            log.warning("candidate refused: %s", exc.message)
-            return None
-        self._edges[version] = output_edges(loaded.manifest.samples.outputs)
-        if primary is not None and primary.version not in self._bins:
+        await self._hold(wanted, rollout.weight, lambda loaded: self._baselines(loaded, primary))
+
+    async def _baselines(self, candidate: LoadedModel, primary: LoadedModel) -> None:
+        """What the tallies are judged against, read before the candidate answers anything."""
+        self._bins[candidate.version] = await self._input_bins(candidate)
+        self._edges[candidate.version] = output_edges(candidate.manifest.samples.outputs)
+        if primary.version not in self._bins:
             self._bins[primary.version] = await self._input_bins(primary)
             self._edges[primary.version] = output_edges(primary.manifest.samples.outputs)
-        self.last_error = None
-        return loaded
 
     async def _input_bins(self, loaded: LoadedModel) -> InputBins | None:
         """None for a version published without a profile: no drift check for it."""
@@ -224,9 +212,8 @@ class Canary:
         return InputBins(profile, manifest.feature_names) if profile is not None else None
 
     async def _drop(self, state: ServingState) -> None:
-        self.weight, self._tallying = 0.0, False
         if state.held(Role.CANDIDATE) is not None:
-            await self._hold(None, Role.CANDIDATE)
+            await self._hold(None, 0.0, None)
 
     async def _flush(self, model: str, alias: str) -> None:
         now = time.monotonic()
@@ -237,8 +224,7 @@ class Canary:
             dumped = {v: s.settle().model_dump() for v, s in tallies.items() if not s.empty}
             await asyncio.to_thread(self._report, model, alias, dumped)
         except Exception as exc:  # no controller reachable: the tallies are lost, serving goes on
-            self.last_error = f"cannot report to the rollout controller: {exc!r}"
-            log.warning(self.last_error)
+            log.warning("cannot report to the rollout controller: %r", exc)
 
     # --- tallies --------------------------------------------------------------------------------
 

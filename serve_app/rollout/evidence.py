@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from nonstop.profile import CategoryProfile, DataProfile, NumericProfile, bin_counts, psi
+from serve_app.rollout.outcome_check import LabelledEvidence
 
 # 0.25 ms to 30 s, about 28% apart: percentiles from it are within that of the exact value
 LATENCY_EDGES_S: tuple[float, ...] = tuple(float(e) for e in np.geomspace(0.00025, 30.0, 48))
@@ -268,6 +269,7 @@ class Evidence(BaseModel):
     agreement: float | None = Field(description="share of compared rows with the same prediction")
     mean_abs_diff: float | None = Field(description="for numeric outputs: mean |candidate - primary|")
     output_psi: float | None = Field(description="PSI of the candidate's outputs against the primary's")
+    labelled: LabelledEvidence | None = Field(default=None, description="labelled live rows, when the policy checks outcomes")
 
 
 def version_evidence(version: int, stats: VersionStats, profile: DataProfile | None) -> VersionEvidence:

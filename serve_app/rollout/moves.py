@@ -12,10 +12,17 @@ rollout is the ledger's like any other: the controller judges it, `nonstop rollo
 pauses, advances or aborts it, and the same block redeployed (or a replica restarting
 with it) changes nothing, so an abort by hand stands. Removing the block aborts the
 rollout it started, never one started by hand.
+
+A policy with `require_replay` starts only on a recent passing replay of the candidate
+(serve_app/rollout/replay_check.py), read from the verified ledger like every move: `start`
+refuses without one, naming what is missing or failed; a canary block is refused the same
+way, recorded as a `decision/hold` by the serve config (once per block and reason), and
+the rollout under way, if any, is left alone.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from nonstop.errors import ConfigError
@@ -24,6 +31,7 @@ from nonstop.registry import Registry
 from serve_app.rollout.policy import (
     ABORT, ADVANCE, HOLD, PAUSE, RESUME, ROLLBACK, START, CanaryConfig, Policy, RolloutState, replay,
 )  # fmt: skip
+from serve_app.rollout.replay_check import ReplayCheck, check_replay
 
 CONTROLLER_ACTOR = "rollout controller"
 CONFIG_ACTOR = "serve config"
@@ -39,19 +47,26 @@ class Rollouts:
         self._ledger = registry.ledger(model)
 
     def state(self) -> RolloutState:
-        return replay(self._ledger.entries(), self.alias)
+        """The rollout as the verified ledger tells it; `LedgerTampered` if it does not
+        verify, so no move is made on an entry nobody vouches for."""
+        return replay(self._ledger.verified(), self.alias)
 
     def start(self, candidate: int, policy: Policy, actor: str, reason: str = "") -> LedgerEntry:
         state = self.state()
         if state.active:
             raise ConfigError(f"a rollout of v{state.candidate} to {self.model}@{self.alias} is under way; abort it first")
-        return self._start(candidate, policy, actor, reason)
+        primary = self._check_candidate(candidate)
+        check = self._replay_check(candidate, policy)
+        if check is not None and check.failure is not None:
+            raise ConfigError(f"v{candidate} not rolled out: {check.failure}")
+        return self._start(candidate, primary, policy, actor, reason, relied=check)
 
     def apply_config(self, canary: CanaryConfig | None) -> str | None:
         """The serve config's canary block (None: the config has none), applied once per
         change (module doc). Returns what was done; raises (ConfigError, VersionNotFound)
-        for a block naming a candidate that cannot be rolled out, leaving any rollout
-        under way alone."""
+        for a block naming a candidate that cannot be rolled out, or one whose required
+        replay is missing or failing (recorded as a hold), leaving any rollout under way
+        alone."""
         state = self.state()
         if canary is None:
             if state.active and state.from_config:
@@ -62,10 +77,14 @@ class Rollouts:
         candidate = canary.version if canary.version is not None else self.registry.resolve(self.model, canary.alias or "")
         if candidate is None:
             raise ConfigError(f"user_config canary.alias: {self.model}@{canary.alias} points at nothing")
-        self._check_candidate(candidate)
+        primary = self._check_candidate(candidate)
+        policy = canary.policy()
+        check = self._replay_check(candidate, policy)
+        if check is not None and check.failure is not None:
+            raise ConfigError(self._hold_block(canary, candidate, check))
         if state.active:
             self.rollback(CONFIG_ACTOR, f"superseded by the serve config's canary of v{candidate}", kind="override")
-        entry = self._start(candidate, canary.policy(), CONFIG_ACTOR, config=canary.record())
+        entry = self._start(candidate, primary, policy, CONFIG_ACTOR, config=canary.record(), relied=check)
         return entry.reason
 
     def _check_candidate(self, candidate: int) -> int:
@@ -78,10 +97,29 @@ class Rollouts:
         self.registry.manifest(self.model, candidate)  # must exist, and be signed with a key
         return primary
 
+    def _replay_check(self, candidate: int, policy: Policy) -> ReplayCheck | None:
+        """The replay the policy requires, judged on the verified ledger; None: none required."""
+        if policy.require_replay is None:
+            return None
+        entries = self._ledger.verified()
+        now = datetime.now(UTC)
+        return check_replay(policy.require_replay, entries, model=self.model, candidate=candidate, alias=self.alias, now=now)
+
+    def _hold_block(self, canary: CanaryConfig, candidate: int, check: ReplayCheck) -> str:
+        """Record a canary block held for its replay (once per block and reason: every
+        replica hands the block in) and say why."""
+        reason = f"canary of v{candidate} set by serve config not started: {check.failure}"
+        config = canary.record()
+        last = next((e for e in reversed(self._ledger.verified()) if e.alias == self.alias), None)
+        if last is None or (last.action, last.reason, (last.evidence or {}).get("serve_config")) != (HOLD, reason, config):
+            evidence = {"serve_config": config, "replay": check.replay.model_dump(mode="json") if check.replay else None}
+            self._append("decision", HOLD, CONFIG_ACTOR, reason, candidate=candidate, evidence=evidence)
+        return reason
+
     def _start(
-        self, candidate: int, policy: Policy, actor: str, reason: str = "", config: dict[str, Any] | None = None
-    ) -> LedgerEntry:
-        primary = self._check_candidate(candidate)
+        self, candidate: int, primary: int, policy: Policy, actor: str, reason: str = "",
+        config: dict[str, Any] | None = None, relied: ReplayCheck | None = None,
+    ) -> LedgerEntry:  # fmt: skip
         weight = 0.0 if policy.shadow else policy.steps[0]
         first = "shadow scoring" if policy.shadow else f"{weight:.0%} of requests"
         how = "" if policy.automatic else ", moved by hand only"
@@ -89,6 +127,8 @@ class Rollouts:
         evidence: dict[str, Any] = {"policy": policy.model_dump(mode="json")}
         if config is not None:
             evidence["serve_config"] = config
+        if relied is not None and relied.replay is not None:  # the replay the start relied on
+            evidence["replay"] = relied.replay.model_dump(mode="json")
         return self._append(
             "canary_step", START, actor, reason or default, candidate=candidate, weight=weight, evidence=evidence
         )  # fmt: skip
@@ -100,7 +140,7 @@ class Rollouts:
         following = state.step + 1
         if steps[following] >= 1.0:
             self._append(kind, "promote", actor, reason, candidate=candidate, evidence=evidence)
-            self.registry.promote(self.model, candidate, self.alias, actor=actor, reason=reason)
+            self.registry.promote(self.model, candidate, self.alias, actor=actor, reason=reason)  # appends first
             return f"promoted v{candidate} to {self.model}@{self.alias}"
         weight = steps[following]
         self._append(kind, ADVANCE, actor, reason, candidate=candidate, weight=weight, evidence=evidence)

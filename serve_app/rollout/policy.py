@@ -10,6 +10,14 @@ where the ledger says it was.
 soon as there are enough samples to judge it (a bad candidate should not wait for the
 window to end while it answers clients); advancing waits for a full window of good
 evidence. The last step (100%) is the promotion itself: the alias moves to the candidate.
+
+With `outcomes` set, the candidate is also judged on labelled live traffic
+(serve_app/rollout/outcome_check.py): worse than the primary rolls back, and a step
+advances only once both versions have enough labelled rows, holding for them at most
+`outcomes.wait_s` past its window before taking `outcomes.on_timeout`.
+
+With `require_replay` set, the rollout does not start at all without a recent passing
+replay of the candidate in the ledger (serve_app/rollout/replay_check.py).
 """
 
 from __future__ import annotations
@@ -26,9 +34,12 @@ from nonstop.errors import ConfigError
 from nonstop.ledger import LedgerEntry
 from nonstop.registry import check_name
 from serve_app.rollout.evidence import Evidence, noise_psi
+from serve_app.rollout.outcome_check import OutcomeCheck, judge
+from serve_app.rollout.replay_check import ReplayRequirement
 
 START, ADVANCE, HOLD, ROLLBACK, PROMOTE = "start", "advance", "hold", "rollback", "promote"
 PAUSE, RESUME, ABORT = "pause", "resume", "abort"
+MAX_STEPS = 20  # a rollout of more steps than this is a mistake, and its ledger entries would grow with it
 Verdict = Literal["advance", "hold", "rollback", "promote"]
 
 
@@ -39,7 +50,9 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    steps: tuple[float, ...] = Field(default=(0.05, 0.25, 0.5, 1.0), description="candidate shares; 1.0 means promote")
+    steps: tuple[float, ...] = Field(
+        default=(0.05, 0.25, 0.5, 1.0), max_length=MAX_STEPS, description="candidate shares; 1.0 means promote"
+    )
     shadow: bool = Field(default=False, description="score the candidate on every request first, answering none")
     window_s: float = Field(default=600.0, gt=0, le=86400, description="evaluation window per step")
     min_requests: int = Field(default=200, ge=1, description="candidate requests in a window before advancing")
@@ -55,6 +68,10 @@ class Policy(BaseModel):
     min_tail_sample: int = Field(default=500, ge=1, description="candidate requests before judging p99 (p50 before)")
     automatic: bool = Field(
         default=True, description="the controller advances and rolls back; false: it only judges, a person moves the rollout"
+    )
+    outcomes: OutcomeCheck | None = Field(default=None, description="judge the candidate on labelled live traffic; None: not checked")
+    require_replay: ReplayRequirement | None = Field(
+        default=None, description="start only on a recent passing `nonstop replay` of the candidate; None: not required"
     )
 
     @field_validator("steps")
@@ -129,7 +146,8 @@ class RolloutState:
     policy: Policy | None = None
     paused: bool = False
     active: bool = False
-    step_started: datetime | None = None
+    step_started: datetime | None = None  # the current window's start: a step, or a hold within it
+    step_entered: datetime | None = None  # the current step's start (a hold does not move it)
     started: datetime | None = None
     outcome: str | None = None
     from_config: bool = False  # the rollout (current or last) was started by the serve config's canary block
@@ -155,12 +173,14 @@ def replay(entries: Sequence[LedgerEntry], alias: str, state: RolloutState | Non
             state.policy = Policy.model_validate(entry.evidence.get("policy", {}))
             state.active, state.paused, state.outcome, state.started = True, False, None, entry.at
             state.step = -1 if entry.weight == 0 else 0
+            state.step_entered = entry.at
             config = entry.evidence.get("serve_config")
             state.from_config = isinstance(config, dict)
             if isinstance(config, dict):
                 state.applied_config = config.get("fingerprint")
         elif entry.action == ADVANCE:
             state.step += 1
+            state.step_entered = entry.at
         elif entry.action in (PAUSE, RESUME):
             state.paused = entry.action == PAUSE
         elif entry.action in (ROLLBACK, ABORT):
@@ -176,16 +196,25 @@ def replay(entries: Sequence[LedgerEntry], alias: str, state: RolloutState | Non
 
 
 def decide(
-    policy: Policy, evidence: Evidence, window_done: bool, window_requests: int | None = None, shadowing: bool = False
+    policy: Policy,
+    evidence: Evidence,
+    window_done: bool,
+    window_requests: int | None = None,
+    shadowing: bool = False,
+    step_age_s: float = 0.0,
 ) -> Decision:
     """Judge the evidence so far. `window_done`: the step has run a full window (only then
     advance), with `window_requests` answered by the candidate in it (default: all of
-    the evidence's)."""
+    the evidence's). `step_age_s`: since the step began, holds included (how long the
+    outcome check has waited for labels)."""
     failures = _failures(policy, evidence, shadowing)
     if failures:
         return Decision("rollback", failures)
     if not window_done:
         return Decision("hold", ["window still open"])
+    waiting = _waiting_for_labels(policy, evidence, step_age_s)
+    if waiting is not None:
+        return waiting
     candidate = evidence.candidate
     if shadowing:
         if evidence.compared < policy.min_compared:
@@ -200,9 +229,24 @@ def decide(
     return Decision("advance", ["every check passed over a full window"])
 
 
+def _waiting_for_labels(policy: Policy, evidence: Evidence, step_age_s: float) -> Decision | None:
+    """A step whose window is done holds for labels, until `wait_s` past its window."""
+    if policy.outcomes is None:
+        return None
+    _, short = judge(policy.outcomes, evidence.labelled)
+    if short is None:
+        return None
+    if step_age_s < policy.window_s + policy.outcomes.wait_s:
+        return Decision("hold", [f"waiting for labelled rows: {short}"])
+    verdict: Verdict = "rollback" if policy.outcomes.on_timeout == "rollback" else "advance"
+    return Decision(verdict, [f"labels did not arrive within {policy.outcomes.wait_s:g} s of the window: {short}; on_timeout is {verdict}"])
+
+
 def _failures(policy: Policy, evidence: Evidence, shadowing: bool) -> list[str]:
     primary, candidate = evidence.primary, evidence.candidate
     failures: list[str] = []
+    if policy.outcomes is not None and (worse := judge(policy.outcomes, evidence.labelled)[0]) is not None:
+        failures.append(worse)
     if candidate.requests >= policy.min_error_sample:
         if candidate.error_rate > primary.error_rate + policy.max_error_rate_increase:
             failures.append(

@@ -22,7 +22,8 @@ class RolloutMetrics:
         self._evidence = Gauge(
             "nonstop_rollout_evidence",
             description="Evidence over the current window: requests, error_rate, p50_ms, p99_ms, max_input_psi per "
-            "version; agreement, mean_abs_diff, output_psi, compared for the candidate against the primary",
+            "version; agreement, mean_abs_diff, output_psi, compared for the candidate against the primary; with an "
+            "outcome check, labelled_rows and labelled_score (accuracy, or mean squared error) per version",
             tag_keys=("model", "alias", "version", "role", "stat"),
         )
         self._drift = Gauge(
@@ -44,6 +45,10 @@ class RolloutMetrics:
             "output_psi": evidence.output_psi, "compared": evidence.compared,
         }  # fmt: skip
         self._stats("candidate", evidence.candidate.version, paired)
+        labelled = evidence.labelled
+        for role, score in (("primary", labelled.primary), ("candidate", labelled.candidate)) if labelled else ():
+            if score is not None:
+                self._stats(role, score.version, {"labelled_rows": score.rows, "labelled_score": score.mean})
 
     def decided(self, verdict: str) -> None:
         self._decisions.inc(tags={**self._base, "verdict": verdict})

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nonstop.columns import MAX_STRING_LENGTH
 from nonstop.errors import InvalidInput, clip
 
 
@@ -20,7 +21,7 @@ class Limits(BaseModel):
 
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_instances: int = Field(default=10_000, ge=1)
-    max_string_length: int = Field(default=256, ge=1)
+    max_string_length: int = Field(default=MAX_STRING_LENGTH, ge=1)
     body_timeout_s: float = Field(default=30.0, gt=0, le=600, description="deadline for the whole request body to arrive")
 
 

@@ -23,15 +23,14 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from nonstop.errors import InvalidInput, PayloadTooLarge, clip
-from nonstop.manifest import FeatureKind, FeatureSpec
+from nonstop.columns import FLOAT64, number_refusal, number_values, string_values, type_problem
+from nonstop.manifest import FeatureSpec
 from nonstop.schema import columns_to_matrix
 from serve_app.wire.limits import Limits, listed
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
-FLOAT64 = pa.float64()
 
 
 def arrow_stream(table: pa.Table) -> bytes:
@@ -154,55 +153,21 @@ def _check_schema(schema: pa.Schema, features: list[FeatureSpec]) -> None:
     if unknown:
         raise InvalidInput(f"unknown column(s) {listed(unknown)}")
     for spec in features:
-        field = schema.field(spec.name)
-        if field.metadata and any(key.startswith(b"ARROW:extension") for key in field.metadata):
-            raise InvalidInput(f"column {spec.name!r}: extension types are not accepted: send a plain Arrow type")
-        if not _accepted(field.type, spec.kind):
-            raise InvalidInput(f"column {spec.name!r}: expected {_EXPECTED[spec.kind]}, got Arrow type {clip(str(field.type), 80)}")
-
-
-_NUMBER_TYPES = frozenset(
-    [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()]
-    + [pa.float32(), pa.float64(), pa.null()]
-)
-_TEXT_TYPES = frozenset([pa.string(), pa.large_string()])
-_INDEX_TYPES = frozenset([pa.int8(), pa.int16(), pa.int32(), pa.int64()])
-_EXPECTED: dict[FeatureKind, str] = {
-    "number": "numbers",
-    "category": "strings",
-}
-
-
-def _accepted(kind: pa.DataType, feature: FeatureKind) -> bool:
-    """Exact types, never families: a view, nested, decimal or extension type is refused
-    here rather than trusted to behave like its plain relative."""
-    if isinstance(kind, pa.ExtensionType):
-        return False
-    if feature == "number":
-        return kind in _NUMBER_TYPES
-    if pa.types.is_dictionary(kind):
-        return kind.index_type in _INDEX_TYPES and kind.value_type in _TEXT_TYPES
-    return kind in _TEXT_TYPES or kind == pa.null()
+        problem = type_problem(schema.field(spec.name), spec)
+        if problem:
+            raise InvalidInput(problem)
 
 
 def _numbers(column: pa.ChunkedArray, name: str) -> np.ndarray:
-    if column.type != FLOAT64:
-        column = column.cast(FLOAT64, safe=False)  # as JSON integers become floats
-    values = column.to_numpy(zero_copy_only=False)  # nulls become NaN: imputed
-    bad = ~np.isfinite(values)
-    if column.null_count:
-        bad &= ~column.is_null().to_numpy(zero_copy_only=False)
+    values, bad = number_values(column)
     if bad.any():
         row = int(np.argmax(bad))
-        raise InvalidInput(f"instance {row}, feature {name!r}: {values[row]} is not a finite number")
+        raise InvalidInput(f"instance {row}, {number_refusal(name, values[row])}")
     return values
 
 
 def _strings(column: pa.ChunkedArray, name: str, limits: Limits) -> np.ndarray:
-    if column.type != pa.string():
-        column = column.cast(pa.string())
-    if column.null_count < len(column):
-        longest = pc.max(pc.utf8_length(column)).as_py()
-        if longest > limits.max_string_length:
-            raise InvalidInput(f"column {name!r}: string longer than {limits.max_string_length} characters")
-    return column.to_numpy(zero_copy_only=False)
+    values, too_long = string_values(column, limits.max_string_length)
+    if too_long.any():
+        raise InvalidInput(f"column {name!r}: string longer than {limits.max_string_length} characters")
+    return values

@@ -13,7 +13,9 @@ import json
 import math
 import operator
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from nonstop.errors import InvalidInput, PayloadTooLarge, clip
 from nonstop.manifest import FeatureSpec
 from nonstop.schema import rows_to_matrix
 from serve_app.wire.limits import Limits
+from serve_app.wire.numbers import finite_floats
 from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_matrix, is_arrow
 
 
@@ -31,11 +34,17 @@ def body_matrix(body: bytes, content_type: str | None, features: Sequence[Featur
     `{"instances": [...]}`, as clients that omit the content type expect."""
     if is_arrow(content_type):
         return arrow_matrix(body, list(features), limits)
-    return instances_matrix(json_instances(body, limits), features, limits)
+    try:
+        return instances_matrix(json_instances(body, limits), features, limits)
+    except InvalidInput:
+        # orjson reads an integer beyond 64 bits as the nearest double, which a numeric
+        # feature makes of it anyway; but a refusal quotes the values it names, and must
+        # quote them as Python's json reads them (as V2 does): refused bodies are read again
+        return instances_matrix(json_instances(body, limits, fast=False), features, limits)
 
 
-def json_instances(body: bytes, limits: Limits) -> list[Any]:
-    payload = _parse_json(body)
+def json_instances(body: bytes, limits: Limits, fast: bool = True) -> list[Any]:
+    payload = _parse_json(body, fast)
     if not isinstance(payload, dict) or "instances" not in payload:
         raise InvalidInput('request body must be a JSON object with an "instances" list')
     unknown = sorted(set(payload) - {"instances"})
@@ -51,16 +60,17 @@ def json_instances(body: bytes, limits: Limits) -> list[Any]:
     return instances
 
 
-def _parse_json(body: bytes) -> Any:
-    """orjson reads a well-formed body faster than Python's json. What orjson refuses is
-    read again by Python's json, whose answers the API keeps: NaN and Infinity literals
-    read, then refused naming the row and feature; its own messages for everything else.
-    Both are strict parsers of the same format, and the body is bounded before either
-    sees it."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
+def _parse_json(body: bytes, fast: bool = True) -> Any:
+    """orjson reads a well-formed body faster than Python's json (unless not `fast`). What
+    orjson refuses is read again by Python's json, whose answers the API keeps: NaN and
+    Infinity literals read, then refused naming the row and feature; its own messages for
+    everything else. Both are strict parsers of the same format, and the body is bounded
+    before either sees it."""
+    if fast:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(body)
     except RecursionError as exc:
@@ -73,35 +83,71 @@ def _parse_json(body: bytes) -> Any:
 
 def instances_matrix(instances: list[Any], features: Sequence[FeatureSpec], limits: Limits) -> np.ndarray:
     """Instances (objects keyed by feature name or lists in schema order) as a matrix."""
-    matrix = _fast_matrix(instances, features)
+    matrix = _fast_matrix(instances, _plan(features))
     return matrix if matrix is not None else _checked_matrix(instances, features, limits)
 
 
-def _fast_matrix(instances: list[Any], features: Sequence[FeatureSpec]) -> np.ndarray | None:
-    """All-numeric schema, every instance the same shape, finite numbers only; else None."""
-    if any(f.kind != "number" for f in features):
+@dataclass(frozen=True)
+class _Plan:
+    """What the fast path needs of a schema, worked out once per served version (a
+    request's features are its version's list, the same object every time)."""
+
+    features: Sequence[FeatureSpec]
+    numeric: bool
+    names: list[str]
+    pick: Callable[[dict[str, Any]], Any]  # an object's values in schema order
+
+
+_PLANS: dict[int, _Plan] = {}
+_MOST_PLANS = 16  # versions held at once are a few; the bound only stops growth
+
+
+def _plan(features: Sequence[FeatureSpec]) -> _Plan:
+    plan = _PLANS.get(id(features))
+    if plan is not None and plan.features is features:
+        return plan
+    names = [f.name for f in features]
+    single = len(names) == 1
+    pick = (lambda instance: (instance[names[0]],)) if single else operator.itemgetter(*names)
+    plan = _Plan(features, all(f.kind == "number" for f in features), names, pick)
+    if len(_PLANS) >= _MOST_PLANS:
+        _PLANS.clear()
+    _PLANS[id(features)] = plan
+    return plan
+
+
+def _fast_matrix(instances: list[Any], plan: _Plan) -> np.ndarray | None:
+    """An all-numeric schema, every instance the same shape, numbers only, all finite:
+    the float matrix with no Python code run per value (serve_app/wire/numbers.py);
+    anything else is None, for the checked path to refuse or convert. Objects whose keys
+    come in the schema's order (what a client serialising its records sends) are read by
+    their values, skipping a lookup per value."""
+    if not plan.numeric:
         return None
-    width = len(features)
-    first = instances[0]
-    try:
-        if isinstance(first, dict):
-            pick = operator.itemgetter(*(f.name for f in features))
-            if any(type(i) is not dict or len(i) != width for i in instances):
-                return None
-            rows: list[Any] = [pick(i) for i in instances]
-            if width == 1:
-                rows = [[r] for r in rows]
-        else:
-            rows = instances
-        values = {type(v) for row in rows for v in row}
-        if not values <= {float, int}:
+    width = len(plan.names)
+    kinds = set(map(type, instances))
+    if kinds == {dict}:
+        try:
+            values = _object_values(instances, plan)
+        except KeyError:
             return None
-        matrix = np.asarray(rows, dtype=np.float64)
-    except (KeyError, TypeError, ValueError, OverflowError):
+    elif kinds == {list} and set(map(len, instances)) == {width}:
+        values = list(chain.from_iterable(instances))
+    else:
         return None
-    if matrix.ndim != 2 or matrix.shape[1] != width or not np.isfinite(matrix).all():
+    flat = None if values is None else finite_floats(values)
+    return None if flat is None else flat.reshape(len(instances), width)
+
+
+def _object_values(instances: list[dict[str, Any]], plan: _Plan) -> list[Any] | None:
+    """Every object's values in schema order, row after row; None when one lacks a
+    feature or has more than the schema's."""
+    first = list(instances[0])
+    if first == plan.names and all(map(first.__eq__, map(list, instances))):
+        return list(chain.from_iterable(map(dict.values, instances)))
+    if set(map(len, instances)) != {len(plan.names)}:
         return None
-    return matrix
+    return list(chain.from_iterable(map(plan.pick, instances)))  # a missing key raises KeyError
 
 
 def _checked_matrix(instances: list[Any], features: Sequence[FeatureSpec], limits: Limits) -> np.ndarray:

@@ -7,17 +7,22 @@ binary tensor extension's layout, which gRPC's raw contents share); `to_matrix` 
 validated tensors into the matrix the estimator was fitted on, and the answer's tensors
 are built and laid out here too.
 
-The rules are V1's (every feature present by name and nothing else, numbers finite,
-strings within the length limit), with one difference the binary format forces: it has
-no null, so NaN in a float tensor is the missing value (imputed as in training), as
-null is in JSON. Sizes are checked before anything is decoded: each shape against the
+The rules are V1's, refused in V1's words (every feature present by name and nothing
+else, numbers finite, strings within the length limit), plus the datatype's: every value
+fits it (INT8 300 is refused, not read as a float). One difference the binary format
+forces: binary data and gRPC's typed contents have no null, so NaN there is the missing
+value (imputed as in training), as null is in JSON; a NaN literal in JSON is refused, as
+V1 refuses it. Sizes are checked before anything is decoded: each shape against the
 instance limit, and each binary input's size against its shape.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import struct
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Literal
@@ -29,6 +34,7 @@ from nonstop.errors import InvalidInput, PayloadTooLarge, clip
 from nonstop.manifest import FeatureSpec
 from nonstop.schema import columns_to_matrix
 from serve_app.wire.limits import Limits, listed
+from serve_app.wire.numbers import finite_floats
 
 PREDICT = "predict"
 PREDICT_PROBA = "predict_proba"
@@ -54,7 +60,7 @@ NUMPY_TYPES: dict[str, str] = {
 _NUMERIC = frozenset(NUMPY_TYPES) - {"BOOL"}
 _INTEGRAL = frozenset(t for t in _NUMERIC if not t.startswith("FP"))
 _LENGTH = struct.Struct("<I")
-Payload = memoryview | list[Any]  # an input's binary slice, or its JSON data
+Payload = memoryview | np.ndarray | list[Any]  # an input's binary slice, its typed gRPC contents, or its JSON data
 
 
 class _Parameters(BaseModel):
@@ -74,7 +80,7 @@ class RequestInput(BaseModel):
     name: str
     shape: list[StrictInt] = Field(max_length=2)
     datatype: Datatype
-    parameters: _Parameters = _Parameters()
+    parameters: _Parameters = Field(default_factory=_Parameters)
     data: list[Any] | None = None
 
 
@@ -82,7 +88,7 @@ class RequestOutput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    parameters: _Parameters = _Parameters()
+    parameters: _Parameters = Field(default_factory=_Parameters)
 
 
 class InferenceRequest(BaseModel):
@@ -90,7 +96,7 @@ class InferenceRequest(BaseModel):
 
     id: str | None = None
     model_name: str | None = Field(default=None, description="sent by KServe's client; must match the path's model")
-    parameters: _Parameters = _Parameters()
+    parameters: _Parameters = Field(default_factory=_Parameters)
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
 
@@ -110,8 +116,24 @@ def to_matrix(inputs: list[RequestInput], tensors: list[Payload], features: list
     if _is_matrix_form(inputs, features):
         return _matrix(inputs[0], tensors[0], rows, features)
     by_name = {t.name: (t, data) for t, data in zip(inputs, tensors, strict=True)}
+    fast = _json_columns([by_name[f.name] for f in features], rows, features)
+    if fast is not None:
+        return fast
     columns = [_column(*by_name[f.name], rows, f, limits) for f in features]
     return columns_to_matrix(columns, features)
+
+
+def _json_columns(given: list[tuple[RequestInput, Payload]], rows: int, features: list[FeatureSpec]) -> np.ndarray | None:
+    """A tensor per feature, all FP64 JSON of the right length, numbers only, finite: every
+    column checked and converted in one pass (serve_app/wire/numbers.py), rather than a
+    pass per feature; anything else is None, for the column-by-column rules."""
+    if any(f.kind != "number" for f in features):
+        return None
+    for tensor, data in given:
+        if tensor.datatype != "FP64" or type(data) is not list or len(data) != rows or tensor.shape not in ([rows], [rows, 1]):
+            return None
+    flat = finite_floats(list(chain.from_iterable(data for _, data in given)))  # a nested [N, 1] value is refused there
+    return None if flat is None else flat.reshape(len(features), rows).T.copy()
 
 
 def _rows(inputs: list[RequestInput], limits: Limits) -> int:
@@ -163,19 +185,15 @@ def _matrix(tensor: RequestInput, data: Payload, rows: int, features: list[Featu
             f"input {clip(tensor.name)!r} is not a feature name, so it must be the [N, {width}] tensor of all "
             f"features in schema order; its shape is {tensor.shape}"
         )
-    values = _numbers(tensor, data, rows * width, tensor.name)
-    matrix = values.reshape(rows, width)
-    _check_finite(matrix, tensor.name, width, features)
-    return matrix
+    values = _numbers(tensor, data, rows * width, lambda i: f"instance {i // width}, feature {features[i % width].name!r}")
+    return values.reshape(rows, width)
 
 
 def _column(tensor: RequestInput, data: Payload, rows: int, spec: FeatureSpec, limits: Limits) -> np.ndarray:
     if tensor.shape not in ([rows], [rows, 1]):
         raise InvalidInput(f"input {spec.name!r}: shape must be [{rows}] or [{rows}, 1], got {tensor.shape}")
     if spec.kind == "number":
-        column = _numbers(tensor, data, rows, spec.name)
-        _check_finite(column.reshape(rows, 1), spec.name, 1, [spec])
-        return column
+        return _numbers(tensor, data, rows, lambda i: f"instance {i}, feature {spec.name!r}")
     if tensor.datatype != "BYTES":
         raise InvalidInput(f"input {spec.name!r} is a text feature: send it as BYTES, not {tensor.datatype}")
     strings = _json_strings(data, rows, spec.name) if isinstance(data, list) else _binary_strings(data, rows, spec.name, limits)
@@ -185,29 +203,85 @@ def _column(tensor: RequestInput, data: Payload, rows: int, spec: FeatureSpec, l
     return np.array(strings, dtype=object)
 
 
-def _numbers(tensor: RequestInput, data: Payload, count: int, name: str) -> np.ndarray:
-    """float64 values of a numeric tensor, from its binary slice or its JSON data."""
+def _numbers(tensor: RequestInput, data: Payload, count: int, where: Callable[[int], str]) -> np.ndarray:
+    """float64 values of a numeric tensor, each within its datatype and finite, from its
+    binary slice, its typed gRPC contents or its JSON data. `where` names element i as
+    V1 names a value (instance, feature), so a refusal reads the same on every protocol."""
+    name = tensor.name
     if tensor.datatype not in _NUMERIC:
         raise InvalidInput(f"input {clip(name)!r} holds numbers: send a numeric datatype (FP64, FP32, INT64...), not {tensor.datatype}")
+    dtype = np.dtype(NUMPY_TYPES[tensor.datatype])
     if isinstance(data, memoryview):
-        dtype = np.dtype(NUMPY_TYPES[tensor.datatype])
         if len(data) != count * dtype.itemsize:
             raise InvalidInput(
                 f"input {clip(name)!r}: its binary data is {len(data)} bytes, but {count} {tensor.datatype} values take "
                 f"{count * dtype.itemsize}"
             )
-        return np.frombuffer(data, dtype=dtype).astype(np.float64)
+        return _finite(np.frombuffer(data, dtype=dtype).astype(np.float64), where)  # in range by construction
+    if isinstance(data, np.ndarray):  # typed contents: no null, so NaN is the missing value, as in binary
+        if len(data) != count:
+            raise InvalidInput(f"input {clip(name)!r}: shape {tensor.shape} holds {count} values, data has {len(data)}")
+        _in_range(data, tensor.datatype, where)
+        return _finite(data.astype(np.float64), where)
     flat = _flat(data, tensor.shape, count, name)
-    kinds = {type(v) for v in flat}
-    if not kinds <= {int, float, type(None)}:
-        odd = next(v for v in flat if type(v) not in (int, float, type(None)))
-        raise InvalidInput(f"input {clip(name)!r}: expected numbers, got {type(odd).__name__} {clip(repr(odd))}")
-    if float in kinds and tensor.datatype in _INTEGRAL:
-        raise InvalidInput(f"input {clip(name)!r}: {tensor.datatype} data holds non-integer values")
-    try:
-        return np.array(flat, dtype=np.float64)  # null becomes NaN: a missing value
-    except OverflowError as exc:
-        raise InvalidInput(f"input {clip(name)!r}: a number too large for a float") from exc
+    fast = finite_floats(flat) if tensor.datatype == "FP64" else None
+    if fast is not None:
+        return fast
+    if tensor.datatype == "FP64" and {type(v) for v in flat} <= {int, float, type(None)}:
+        try:
+            values = np.array(flat, dtype=np.float64)  # null becomes NaN: a missing value
+            if np.isfinite(values).all() or all(v is None or math.isfinite(v) for v in flat):
+                return values
+        except OverflowError:
+            pass
+    _refuse_first_bad(flat, tensor.datatype, where)
+    return np.array(flat, dtype=np.float64)
+
+
+def _refuse_first_bad(flat: list[Any], datatype: str, where: Callable[[int], str]) -> None:
+    """Refuse the first value, in row-major order, that V1 or the datatype refuses, with
+    V1's words: JSON has null for a missing value, so NaN and Infinity are refused."""
+    integral = datatype in _INTEGRAL
+    bounds = np.iinfo(NUMPY_TYPES[datatype]) if integral else np.finfo(NUMPY_TYPES[datatype])
+    low, high = (int(bounds.min), int(bounds.max)) if integral else (float(bounds.min), float(bounds.max))
+    for index, value in enumerate(flat):
+        kind = type(value)
+        if value is None:
+            continue
+        if kind not in (int, float):
+            problem = f"expected a number, got {kind.__name__} {clip(json.dumps(value))}"
+        elif kind is float and not math.isfinite(value):
+            problem = f"{value} is not a finite number"
+        elif kind is float and integral:
+            problem = f"{value} is not an integer, as {datatype} values are"
+        elif low <= value <= high:
+            continue
+        elif datatype == "FP64":
+            problem = f"{clip(str(value))} is too large for a float"
+        else:
+            problem = f"{clip(str(value))} is out of range for {datatype}"
+        raise InvalidInput(f"{where(index)}: {problem}")
+
+
+def _in_range(values: np.ndarray, datatype: str, where: Callable[[int], str]) -> None:
+    """Typed contents within the datatype: a field wider than it (int_contents carry INT8
+    as int32) may hold what the datatype cannot."""
+    if datatype not in _INTEGRAL:
+        return  # fp32_contents and fp64_contents hold what FP32 and FP64 do
+    bounds = np.iinfo(NUMPY_TYPES[datatype])
+    outside = (values < int(bounds.min)) | (values > int(bounds.max))
+    if outside.any():
+        index = int(np.argmax(outside))
+        raise InvalidInput(f"{where(index)}: {values[index]} is out of range for {datatype}")
+
+
+def _finite(values: np.ndarray, where: Callable[[int], str]) -> np.ndarray:
+    """NaN is the missing value of binary and typed data; infinity is refused, as by V1."""
+    infinite = np.isinf(values)
+    if infinite.any():
+        index = int(np.argmax(infinite))
+        raise InvalidInput(f"{where(index)}: {values[index]} is not a finite number")
+    return values
 
 
 def _flat(data: list[Any], shape: list[int], count: int, name: str) -> list[Any]:
@@ -219,14 +293,6 @@ def _flat(data: list[Any], shape: list[int], count: int, name: str) -> list[Any]
     if len(data) != count:
         raise InvalidInput(f"input {clip(name)!r}: shape {shape} holds {count} values, data has {len(data)}")
     return data
-
-
-def _check_finite(matrix: np.ndarray, name: str, width: int, features: list[FeatureSpec]) -> None:
-    infinite = np.isinf(matrix)
-    if infinite.any():
-        row, column = divmod(int(np.argmax(infinite)), width)
-        feature = features[column].name if width == len(features) else name
-        raise InvalidInput(f"instance {row}, feature {feature!r}: {matrix[row, column]} is not a finite number")
 
 
 def _json_strings(data: list[Any], rows: int, name: str) -> list[str | None]:

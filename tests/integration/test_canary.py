@@ -9,6 +9,7 @@ are 4 s here (10 minutes by default), steps 10% -> 50% -> 100%.
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from nonstop.storage import LocalStorage
 from serve_app.rollout.canary import share_of
 from serve_app.rollout.policy import Policy
 from tests.conftest import MODEL, train_into
-from harness.canary import CanaryLoad, RolloutRun, bodies, run_rollout
+from harness.canary import POISON, PROTOCOLS, CanaryLoad, RolloutRun, bodies, publish_fragile, run_rollout
 from harness.rollout import Stack, wait_until
 from tests.integration.conftest import POLL_INTERVAL_S, SLACK_S
 from tests.integration.test_metrics import _series
@@ -43,7 +44,10 @@ FOLLOW_S = POLL_INTERVAL_S + 1.0 + 0.5
 
 
 def _live_frame() -> pd.DataFrame:
-    return pd.concat([demo.day_frame(day) for day in range(3, 8)], ignore_index=True)
+    """Days 3-7 in a shuffled order: the demo's data moves a little every day, so a window
+    holding one day's rows in sequence can look drifted against a good candidate's days 0-2."""
+    frame = pd.concat([demo.day_frame(day) for day in range(3, 8)], ignore_index=True)
+    return frame.sample(frac=1.0, random_state=11).reset_index(drop=True)
 
 
 def _load(served: Stack, rescale: dict[str, float] | None = None) -> CanaryLoad:
@@ -76,6 +80,44 @@ def runs(served: Stack, demo_data: Path, tmp_path_factory: pytest.TempPathFactor
         load = _load(served, {"mean_radius": 10.0} if name == "drift" else None)
         results[name] = run_rollout(registry, MODEL, candidate, POLICY, load, settle_s=SETTLE_S, timeout_s=timeout)
     return results
+
+
+@pytest.fixture(scope="module")
+def fragile_run(served: Stack) -> RolloutRun:
+    """A candidate that raises on the rows of every other request (a real published
+    Pipeline: serve_app's batched path), rolled out under load taking turns over every
+    protocol (V1 JSON and Arrow, V2 JSON and binary, gRPC through HAProxy)."""
+    registry = served.registry
+    candidate = publish_fragile(registry, MODEL)
+    features = registry.manifest(MODEL, registry.resolve(MODEL, "production") or 1).feature_names
+    payloads = bodies(_live_frame(), features, ROWS_PER_REQUEST)
+    for index in range(0, len(payloads), 2):
+        body = json.loads(payloads[index])
+        body["instances"][-1][0] = POISON
+        payloads[index] = json.dumps(body).encode()
+    load = CanaryLoad(
+        served.predict_url, payloads, concurrency=4, protocols=PROTOCOLS, features=tuple(features),
+        grpc_address=f"127.0.0.1:{served.cluster.grpc_port}",
+    )  # fmt: skip
+    return run_rollout(registry, MODEL, candidate, POLICY, load, settle_s=SETTLE_S, timeout_s=6 * WINDOW_S + SLACK_S + 30)
+
+
+def test_a_candidate_failing_on_some_inputs_fails_no_request_and_is_rolled_back(fragile_run: RolloutRun) -> None:
+    """Issue 23: its failures cost the clients nothing on any protocol (the primary answers
+    instead), are counted against it alone (the primary's error count stays 0), and roll
+    it back on its error rate."""
+    run = fragile_run
+    for protocol in PROTOCOLS:
+        answers = [a for a in run.answers if a.protocol == protocol]
+        failed = [(a.status, a.error) for a in answers if not a.ok]
+        assert answers and failed == [], (protocol, len(failed), failed[:5])
+        assert {a.version for a in answers} <= {run.primary, run.candidate}, protocol
+    outcome = run.outcome
+    assert (outcome.kind, outcome.action) == ("decision", "rollback"), [(e.action, e.reason) for e in run.entries]
+    assert "error rate" in outcome.reason
+    assert outcome.evidence is not None
+    assert outcome.evidence["candidate"]["errors"] > 0 and outcome.evidence["primary"]["errors"] == 0
+    assert run.answered_by(run.candidate) > 0 and run.answered_by(run.primary) > 0
 
 
 def test_a_good_candidate_is_promoted_through_every_step_with_no_human_action(runs: dict[str, RolloutRun], served: Stack) -> None:

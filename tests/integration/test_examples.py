@@ -21,12 +21,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from nonstop.config import TRUSTED_TYPES_ENV
 from nonstop.formats import format_named
 from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_stream
 from tests.conftest import MODEL
 from harness.loadgen import BackgroundLoad
 from harness.rollout import Stack, wait_until
-from tests.integration.conftest import swap_bound
+from tests.integration.conftest import LIGHTGBM_TYPES, swap_bound
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -51,7 +52,10 @@ def _serving(served: Stack, model: str, version: int | None) -> bool:
 
 
 @pytest.mark.parametrize("name", ["diabetes_regression", "lightgbm_categorical", "column_transformer"])
-def test_an_example_publishes_a_version_the_app_swaps_to_under_load(served: Stack, client: httpx.Client, name: str) -> None:
+def test_an_example_publishes_a_version_the_app_swaps_to_under_load(
+    served: Stack, client: httpx.Client, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TRUSTED_TYPES_ENV, ",".join(LIGHTGBM_TYPES))  # the setting the suite's cluster was started with
     example = _module(name)
     model = f"example-{name.replace('_', '-')}"
     registry = served.registry
@@ -74,7 +78,7 @@ def test_an_example_publishes_a_version_the_app_swaps_to_under_load(served: Stac
         assert result.versions() <= {"1", "2"} and len(result.samples) > 20
 
         manifest = registry.manifest(model, 2)
-        estimator = format_named(manifest.format).loads(registry.read_artifact(model, 2))
+        estimator = format_named(manifest.format).loads(registry.read_artifact(model, 2), LIGHTGBM_TYPES)
         rows = example.load_data().drop(columns=example.LABEL).head(ROWS)[manifest.feature_names]
         expected = estimator.predict(rows).tolist()
         table = pa.table({c: pa.array(rows[c].astype(object).where(rows[c].notna(), None).tolist()) for c in rows.columns})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+import numpy as np
 import psutil
 import pytest
 import ray
@@ -14,7 +15,7 @@ from nonstop.errors import ManifestError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.schema import rows_to_matrix
 from nonstop_ops.cluster import lifecycle as local
-from serve_app.replica.loader_actor import LOADER_NICENESS, ModelLoader, OutOfProcessLoader
+from serve_app.replica.loader_actor import LOADER_NICENESS, ModelLoader, OutOfProcessLoader, arrive
 from tests.conftest import MODEL
 from harness.rollout import Stack
 
@@ -25,7 +26,7 @@ def test_a_version_loads_in_a_niced_process_and_arrives_verified(served: Stack) 
     version = served.registry.resolve(MODEL, "production")
     assert version is not None
     loader = ModelLoader.remote(served.registry.uri, None, TrustPolicy())
-    loaded = ray.get(loader.load.remote(MODEL, version))
+    loaded = arrive(ray.get(loader.load.remote(MODEL, version)))
     here = load_version(served.registry, MODEL, version, TrustPolicy())
     assert isinstance(loaded, LoadedModel)
     assert loaded.manifest == here.manifest
@@ -54,3 +55,24 @@ def test_a_refusal_crosses_back_as_the_same_typed_error(served: Stack) -> None:
     with pytest.raises(ManifestError, match=f"model '{MODEL}' version 999 refused \\(manifest\\)") as refused:
         asyncio.run(load(MODEL, 999))
     assert (refused.value.model, refused.value.version) == (MODEL, 999)
+
+
+def test_an_svc_loaded_by_the_actor_gives_probabilities_in_the_replica(served: Stack) -> None:
+    """Ray hands arrays over read-only; libsvm's predict_proba needs writable ones. The
+    loader ships the model in-band so the replica's copy predicts every output."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from training.demo import day_frame
+    from training.publish import publish_model
+
+    frame = day_frame(0)
+    model = make_pipeline(StandardScaler(), SVC(probability=True, random_state=0))
+    manifest = publish_model(model, frame, model="svc", label="target", registry=served.registry).manifest
+    load = OutOfProcessLoader(served.registry.uri, None, TrustPolicy())
+    loaded = asyncio.run(load("svc", manifest.version))
+    rows = day_frame(1).drop(columns="target").head(5)
+    matrix = rows_to_matrix(rows.to_numpy().tolist(), manifest.features)
+    assert loaded.predict(matrix) == model.predict(rows).tolist()
+    np.testing.assert_allclose(loaded.predict_proba(matrix), model.predict_proba(rows), rtol=1e-9)

@@ -47,7 +47,7 @@ def test_the_layers_hold() -> None:
 @pytest.mark.parametrize(
     ("module", "upward"),
     [
-        ("nonstop/registry.py", "import serve_app.replica.holder"),  # the core reaching into serving
+        ("nonstop/registry/aliases.py", "import serve_app.replica.holder"),  # the core reaching into serving
         ("serve_app/replica/holder.py", "import training.job"),  # serving and training are siblings
         ("training/job.py", "import nonstop_ops.cli"),  # nothing imports operations
         ("nonstop_ops/cli.py", "import harness.loadgen"),  # the installed code never imports the harness

@@ -12,7 +12,7 @@ import pytest
 
 from harness.forwarder import Forwarder
 from harness.loadgen import Sample
-from harness.switchover import KUBERAY_WORKER_PROBE, Probe, ServiceSettings, drain_of, went_backwards
+from harness.switchover import KUBERAY_WORKER_PROBE, PreStop, Probe, ServiceSettings, prestop_of, went_backwards
 
 def server(name: str) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
@@ -89,17 +89,23 @@ def test_versions_going_backwards_are_counted() -> None:
 def test_settings_come_from_the_manifest_or_kuberays_defaults() -> None:
     container = {
         "readinessProbe": {"periodSeconds": 5, "timeoutSeconds": 10, "failureThreshold": 3},
-        "lifecycle": {"preStop": {"exec": {"command": ["bash", "-c", "kill -USR1 haproxy; sleep 10"]}}},
+        "lifecycle": {"preStop": {"exec": {"command": ["bash", "-c", "sleep 5; kill -USR1 haproxy; sleep 15"]}}},
     }
     service = {
         "spec": {
             "excludeHeadPodFromServeSvc": False,
-            "rayClusterConfig": {"workerGroupSpecs": [{"minReplicas": 2, "template": {"spec": {"containers": [container]}}}]},
+            "rayClusterConfig": {
+                "workerGroupSpecs": [
+                    {"minReplicas": 2, "template": {"spec": {"terminationGracePeriodSeconds": 18, "containers": [container]}}}
+                ]
+            },
         }
     }
     settings = ServiceSettings.of(service, 3.0)
     assert settings.worker_probe == Probe(initial_delay_s=0, period_s=5, timeout_s=10, failure_threshold=3)
-    assert (settings.exclude_head, settings.workers, settings.drain_s) == (False, 2, 10.0)
+    assert (settings.exclude_head, settings.workers, settings.prestop) == (False, 2, PreStop(wait_s=5.0, drain_s=15.0))
+    assert settings.termination_s == 18.0, "the kubelet cuts the hook at the grace period"
     bare = {"spec": {"rayClusterConfig": {"workerGroupSpecs": [{"replicas": 1, "template": {"spec": {"containers": [{}]}}}]}}}
     assert ServiceSettings.of(bare, 3.0).worker_probe == KUBERAY_WORKER_PROBE
-    assert drain_of({}) is None
+    assert ServiceSettings.of(bare, 3.0).grace_s == 30.0
+    assert prestop_of({}) is None

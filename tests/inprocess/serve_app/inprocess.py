@@ -14,7 +14,7 @@ from nonstop.loading import TrustPolicy
 from nonstop.manifest import Manifest
 from nonstop.registry import Registry
 from serve_app.config import ModelTarget
-from serve_app.replica.dataplane import DataPlane
+from serve_app.replica.dataplane import DataPlane, Job, Outcome, Outputs, run_batch, settled
 from serve_app.replica.holder import ModelHolder
 from serve_app.rest.api import create_api
 from serve_app.wire.limits import Limits
@@ -47,3 +47,35 @@ def train_mixed(registry: Registry, tmp_path: Path) -> Manifest:
     path = tmp_path / "mixed.parquet"
     frame.to_parquet(path, index=False)
     return train_into(registry, path).manifest
+
+
+class Batcher:
+    """What `serve.batch` does for the deployment (serve_app/app.py `_predict_batch`),
+    without Ray: jobs that queue while a batch waits are predicted together by
+    `run_batch`, whatever version each is for. `batches` records what went together."""
+
+    def __init__(self, wait_s: float = 0.005) -> None:
+        self._wait_s = wait_s
+        self._queue: list[tuple[Job, asyncio.Future[Outcome]]] = []
+        self.batches: list[list[Job]] = []
+
+    async def __call__(self, job: Job) -> Outputs:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._queue.append((job, future))
+        if len(self._queue) == 1:
+            loop.call_later(self._wait_s, self._flush)
+        return settled(await future)
+
+    def _flush(self) -> None:
+        queued, self._queue = self._queue, []
+        jobs = [job for job, _ in queued]
+        self.batches.append(jobs)
+        try:
+            outcomes = run_batch(jobs)
+        except Exception as exc:  # as serve.batch does: the batch's exception, to every request in it
+            for _, future in queued:
+                future.set_exception(exc)
+            return
+        for (_, future), outcome in zip(queued, outcomes, strict=True):
+            future.set_result(outcome)

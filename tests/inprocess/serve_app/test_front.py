@@ -56,6 +56,8 @@ def _answers(registry: Registry, front_or_api: str) -> list[tuple[int, Any, dict
             for method, path, kwargs in _cases(registry):
                 response = await client.request(method, path, **kwargs)
                 headers = {k: v for k, v in response.headers.items() if k.startswith("x-") or k == "content-type"}
+                if "x-request-id" in headers:  # a new one each request: its presence is what compares
+                    headers["x-request-id"] = "made"
                 answers.append((response.status_code, json.loads(response.content), headers))
         await holder.close()
         return answers

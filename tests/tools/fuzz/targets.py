@@ -6,16 +6,19 @@ typed refusals a client or a registry reader is meant to get; any other exceptio
 finding (it would be a 5xx or a crashed load), and so is a native crash, which libFuzzer
 catches in this child process and reports with the input that caused it.
 
-Every STATS_EVERY runs the target writes its counts (runs, accepted, refused) to the file
-named by FUZZ_STATS, since libFuzzer ends the process without running Python's exit hooks.
+Every STATS_EVERY runs, and at least every STATS_SECONDS, the target writes its counts
+(runs, accepted, refused) to the file named by FUZZ_STATS, since libFuzzer ends the
+process without running Python's exit hooks.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,13 +29,15 @@ import atheris
 with atheris.instrument_imports(include=["serve_app", "nonstop"]):
     from nonstop.errors import InvalidInput, PayloadTooLarge, RegistryError, TamperedAliasError, TamperedManifestError
     from nonstop.manifest import DataFingerprint, FeatureSpec, Manifest, SampleSet
-    from nonstop.registry import AliasEvent, AliasRecord, parse_alias, parse_manifest
+    from nonstop.registry import AliasRecord, parse_alias, parse_manifest
     from serve_app.grpc_v2 import oip_v2_pb2, servicer
     from serve_app.wire import v1_arrow, v1_json, v2_json
     from serve_app.wire.limits import Limits
 
 import pyarrow as pa
 from google.protobuf.message import DecodeError
+
+from tests.tools.fuzz import artifacts
 
 FEATURES = [
     FeatureSpec(name="x", kind="number", dtype="float64"),
@@ -41,6 +46,7 @@ FEATURES = [
 ]
 LIMITS = Limits(max_instances=256, max_string_length=64)
 STATS_EVERY = 2000
+STATS_SECONDS = 2.0
 CLIENT_REFUSALS = (InvalidInput, PayloadTooLarge)  # 422 and 413: the only answers to bad bytes
 _counts: Counter[str] = Counter()
 
@@ -87,6 +93,8 @@ TARGETS: dict[str, tuple[Callable[[bytes], object], tuple[type[Exception], ...]]
     "grpc": (decode_grpc, (*CLIENT_REFUSALS, DecodeError)),
     "manifest": (decode_manifest, (RegistryError, TamperedManifestError)),
     "alias": (decode_alias, (RegistryError, TamperedAliasError)),
+    # trusted artifacts with mutated arrays, loaded and predicted (tests/tools/fuzz/artifacts.py)
+    **{f"artifact-{family}": (functools.partial(artifacts.load_and_predict, family), ()) for family in artifacts.FAMILIES},
 }
 
 
@@ -94,6 +102,9 @@ def seeds(target: str) -> list[bytes]:
     """Valid inputs (and near misses) to start the corpus from."""
     if target == "native-crash":
         return [b"crash"]
+    if target.startswith("artifact-"):
+        artifacts.valid(target.removeprefix("artifact-"))  # built once, before the clock matters
+        return [bytes(range(i, i + 64)) for i in range(0, 192, 24)]
     if target == "json":
         return [
             b'{"instances": [{"x": 1.5, "y": 2, "colour": "red"}, {"x": null, "y": -1, "colour": null}]}',
@@ -155,8 +166,7 @@ def seeds(target: str) -> list[bytes]:
             sha256="0" * 64,
         )
         return [manifest.model_dump_json(indent=2).encode()]
-    events = [AliasEvent(version=v, action="promote", at=datetime(2026, 1, v, tzinfo=UTC)) for v in (1, 2)]
-    record = AliasRecord(alias="production", version=2, history=events, signature="hmac-sha256:" + "0" * 64)
+    record = AliasRecord(alias="production", version=2, ledger_seq=3, ledger_hash="0" * 64, signature="hmac-sha256:" + "0" * 64)
     return [record.model_dump_json(indent=2).encode()]
 
 
@@ -164,15 +174,18 @@ def one_input(target: str) -> Callable[[bytes], None]:
     decode, expected = TARGETS[target]
     stats = os.environ.get("FUZZ_STATS")
 
+    written = [time.monotonic()]
+
     def run(data: bytes) -> None:
         try:
-            decode(data)
-            _counts["accepted"] += 1
+            outcome = decode(data)
+            _counts[outcome if target.startswith("artifact-") else "accepted"] += 1  # type: ignore[index]
         except expected as exc:
             _counts[f"refused:{type(exc).__name__}"] += 1
         _counts["runs"] += 1
-        if stats and _counts["runs"] % STATS_EVERY == 0:
+        if stats and (_counts["runs"] % STATS_EVERY == 0 or time.monotonic() - written[0] >= STATS_SECONDS):
             Path(stats).write_text(json.dumps(_counts))
+            written[0] = time.monotonic()
 
     return run
 

@@ -23,6 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 KUBERAY = REPO_ROOT / "kuberay"
 WARNING = re.compile(r"warning|deprecat", re.IGNORECASE)
 RAY_KINDS = ("RayService", "RayJob", "RayCronJob", "RayCluster")
+TRAIN_JOB = "nonstop-train-once"  # the one-off training RayJob
+SCORE_JOB = "nonstop-score"  # batch scoring (docs/batch.md)
 Manifest = dict[str, Any]
 
 
@@ -173,7 +175,7 @@ def entrypoint_commands(entrypoint: str | list[str]) -> list[list[str]]:
 def training_entrypoints(build: Build) -> dict[str, str | list[str]]:
     """What each training workload runs: the one-off RayJob's entrypoint, the CronJob's command."""
     cron = build.one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    return {"RayJob": build.one("RayJob")["spec"]["entrypoint"], "CronJob": cron["command"]}
+    return {"RayJob": build.named("RayJob", TRAIN_JOB)["spec"]["entrypoint"], "CronJob": cron["command"]}
 
 
 def option(command: list[str], name: str) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.tools.kuberay.manifests import Build
+from tests.tools.kuberay.manifests import SCORE_JOB, TRAIN_JOB, Build
 
 OVERLAYS = ("overlays/dev", "overlays/prod")
 
@@ -17,8 +17,9 @@ def test_every_kustomization_builds(builds: dict[str, Build]) -> None:
 def test_overlays_hold_the_whole_app(builds: dict[str, Build]) -> None:
     for name in OVERLAYS:
         build = builds[name]
-        for kind in ("RayService", "RayJob", "CronJob", "ServiceAccount", "PodDisruptionBudget", "Namespace"):
+        for kind in ("RayService", "CronJob", "ServiceAccount", "PodDisruptionBudget", "Namespace"):
             build.one(kind)
+        assert {j["metadata"]["name"] for j in build.of_kind("RayJob")} == {TRAIN_JOB, SCORE_JOB}, name
         assert len(build.of_kind("NetworkPolicy")) >= 2, f"{name}: client and internal NetworkPolicies"
         namespaces = {o["metadata"].get("namespace") for o in build.objects if o["kind"] != "Namespace"}
         assert namespaces == {build.one("Namespace")["metadata"]["name"]}, f"{name}: objects outside its namespace"
@@ -52,7 +53,8 @@ def test_generated_config_map_name_reaches_every_ray_object(builds: dict[str, Bu
     """kustomize only renames references it knows; base/kustomizeconfig.yaml teaches it ours."""
     for build in builds.values():
         (config,) = [c for c in build.of_kind("ConfigMap") if c["metadata"]["name"].startswith("nonstop-config")]
-        for kind in ("RayService", "RayJob", "CronJob"):
-            text = str(build.one(kind))
+        for where in (build.one("RayService"), build.one("CronJob"), *build.of_kind("RayJob")):
+            kind = f"{where['kind']}/{where['metadata']['name']}"
+            text = str(where)
             assert config["metadata"]["name"] in text, f"{build.name}: {kind} misses {config['metadata']['name']}"
             assert "'nonstop-config'" not in text, f"{build.name}: {kind} names the ConfigMap without its hash"

@@ -8,6 +8,7 @@ fails here if KubeRay would in fact start a new RayCluster, and the other way ro
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ import yaml
 
 from nonstop_ops import kube
 from nonstop_ops.cluster.serve_config import load_serve_config
-from tests.tools.kuberay.decisions import Decision, Rollout, decide
+from tests.tools.kuberay.decisions import KUBERAY_VERSION, NOT_OMITEMPTY, Decision, Operator, Rollout, decide
 from tests.tools.kuberay.manifests import KUBERAY, REPO_ROOT, load_all, run_kubectl
 
 DOCS = REPO_ROOT / "docs" / "kubernetes.md"
@@ -31,7 +32,11 @@ ROLLOUT_WORDS = {
     "new cluster": Rollout.NEW_CLUSTER,
     "cluster in place": Rollout.CLUSTER_IN_PLACE,
     "nothing": Rollout.NOTHING,
+    "incremental": Rollout.INCREMENTAL,
+    "ignored": Rollout.IGNORED,
 }
+# What a row's downtime cell must say when the rollout replaces the running cluster's spec.
+RESET_WORDS = "resets autoscaled worker counts"
 
 
 class Tree:
@@ -82,7 +87,7 @@ def follow_alias(tree: Tree) -> None:
 
 
 def serve_replicas(tree: Tree) -> None:
-    tree.serve_config(lambda c: model_server(c).update(num_replicas=3))
+    tree.serve_config(lambda c: model_server(c)["autoscaling_config"].update(max_replicas=8))
 
 
 def new_image(tree: Tree) -> None:
@@ -147,6 +152,32 @@ def nothing(tree: Tree) -> None:
     """A model update: the registry alias moves; nothing is applied to Kubernetes."""
 
 
+def drop_start_params(group: dict[str, Any]) -> None:
+    """`rayStartParams: {}` removed: no omitempty on it in v1.7.0, so Go hashes null, not {}."""
+    del group["rayStartParams"]
+
+
+def incremental_upgrade(tree: Tree) -> None:
+    """A new image with the incremental strategy (Gateway options as the CRD asks)."""
+
+    def change(service: dict[str, Any]) -> None:
+        service["spec"]["upgradeStrategy"] = {
+            "type": "NewClusterWithIncrementalUpgrade",
+            "clusterUpgradeOptions": {"gatewayClassName": "istio", "stepSizePercent": 25, "intervalSeconds": 30},
+        }
+
+    tree.edit_yaml("base/rayservice.yaml", change)
+    new_image(tree)
+
+
+# The operator as it runs for a change, where not the default KubeRay v1.7.0 with its
+# feature gates, and the KubeRay version that built the running RayCluster.
+OPERATORS: dict[str, tuple[Operator, str]] = {
+    "operator-no-zero-downtime": (Operator(enable_zero_downtime="false"), KUBERAY_VERSION),
+    "operator-upgrade": (Operator(), "v1.6.1"),
+}
+
+
 CHANGES: dict[str, Callable[[Tree], None]] = {
     "alias-move": nothing,
     "pin-version": pin_version,
@@ -159,24 +190,32 @@ CHANGES: dict[str, Callable[[Tree], None]] = {
     "max-replicas": max_replicas,
     "tolerations": _worker_group(tolerations),
     "add-worker-group": add_worker_group,
+    "empty-start-params": _worker_group(drop_start_params),
+    "incremental-upgrade": incremental_upgrade,
+    "operator-no-zero-downtime": new_image,
+    "operator-upgrade": nothing,
 }
 
 
-def documented_rollouts() -> dict[str, frozenset[Rollout]]:
-    """`id` → rollouts, from the table between the markers in docs/kubernetes.md."""
+def documented_rows() -> dict[str, tuple[frozenset[Rollout], str]]:
+    """`id` → (rollouts, downtime cell), from the table between the markers in docs/kubernetes.md."""
     text = DOCS.read_text()
     assert TABLE_START in text and TABLE_END in text, f"{DOCS} has no rollout table"
     table = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0]
-    rows: dict[str, frozenset[Rollout]] = {}
+    rows: dict[str, tuple[frozenset[Rollout], str]] = {}
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        ids = re.findall(r"`([a-z-]+)`", cells[0]) if len(cells) >= 2 else []  # the last is the id
+        ids = re.findall(r"`([a-z-]+)`", cells[0]) if len(cells) >= 3 else []  # the last is the id
         if not ids:
             continue
         words = [w.strip().lower() for w in cells[1].split("+")]
         assert all(w in ROLLOUT_WORDS for w in words), f"unknown rollout {cells[1]!r} for {ids[-1]}"
-        rows[ids[-1]] = frozenset(ROLLOUT_WORDS[w] for w in words)
+        rows[ids[-1]] = (frozenset(ROLLOUT_WORDS[w] for w in words), cells[2])
     return rows
+
+
+def documented_rollouts() -> dict[str, frozenset[Rollout]]:
+    return {change: rollouts for change, (rollouts, _) in documented_rows().items()}
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +226,8 @@ def before(kubectl: str, kube_tmp: Path, tmp_path_factory: pytest.TempPathFactor
 def rollout_of(change: str, before: dict[str, Any], kubectl: str, kube_tmp: Path, root: Path) -> Decision:
     tree = Tree(root / "kuberay", kubectl, kube_tmp)
     CHANGES[change](tree)
-    return decide(before, tree.build_service("overlays/prod"))
+    operator, built_by = OPERATORS.get(change, (Operator(), KUBERAY_VERSION))
+    return decide(before, tree.build_service("overlays/prod"), operator, built_by)
 
 
 def test_the_docs_table_covers_every_change_tested_here() -> None:
@@ -201,6 +241,11 @@ def test_kuberay_rolls_out_each_change_as_the_docs_say(
     expected = documented_rollouts()[change]
     decision = rollout_of(change, before, kubectl, kube_tmp, tmp_path)
     assert decision.rollouts == expected, f"{change}: KubeRay 1.7 would do {decision.rollouts}, the docs say {expected}"
+    downtime = documented_rows()[change][1]
+    assert decision.resets_worker_counts == (RESET_WORDS in downtime), (
+        f"{change}: the docs' downtime cell must say {RESET_WORDS!r} exactly when the running cluster's "
+        "spec is replaced (modifyRayCluster)"
+    )
 
 
 def test_a_wrong_expectation_fails(before: dict[str, Any], kubectl: str, kube_tmp: Path, tmp_path: Path) -> None:
@@ -230,3 +275,85 @@ def test_ignored_fields_match_the_go_source() -> None:
         "WorkerGroupSpecs[i].Template.Spec.SchedulingGates",
         "UpgradeStrategy",
     }, "KubeRay's hash ignores other fields now: update tests/tools/kuberay/decisions.py"
+
+
+def _kuberay_source(relative: str) -> Path:
+    folder = Path(os.environ.get(SOURCE_ENV) or REPO_ROOT.parent / "shared" / "kuberay-src" / "v1.7.0")
+    source = folder / "ray-operator" / relative
+    if not source.is_file():
+        pytest.skip(f"KubeRay source not found at {source}: set {SOURCE_ENV} to the v1.7.0 source folder")
+    return source
+
+
+def _changed(service: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    after = copy.deepcopy(service)
+    change(after["spec"])
+    return after
+
+
+def _image(spec: dict[str, Any]) -> None:
+    spec["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] = "other:1"
+
+
+def test_an_empty_and_an_absent_ray_start_params_hash_apart(before: dict[str, Any]) -> None:
+    """`rayStartParams` has no omitempty: `{}` and absent are two hashes (a new cluster);
+    an omitempty map (`labels`) stays equal either way."""
+    group = before["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert group["rayStartParams"] == {}
+    dropped = _changed(before, lambda s: s["rayClusterConfig"]["workerGroupSpecs"][0].pop("rayStartParams"))
+    assert decide(before, dropped).rollouts == frozenset({Rollout.NEW_CLUSTER})
+    assert decide(dropped, dropped).rollouts == frozenset({Rollout.NOTHING})
+    labelled = _changed(before, lambda s: s["rayClusterConfig"]["workerGroupSpecs"][0].update(labels={}))
+    assert decide(before, labelled).rollouts == frozenset({Rollout.NOTHING})
+
+
+def test_the_incremental_strategy_follows_its_feature_gate(before: dict[str, Any]) -> None:
+    """NewClusterWithIncrementalUpgrade is a stepped switch with the gate on (v1.7's default);
+    with the gate off the operator refuses to start a second cluster at all."""
+    strategy = {"type": "NewClusterWithIncrementalUpgrade"}
+    incremental = _changed(before, lambda s: s.update(upgradeStrategy=strategy))
+    upgraded = _changed(incremental, _image)
+    assert decide(incremental, upgraded).rollouts == frozenset({Rollout.INCREMENTAL})
+    gate_off = Operator(incremental_upgrade_gate=False)
+    assert decide(incremental, upgraded, gate_off).rollouts == frozenset({Rollout.IGNORED})
+    assert decide(before, _changed(before, _image), gate_off).rollouts == frozenset({Rollout.NEW_CLUSTER})
+
+
+def test_the_feature_gate_default_is_the_go_sources() -> None:
+    text = _kuberay_source("pkg/features/features.go").read_text()
+    (default,) = re.findall(r"RayServiceIncrementalUpgrade:\s*\{Default: (true|false)", text)
+    assert Operator().incremental_upgrade_gate == (default == "true")
+
+
+def test_enable_zero_downtime_false_ignores_a_cluster_change_only_without_a_strategy(before: dict[str, Any]) -> None:
+    """The operator's ENABLE_ZERO_DOWNTIME=false applies only where the spec names no strategy:
+    the cluster change is dropped, a Serve change still lands in place. Ours names NewCluster."""
+    off = Operator(enable_zero_downtime="False")
+    assert decide(before, _changed(before, _image), off).rollouts == frozenset({Rollout.NEW_CLUSTER})
+    unnamed = _changed(before, lambda s: s.pop("upgradeStrategy"))
+
+    def image_and_serve(spec: dict[str, Any]) -> None:
+        _image(spec)
+        spec["serveConfigV2"] += "\n"
+
+    decision = decide(unnamed, _changed(unnamed, image_and_serve), off)
+    assert decision.rollouts == frozenset({Rollout.IGNORED, Rollout.SERVE_IN_PLACE})
+    assert decide(unnamed, _changed(unnamed, _image)).rollouts == frozenset({Rollout.NEW_CLUSTER})
+
+
+def test_an_operator_upgrade_writes_a_pending_spec_change_over_the_running_cluster(before: dict[str, Any]) -> None:
+    """A cluster built by another KubeRay version is rebuilt in place from the RayService
+    (shouldUpdateCluster), hash or not: an image change applied with the operator upgrade
+    never becomes a new cluster, and the autoscaled worker counts go back to the manifest's."""
+    decision = decide(before, _changed(before, _image), Operator(), built_by="v1.6.1")
+    assert decision.rollouts == frozenset({Rollout.CLUSTER_IN_PLACE, Rollout.SERVE_IN_PLACE})
+    assert decision.resets_worker_counts and not decision.starts_a_new_cluster
+
+
+def test_the_fields_hashed_without_omitempty_are_the_go_sources() -> None:
+    """NOT_OMITEMPTY is every json tag without omitempty in raycluster_types.go, less the
+    required fields and those the hash clears."""
+    text = _kuberay_source("apis/ray/v1/raycluster_types.go").read_text()
+    tags = set(re.findall(r'^\s+\w+\s+\S+\s+`json:"(\w+)"`', text, flags=re.MULTILINE))
+    required_or_cleared = {"headGroupSpec", "groupName", "template", "minReplicas", "maxReplicas", "items"}
+    assert tags - required_or_cleared == NOT_OMITEMPTY

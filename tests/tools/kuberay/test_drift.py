@@ -23,6 +23,7 @@ from nonstop.registry import PRODUCTION
 from serve_app.config import ModelTarget
 from tests.tools.kuberay.manifests import (
     KUBERAY,
+    TRAIN_JOB,
     Build,
     cluster_spec,
     entrypoint_commands,
@@ -116,7 +117,7 @@ def test_one_off_job_runs_what_the_schedule_runs(builds: dict[str, Build]) -> No
     train the same way (the entrypoint, the command)."""
     for build in builds.values():
         cron = build.one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-        head = build.one("RayJob")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        head = build.named("RayJob", TRAIN_JOB)["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
         for key in ("image", "imagePullPolicy", "envFrom", "volumeMounts", "resources", "securityContext"):
             assert cron.get(key) == head.get(key), f"{build.name}: {key} differs"
         entrypoints = training_entrypoints(build)
@@ -134,10 +135,10 @@ def test_scheduled_training_never_overlaps_backfills_or_piles_up(builds: dict[st
         assert cron["successfulJobsHistoryLimit"] <= 3 and cron["failedJobsHistoryLimit"] <= 3, build.name
         job = cron["jobTemplate"]["spec"]
         assert job["backoffLimit"] == 0 and job["activeDeadlineSeconds"] > 0, build.name
-        ray_job = build.one("RayJob")["spec"]
-        words = shlex.split(ray_job["entrypoint"])
-        assert words[0] == "timeout", f"{build.name}: the RayJob's deadline would leave the Ray job running"
-        assert int(words[1]) < ray_job["activeDeadlineSeconds"], build.name
+        for ray_job in [job["spec"] for job in build.of_kind("RayJob")]:
+            words = shlex.split(ray_job["entrypoint"])
+            assert words[0] == "timeout", f"{build.name}: the RayJob's deadline would leave the Ray job running"
+            assert int(words[1]) < ray_job["activeDeadlineSeconds"], build.name
 
 
 def test_ray_versions_agree_with_the_installed_ray(builds: dict[str, Build]) -> None:

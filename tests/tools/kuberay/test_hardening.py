@@ -13,6 +13,7 @@ from typing import Any
 from packaging.requirements import Requirement
 
 from nonstop.config import MIN_SIGNING_KEY_CHARS, REQUIRE_SIGNATURES_ENV, Settings
+from harness.switchover import prestop_of
 from nonstop_ops import kube
 from tests.tools.kuberay.manifests import KUBERAY, REPO_ROOT, Build, cluster_spec, pod_templates, ray_containers
 from tests.tools.kuberay.test_policy import selects
@@ -161,19 +162,37 @@ def test_constraints_pin_runtime_dependencies_within_pyproject() -> None:
     assert pins["ray"] == installed_version("ray"), "the image's ray is not the tested one"
 
 
+# Seconds a deleted pod keeps accepting before HAProxy stops listening: the removal of its
+# endpoint reaching kube-proxy on every node. SIGTERM handling needs room after the hook.
+MIN_PROPAGATION_WAIT_S = 3
+SIGTERM_ROOM_S = 5
+
+
 def test_serving_pods_drain_their_ingress_before_sigterm(builds: dict[str, Build]) -> None:
-    """After a switch, clients still hold keep-alive connections to the old cluster: HAProxy
-    is soft-stopped (SIGUSR1) and given time before SIGTERM, within the grace period."""
+    """A deleted pod keeps accepting while its endpoint removal propagates, then HAProxy is
+    soft-stopped (SIGUSR1) and drains, all before SIGTERM and within the grace period:
+    after a switch clients hold keep-alive connections to the old cluster, and on a node
+    drain or a scale-down kube-proxy still sends new ones for a moment."""
     for build in builds.values():
         service = build.one("RayService")
         for template, container in zip(
             [t for t in pod_templates(service) if "submitter" not in t.where], ray_containers(service), strict=True
         ):
+            where = f"{build.name} {template.where}"
             command = " ".join(container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", []))
-            assert "haproxy" in command and "kill -USR1" in command, f"{build.name} {template.where}: no drain"
-            (sleep,) = re.findall(r"sleep (\d+)", command)
+            assert "haproxy" in command and "kill -USR1" in command, f"{where}: no drain"
+            prestop = prestop_of(container)
+            assert prestop is not None and prestop.wait_s >= MIN_PROPAGATION_WAIT_S, f"{where}: stops listening first"
+            assert prestop.drain_s > 0, f"{where}: no time to answer what is in flight"
             grace = template.spec.get("terminationGracePeriodSeconds", 30)
-            assert 0 < int(sleep) < grace, f"{build.name} {template.where}: the drain outlasts the grace period"
+            assert prestop.total_s + SIGTERM_ROOM_S <= grace, f"{where}: the hook outlasts the grace period"
+
+
+def test_the_old_prestop_hook_is_refused() -> None:
+    """The hook before issue 24 (soft-stop first, sleep after) fails the check above."""
+    old = {"lifecycle": {"preStop": {"exec": {"command": ["bash", "-c", "kill -USR1 haproxy; sleep 10"]}}}}
+    prestop = prestop_of(old)
+    assert prestop is not None and prestop.wait_s < MIN_PROPAGATION_WAIT_S
 
 
 def test_the_head_is_a_serve_endpoint_clients_may_reach(builds: dict[str, Build]) -> None:
@@ -206,3 +225,25 @@ def test_the_rollback_command_runs_on_the_serving_clusters_head() -> None:
     assert 'ray.io/cluster=$cluster,ray.io/node-type=head' in section
     assert "head -n 1" not in section, "the first head listed may be the pending or the old cluster's"
     assert "patch cronjob nonstop-train" in section
+
+
+def test_every_rayjob_deadline_leaves_room_for_its_cluster_to_start(builds: dict[str, Build]) -> None:
+    """activeDeadlineSeconds counts from the RayJob's start, before its cluster exists
+    (rayjob_controller.go: Status.StartTime); the entrypoint's `timeout` from the job's. The
+    cluster start has its own budget (preRunningDeadlineSeconds), and the deadline covers
+    that budget plus the timeout, so `timeout` ends a slow training before KubeRay gives up
+    on a Ray job it would leave running."""
+    for build in builds.values():
+        for job in build.of_kind("RayJob"):
+            spec, where = job["spec"], f"{build.name} {job['metadata']['name']}"
+            (limit,) = [int(s) for s in re.findall(r"^timeout (\d+) ", spec["entrypoint"])]
+            start_budget = spec.get("preRunningDeadlineSeconds")
+            assert start_budget, f"{where}: a cluster that never starts is never given up on"
+            assert spec["activeDeadlineSeconds"] > start_budget + limit, f"{where}: the deadline can beat `timeout`"
+
+
+def test_the_shared_claim_names_its_storage_class_where_an_overlay_sets_one(builds: dict[str, Build]) -> None:
+    """The variant asks for the cluster's default class (it names none); the dev overlay
+    sets kind's, the way any overlay sets its own (a patch on spec.storageClassName)."""
+    assert "storageClassName" not in builds["variants/pvc-registry"].one("PersistentVolumeClaim")["spec"]
+    assert builds["overlays/dev"].one("PersistentVolumeClaim")["spec"]["storageClassName"] == "standard"

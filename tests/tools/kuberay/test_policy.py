@@ -147,15 +147,26 @@ def serving_workers(build: Build) -> list[tuple[dict[str, Any], PodTemplate]]:
     return list(zip(groups, templates, strict=True))
 
 
+def worker_pod_labels(group: dict[str, Any], template: PodTemplate) -> dict[str, str]:
+    """A worker pod's labels: its template's, and those KubeRay sets and no template can
+    override (common/pod.go: labelPod)."""
+    return {**template.labels, "ray.io/node-type": "worker", "ray.io/group": group["groupName"]}
+
+
 def test_pdb_guards_the_serving_workers_with_an_integer_budget(builds: dict[str, Build]) -> None:
     for build in builds.values():
         pdb = build.one("PodDisruptionBudget")
         budget = pdb["spec"]["minAvailable"]
         assert isinstance(budget, int) and "maxUnavailable" not in pdb["spec"], build.name
         workers = serving_workers(build)
-        assert all(selects(pdb["spec"]["selector"], t.labels) for _, t in workers), f"{build.name}: PDB misses workers"
+        selector = pdb["spec"]["selector"]
+        assert all(selects(selector, worker_pod_labels(g, t)) for g, t in workers), f"{build.name}: PDB misses workers"
         others = [t for t in app_pod_templates(build) if t not in [w for _, w in workers]]
-        assert not any(selects(pdb["spec"]["selector"], t.labels) for t in others), f"{build.name}: PDB too wide"
+        assert not any(selects(selector, t.labels) for t in others), f"{build.name}: PDB too wide"
+        # KubeRay's group label: a worker group added later (another RayCluster's, a
+        # RayJob's) is not counted, even with the same template labels.
+        stray = {"groupName": "other"}
+        assert not any(selects(selector, worker_pod_labels(stray, t)) for _, t in workers), f"{build.name}: any group"
         # Below the smallest worker count, or a node drain could never evict one.
         assert 1 <= budget < sum(g["minReplicas"] for g, _ in workers), build.name
         clients = build.named("NetworkPolicy", "nonstop-serve-clients")
@@ -175,5 +186,6 @@ def test_the_rayservice_keeps_its_serving_contract(builds: dict[str, Build]) -> 
         for container in ray_containers(service):
             env = {e["name"]: e.get("value") for e in container.get("env", [])}
             assert SERVING_ENV.items() <= env.items(), f"{build.name} {container['name']}: {env}"
-        job_cluster = cluster_spec(build.one("RayJob"))
-        assert job_cluster and job_cluster["authOptions"]["mode"] == "token", f"{build.name} RayJob"
+        for job in build.of_kind("RayJob"):
+            job_cluster = cluster_spec(job)
+            assert job_cluster and job_cluster["authOptions"]["mode"] == "token", f"{build.name} {job['metadata']['name']}"

@@ -93,8 +93,9 @@ def test_publish_promote_rollback_and_load_through_s3(s3_registry: Registry, dem
     assert s3_registry.resolve(MODEL, PRODUCTION) == 1
     assert s3_registry.promote(MODEL, 2).version == 2
     assert s3_registry.rollback(MODEL).version == 1
-    record = s3_registry.aliases(MODEL)[PRODUCTION]
-    assert [(e.action, e.version) for e in record.history] == [("promote", 1), ("promote", 2), ("rollback", 1)]
+    moves = [e for e in s3_registry.ledger(MODEL).verified() if e.kind == "alias_move"]
+    assert [(e.action, e.version) for e in moves] == [("promote", 1), ("promote", 2), ("rollback", 1)]
+    assert s3_registry.aliases(MODEL)[PRODUCTION].ledger_seq == moves[-1].seq
 
     loaded = load_version(s3_registry, MODEL, 1, TrustPolicy())
     samples = loaded.manifest.samples
@@ -136,3 +137,23 @@ def test_the_endpoint_can_come_from_the_environment(
     assert train_into(registry, demo_data).manifest.version == 1
     assert f"{MODEL}/versions/1/manifest.json" in keys(s3, prefix)
     assert registry.resolve(MODEL, PRODUCTION) == 1
+
+
+def test_captures_and_outcomes_written_and_read_through_s3(s3: Any, s3_registry: Registry, prefix: str) -> None:
+    """The capture layout on an object store: files put whole under their final names
+    (nothing with the temporary name is left behind), read back and joined by request id."""
+    from datetime import UTC, datetime
+
+    import numpy as np
+
+    from nonstop.capture import CaptureConfig, FeatureSpec, Served, filesystem, records_table, root_of, write_records
+    from nonstop.outcomes import Checked, joined, store
+
+    fs, root = filesystem(root_of(s3_registry.uri, CaptureConfig()))
+    features = [FeatureSpec(name="x", kind="number", dtype="float64")]
+    write_records(fs, root, records_table([Served("r1", datetime.now(UTC), "m", 1, "primary", features, np.array([[1.0]]), [1])]))
+    store(fs, root, "m", Checked(["r1"], [1]))
+    files = [k for k in keys(s3, prefix) if k and not k.endswith("/")]  # pyarrow leaves folder markers beside them
+    assert len(files) == 2 and all(k.startswith("captures/") and k.endswith(".parquet") and "/_" not in k for k in files)
+    frame = joined(fs, root, "m")
+    assert frame[["request_id", "prediction", "label"]].values.tolist() == [["r1", 1, 1]]

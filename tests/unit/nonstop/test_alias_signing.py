@@ -103,7 +103,7 @@ def test_a_replica_keeps_its_version_when_the_alias_is_forged(tmp_path: Path, de
     with pytest.raises(TamperedAliasError):
         registry.rollback(MODEL)  # its history cannot be trusted
     taken_back = registry.promote(MODEL, 2)  # a key holder takes the alias back
-    assert registry.resolve(MODEL, "production") == 2 and [e.version for e in taken_back.history] == [2]
+    assert registry.resolve(MODEL, "production") == 2 and taken_back.ledger_seq == registry.ledger(MODEL).verified()[-1].seq
 
 
 def _nonstop(*args: str, registry: Path, key: str | None) -> subprocess.CompletedProcess[str]:

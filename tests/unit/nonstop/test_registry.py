@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nonstop.errors import ConfigError, VersionNotFound
+from nonstop.errors import ConfigError, OldAliasFormat, VersionNotFound
 from nonstop.manifest import DataFingerprint, FeatureSpec, ManifestDraft, SampleSet
 from nonstop.registry import Registry
 
@@ -44,7 +44,9 @@ def test_version_without_manifest_is_invisible(registry: Registry, tmp_path: Pat
     assert registry.publish("m", b"three", DRAFT).version == 3
 
 
-def test_promote_rollback_and_history(registry: Registry) -> None:
+def test_promote_rollback_and_history(registry: Registry, tmp_path: Path) -> None:
+    """The ledger is the alias's history and its rollback lineage; the alias file names
+    the entry that moved it last."""
     for payload in (b"1", b"2", b"3"):
         registry.publish("m", payload, DRAFT)
     registry.promote("m", 1)
@@ -55,9 +57,12 @@ def test_promote_rollback_and_history(registry: Registry) -> None:
     with pytest.raises(ConfigError, match="no previous target"):
         registry.rollback("m")
     record = registry.alias("m", "production")
-    assert [(e.action, e.version) for e in record.history] == [
+    moves = [e for e in registry.ledger("m").verified() if e.kind == "alias_move"]
+    assert [(e.action, e.version) for e in moves] == [
         ("promote", 1), ("promote", 2), ("promote", 3), ("rollback", 2), ("rollback", 1),
     ]  # fmt: skip
+    assert (record.ledger_seq, record.ledger_hash) == (moves[-1].seq, moves[-1].hash)
+    assert "history" not in json.loads((tmp_path / "registry" / "m" / "aliases" / "production.json").read_text())
 
 
 def test_alias_never_points_at_a_missing_version(registry: Registry) -> None:
@@ -118,3 +123,17 @@ def test_concurrent_publishers_get_unique_versions_and_none_is_lost(registry: Re
     assert registry.versions("m") == sorted(published)
     for version, payload in published.items():
         assert registry.read_artifact("m", version) == payload  # each version holds what its publisher wrote
+
+
+def test_an_alias_file_of_the_old_format_is_refused_naming_the_file(registry: Registry, tmp_path: Path) -> None:
+    """Alias history now lives in the ledger: an alias file with a history list (written
+    before) is refused with a clear error, and promoting the alias again rewrites it."""
+    registry.publish("m", b"1", DRAFT)
+    path = tmp_path / "registry" / "m" / "aliases" / "production.json"
+    path.parent.mkdir(parents=True)
+    old = {"alias": "production", "version": 1, "history": [{"version": 1, "action": "promote", "at": "2026-01-01T00:00:00Z"}]}
+    path.write_text(json.dumps(old))
+    with pytest.raises(OldAliasFormat, match="production.json.*old format.*promote the alias again"):
+        registry.resolve("m", "production")
+    registry.promote("m", 1)
+    assert registry.alias("m", "production").ledger_seq == 1

@@ -32,7 +32,7 @@ def test_a_rollout_by_hand(registry: Registry, tmp_path: Path) -> None:
     status = _nonstop(registry, "rollout", "status", "--no-live", "--json")
     assert json.loads(status.stdout) | {"live": None} == {
         "active": True, "primary": 1, "candidate": 2, "weight": 0.1, "paused": False, "outcome": None,
-        "from_config": False, "live": None,
+        "from_config": False, "blocked": None, "live": None,
     }  # fmt: skip
     assert _nonstop(registry, "rollout", "pause", "--reason", "lunch").returncode == 0
     assert "[PAUSED]" in _nonstop(registry, "rollout", "status", "--no-live").stdout

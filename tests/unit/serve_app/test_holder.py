@@ -16,9 +16,11 @@ from sklearn.preprocessing import FunctionTransformer
 from nonstop.errors import ModelNotReady, UnknownModel
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.registry import Registry
+from nonstop.schema import rows_to_matrix
 from serve_app.config import ModelTarget
 from serve_app.replica.dataplane import DataPlane
 from serve_app.replica.holder import ModelHolder
+from serve_app.replica.loader_actor import arrive, ship
 from serve_app.wire.limits import Limits
 from serve_app.wire.v1_json import body_matrix
 from tests.conftest import MODEL, train_into
@@ -326,3 +328,14 @@ def test_an_unreadable_artifact_is_reported_once_and_served_once_storage_is_back
         await holder.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("trained")
+def test_a_model_with_its_checked_numpy_path_crosses_the_loader_boundary(registry: Registry) -> None:
+    """The demo pipeline (scaler + logistic regression) carries a compiled numpy path, a
+    closure: the loader's `ship` must carry it, or every replica fails to start."""
+    loaded = load_version(registry, MODEL, 1, TrustPolicy())
+    assert loaded.fast is not None
+    rebuilt = arrive(ship(loaded))
+    rows = rows_to_matrix(loaded.manifest.samples.inputs, loaded.manifest.features)
+    assert rebuilt.fast is not None and rebuilt.predict(rows) == loaded.predict(rows)

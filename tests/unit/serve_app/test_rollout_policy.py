@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nonstop.capture import CaptureConfig, Served, filesystem, records_table, root_of, write_records
 from nonstop.errors import ConfigError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
+from nonstop.outcomes import Outcome, check, store
 from nonstop.profile import read_profile
 from nonstop.registry import Registry
 from nonstop.schema import frame_to_matrix
@@ -32,6 +34,7 @@ from serve_app.rollout.evidence import (
     summarize,
 )
 from serve_app.rollout.moves import Rollouts
+from serve_app.rollout.outcome_check import OutcomeCheck
 from serve_app.rollout.policy import Policy, decide
 from tests.conftest import MODEL, copy_into, train_into
 from training import demo
@@ -255,3 +258,83 @@ def test_vectorized_input_bins_count_as_the_profile_does(registry: Registry, ver
         part = feature_counts(matrix[:7, position], profile.features[name])
         assert stats.inputs[name] == [a + b for a, b in zip(whole, part, strict=True)], name
     assert stats.input_rows == 57
+
+
+# --- the outcome check, on captures and outcomes written as replicas and the route write them ----
+
+
+def _captured_day(registry: Registry, accuracy: dict[int, float], rows: int = 200) -> None:
+    """`rows` requests answered by each version, captured, and their labels posted: each
+    version right on the given share of them."""
+    features = registry.manifest(MODEL, 1).features
+    fs, root = filesystem(root_of(registry.uri, CaptureConfig()))
+    labels: dict[str, int] = {}
+    for version, share in accuracy.items():
+        right = int(rows * share)
+        served = [
+            Served(f"v{version}-{i}", datetime.now(UTC), MODEL, version, "primary" if version == 1 else "candidate", features,
+                   np.zeros((1, len(features))), [1 if i < right else 0])
+            for i in range(rows)
+        ]  # fmt: skip
+        write_records(fs, root, records_table(served))
+        labels |= {f"v{version}-{i}": 1 for i in range(rows)}
+    manifest = registry.manifest(MODEL, 1)
+    store(fs, root, MODEL, check([Outcome(request_id=r, label=v) for r, v in labels.items()], manifest))
+
+
+def _report_window(control: Controller, registry: Registry, candidate: int) -> None:
+    primary, loaded = _model(registry, 1), _model(registry, candidate)
+    control.report({1: _tally(registry, primary, loaded, _live(), 0.002).model_dump(),
+                    candidate: _tally(registry, loaded, primary, _live(), 0.002).model_dump()})  # fmt: skip
+
+
+OUTCOME_POLICY = POLICY.model_copy(update={"outcomes": OutcomeCheck(min_labelled=100, wait_s=120)})
+
+
+def test_controller_rolls_back_a_candidate_worse_on_labelled_traffic(
+    registry: Registry, versions: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("serve_app.rollout.controller.LABELS_EVERY_S", 0.0)
+    Rollouts(registry, MODEL, "production").start(versions["good"], OUTCOME_POLICY, actor="test")
+    control = Controller(registry, MODEL, "production")
+    control.refresh()
+    _report_window(control, registry, versions["good"])
+    held = control.tick(datetime.now(UTC) + timedelta(seconds=61))
+    assert held is not None and held.startswith("held: waiting for labelled rows: primary 0, candidate 0")
+    _captured_day(registry, {1: 0.95, versions["good"]: 0.8})
+    done = control.tick(datetime.now(UTC))  # a failing check rolls back at once
+    assert done is not None and "no longer answers" in done
+    last = registry.ledger(MODEL).entries()[-1]
+    assert (last.action, last.weight) == ("rollback", 0.0) and "labelled accuracy 0.8 (n=200)" in last.reason
+    assert last.evidence is not None and last.evidence["labelled"]["candidate"]["rows"] == 200
+    assert registry.ledger(MODEL).verify().ok and registry.resolve(MODEL, "production") == 1
+
+
+def test_controller_promotes_a_candidate_as_good_on_labelled_traffic(
+    registry: Registry, versions: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("serve_app.rollout.controller.LABELS_EVERY_S", 0.0)
+    candidate = versions["good"]
+    Rollouts(registry, MODEL, "production").start(candidate, OUTCOME_POLICY, actor="test")
+    control = Controller(registry, MODEL, "production")
+    _captured_day(registry, {1: 0.9, candidate: 0.93})
+    done = []
+    for _ in OUTCOME_POLICY.steps[1:]:
+        control.refresh()
+        _report_window(control, registry, candidate)
+        done.append(control.tick(datetime.now(UTC) + timedelta(seconds=61)))
+    assert done[-1] == f"promoted v{candidate} to {MODEL}@production"
+    decision = registry.ledger(MODEL).entries()[-2]
+    assert decision.action == "promote" and decision.evidence is not None
+    assert decision.evidence["labelled"]["primary"]["mean"] == pytest.approx(0.9)
+
+
+def test_a_step_without_labels_takes_the_configured_decision_after_the_wait(registry: Registry, versions: dict[str, int]) -> None:
+    Rollouts(registry, MODEL, "production").start(versions["good"], OUTCOME_POLICY, actor="test")
+    control = Controller(registry, MODEL, "production")
+    control.refresh()
+    _report_window(control, registry, versions["good"])
+    assert (control.tick(datetime.now(UTC) + timedelta(seconds=61)) or "").startswith("held: waiting for labelled rows")
+    done = control.tick(datetime.now(UTC) + timedelta(seconds=181))  # the window and the wait are over
+    assert done is not None and "no longer answers" in done
+    assert "did not arrive within 120 s" in registry.ledger(MODEL).entries()[-1].reason

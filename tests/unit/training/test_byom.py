@@ -16,9 +16,11 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import Ridge
 
 from nonstop.errors import ConfigError, NonstopError
+from nonstop.formats import SKOPS
 from nonstop.loading import TrustPolicy, load_version
 from nonstop.registry import Registry
 from nonstop.schema import rows_to_matrix
+from tests.conftest import MODEL
 from training.demo import day_frame
 from training.job import TrainOptions, train
 from training.publish import Gate, publish_model
@@ -75,7 +77,7 @@ def test_an_unloadable_production_blocks_promotion_until_forced(registry: Regist
     assert forced.returncode == 0, forced.stderr
     assert "FORCED" in forced.stdout and registry.resolve(PRICES, "production") == 3
     assert registry.manifest(PRICES, 3).gate.forced  # type: ignore[union-attr]
-    assert registry.alias(PRICES, "production").history[-1].action == "force_promote"
+    assert registry.ledger(PRICES).verified()[-1].action == "force_promote"
     assert registry.ledger(PRICES).entries()[-1].reason.startswith("forced past the gate: production v1 could not be loaded")
 
 
@@ -147,16 +149,46 @@ def test_the_api_fits_an_unfitted_regressor_and_gates_on_the_chosen_metric(regis
 
 
 @pytest.mark.parametrize("library", ["lightgbm", "xgboost"])
-def test_gradient_boosting_wrappers_publish_load_and_answer_as_fitted(registry: Registry, library: str) -> None:
-    """The optional formats' wrappers, fitted on a frame, through the trust list and back."""
+def test_gradient_boosting_wrappers_publish_load_and_answer_only_when_trusted_by_the_one_setting(
+    registry: Registry, library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off the format's list (their boosters' insides cannot be checked): publishing one
+    is refused naming the types and NONSTOP_TRUSTED_TYPES; trusted there, it publishes,
+    records what it needs, and loads and answers as fitted."""
     wrappers = pytest.importorskip(library)
     frame = load_diabetes(as_frame=True).frame
     train_rows, holdout = frame.iloc[:350], frame.iloc[350:]
     regressor = wrappers.LGBMRegressor(n_estimators=20, verbose=-1) if library == "lightgbm" else wrappers.XGBRegressor(n_estimators=20)
     regressor.fit(train_rows.drop(columns="target"), train_rows["target"])
+    needed = SKOPS.needs(SKOPS.dumps(regressor))
+    assert any(name.startswith(library) for name in needed), needed
+    with pytest.raises(ConfigError, match=f"{needed[0]}.*NONSTOP_TRUSTED_TYPES"):
+        publish_model(regressor, train_rows, holdout=holdout, model=library, label="target", registry=registry)
+    assert not registry.versions(library)
+    monkeypatch.setenv("NONSTOP_TRUSTED_TYPES", ",".join(needed))
     manifest = publish_model(regressor, train_rows, holdout=holdout, model=library, label="target", registry=registry).manifest
     assert manifest.estimator is not None and manifest.estimator.startswith(library) and library in manifest.libraries
-    loaded = load_version(registry, library, manifest.version, TrustPolicy())
+    assert manifest.trusted_types == needed
+    loaded = load_version(registry, library, manifest.version, TrustPolicy(extra_types=tuple(needed)))
     rows = holdout.drop(columns="target")
     assert loaded.predict(rows_to_matrix(rows.to_numpy().tolist(), manifest.features)) == regressor.predict(rows).tolist()
     assert not loaded.gives_probabilities
+
+
+@pytest.mark.usefixtures("trained")
+def test_a_production_needing_a_type_training_does_not_trust_blocks_naming_the_type_and_the_setting(
+    registry: Registry, demo_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Production recorded at publishing that it needs a type; the trainer's
+    NONSTOP_TRUSTED_TYPES lacks it: the gate blocks saying which type and which setting."""
+    from nonstop.manifest import ManifestDraft
+    from training.publish import PromotionBlocked
+
+    good = registry.manifest(MODEL, 1)
+    fields = good.model_dump(include=set(ManifestDraft.model_fields)) | {"trusted_types": ["some.Type"]}
+    needing = registry.publish(MODEL, registry.read_artifact(MODEL, 1, good), ManifestDraft(**fields))
+    registry.promote(MODEL, needing.version)
+    monkeypatch.delenv("NONSTOP_TRUSTED_TYPES", raising=False)
+    with pytest.raises(PromotionBlocked, match=r"needs some\.Type.*not in NONSTOP_TRUSTED_TYPES"):
+        train(TrainOptions(data=str(demo_data), model=MODEL, promote=True), registry)
+    assert registry.resolve(MODEL, "production") == needing.version

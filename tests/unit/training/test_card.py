@@ -143,3 +143,27 @@ def test_models_show_prints_the_card(registry: Registry, demo_data: Path) -> Non
     assert SHIFT_HEADER in done.stdout
     chart = done.stdout.strip().splitlines()[-1].removeprefix("chart: ")
     assert chart.endswith(f"/versions/2/{CARD_PNG}") and Path(chart).is_file()
+
+
+@pytest.mark.usefixtures("trained")
+def test_the_card_says_how_the_version_it_replaces_did_live(registry: Registry, demo_data: Path) -> None:
+    """v1's captured requests and their outcomes (as replicas and the outcomes route write
+    them) give v2's card a live row, with the accuracy computed from the same rows."""
+    from datetime import UTC, datetime
+
+    from nonstop.capture import CaptureConfig, Served, filesystem, records_table, root_of, write_records
+    from nonstop.outcomes import Outcome, check, store
+
+    manifest = registry.manifest(MODEL, 1)
+    fs, root = filesystem(root_of(registry.uri, CaptureConfig()))
+    served = [
+        Served(f"r{i}", datetime.now(UTC), MODEL, 1, "primary", manifest.features, np.zeros((1, len(manifest.features))), [i % 2])
+        for i in range(10)
+    ]  # fmt: skip
+    write_records(fs, root, records_table(served))
+    store(fs, root, MODEL, check([Outcome(request_id=f"r{i}", label=1) for i in range(8)], manifest))  # right on r1, r3, r5, r7
+    train_into(registry, demo_data)
+    card = _card(registry, 2)
+    assert "## How v1 did live" in card
+    assert "| primary | 10 | 8 | accuracy 0.5000, f1_macro 0.3333 |" in card.splitlines()
+    assert "did live" not in _card(registry, 1)  # no parent, nothing live to say

@@ -45,7 +45,7 @@ def test_no_progress_when_output_is_not_a_terminal(registry: Registry, demo_data
     done = subprocess.run(_command(registry, demo_data), capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
-    assert [line.split(" ")[0] for line in done.stdout.splitlines()] == ["published", "compared:", "version=1"]
+    assert [line.split(" ")[0] for line in done.stdout.splitlines()] == ["published", "trained", "compared:", "version=1"]
 
 
 def test_progress_names_each_step_on_a_terminal(registry: Registry, demo_data: Path) -> None:

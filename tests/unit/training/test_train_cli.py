@@ -22,7 +22,7 @@ from tests.unit.nonstop.test_signing import KEY
 from training import demo
 
 
-def run_train(registry: Registry, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_train(registry: Registry, data: Path | str, *extra: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "nonstop_ops", "train", "--data", str(data), "--model", MODEL, "--registry", registry.uri, *extra]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 

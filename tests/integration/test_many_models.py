@@ -1,0 +1,102 @@
+"""Many models behind one application, on the real cluster, shortened (issue 25).
+
+The tier's app is reconfigured (`serve deploy` of a new user_config, no replica restart)
+to serve three models: the demo model and two small ones. Under load on all three, one
+small model is promoted and then rolled back: no request on any model fails, every answer
+names the model asked for, and the versions are the ones each model's alias pointed at.
+The stack's own single-model config is deployed back at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from harness.loadgen import BackgroundLoad, LoadResult
+from harness.rollout import Stack, wait_until
+from nonstop_ops.cluster import lifecycle as local
+from nonstop_ops.cluster.serve_config import deployment_config
+from tests.conftest import MODEL
+from tests.integration.conftest import POLL_INTERVAL_S, swap_bound
+from harness.small_models import ROW, publish_small
+
+pytestmark = pytest.mark.integration
+STEADY, MOVED = "many_steady", "many_moved"
+MODELS = (MODEL, STEADY, MOVED)
+AFTER_S = 3.0  # load kept on once the rollback is everywhere
+
+
+def _deploy_user_config(served: Stack, user_config: dict[str, Any]) -> None:
+    config = copy.deepcopy(served.config)
+    deployment_config(config)["user_config"] = user_config
+    local.deploy(served.cluster, config)
+
+
+@pytest.fixture
+def many(served: Stack) -> Iterator[Stack]:
+    if STEADY not in served.registry.models():
+        publish_small(served.registry, STEADY, 1)
+        publish_small(served.registry, MOVED, 2)
+    before = served.replicas()
+    _deploy_user_config(
+        served,
+        {
+            "models": [{"model": m, "poll_interval_s": POLL_INTERVAL_S} for m in MODELS],
+            "budget": {"max_models": 3, "load_wait_s": 60},
+        },
+    )
+    wait_until(
+        lambda: served.settled() and len(board := served.board()) == len(before) and all("3 listed" in (s.target or "") for s in board.values()),
+        120,
+        "every replica reconfigured",
+    )
+    try:
+        yield served
+    finally:
+        local.deploy(served.cluster, served.config)  # the stack's single-model config, back
+        wait_until(lambda: _single_again(served, len(before)), 120, "the single-model config back on every replica")
+    assert served.replicas() == before  # reconfigured both ways, never restarted
+
+
+def _single_again(served: Stack, replicas: int) -> bool:
+    """Every replica RUNNING again (none mid-reconfigure) and serving the one model."""
+    board = served.board()
+    return served.settled() and len(board) == replicas and all(s.model == MODEL and not s.models for s in board.values())
+
+
+def _everywhere(served: Stack, model: str, version: int) -> bool:
+    board = served.board()
+    return bool(board) and all(status.serves(model, version) for status in board.values())
+
+
+def test_promoting_and_rolling_back_one_model_fails_no_request_on_any(many: Stack) -> None:
+    served = many
+    url = f"{served.cluster.http_url}/v1/models/{{}}:predict"
+    bodies = {MODEL: served.sample_body(), STEADY: {"instances": [ROW]}, MOVED: {"instances": [ROW]}}
+    production = {m: served.registry.resolve(m, "production") for m in MODELS}
+    loads = {m: BackgroundLoad(url.format(m), bodies[m], concurrency=2, max_seconds=300) for m in MODELS}
+    for load in loads.values():
+        load.__enter__()
+    try:
+        wait_until(lambda: all(_everywhere(served, m, production[m]) for m in MODELS), 120, "every model loaded on every replica")
+        new = publish_small(served.registry, MOVED, 4, promote=False)
+        served.registry.promote(MOVED, new, actor="test")
+        wait_until(lambda: _everywhere(served, MOVED, new), swap_bound(served), f"{MOVED} v{new} on every replica")
+        served.registry.rollback(MOVED, actor="test", reason="integration test")
+        wait_until(lambda: _everywhere(served, MOVED, production[MOVED]), swap_bound(served), f"{MOVED} back on every replica")
+        rolled_back_at = time.time()
+        wait_until(lambda: time.time() > rolled_back_at + AFTER_S, AFTER_S + 1, "load after the rollback")
+    finally:
+        results: dict[str, LoadResult] = {m: load.stop() for m, load in loads.items()}
+    for model, result in results.items():
+        assert result.samples and not result.failed, (model, result.failed[:5])
+        assert {s.model for s in result.samples} == {model}
+    assert results[MODEL].versions() == {str(production[MODEL])}
+    assert results[STEADY].versions() == {str(production[STEADY])}
+    assert results[MOVED].versions() == {str(production[MOVED]), str(new)}
+    after = [s for s in results[MOVED].samples if s.sent_at > rolled_back_at]
+    assert after and {s.version for s in after} == {str(production[MOVED])}

@@ -1,0 +1,143 @@
+"""Replicas that follow the load over several Ray nodes, shortened (issue 24).
+
+The suite's cluster gets two worker nodes of its own (nonstop_ops/cluster/nodes.py:
+separate `ray start --address` processes on loopback) and, for this module, an
+autoscaling config with delays of seconds instead of the production minutes (the
+serve_config.yaml defaults are untouched). Each scenario is harness/scaling.py's, under
+bounded load to 127.0.0.1; benchmarks/scaling.py runs them in full and reports the times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from harness.rollout import Stack, wait_until
+from harness.scaling import Loss, Ramp, node_loss, ramp, running_on, with_autoscaling
+from nonstop.config import Settings
+from nonstop_ops.cluster import lifecycle as local
+from nonstop_ops.cluster import nodes
+from tests.integration.conftest import LIGHTGBM_TYPES
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+FEWEST, MOST = 2, 4
+# Serve's autoscaler at test speed: decide on 4 s of metrics, add after 1 s above the
+# target, remove after 15 s below it (longer than a replica takes to start on a busy
+# machine: a shorter delay stopped replicas still starting whenever the load dipped). The
+# target is half a request in flight per replica: one client alone (at most one request
+# in flight) never keeps more than FEWEST, the burst of eight asks for more.
+FAST = {
+    "min_replicas": FEWEST, "initial_replicas": FEWEST, "max_replicas": MOST, "target_ongoing_requests": 0.5,
+    "upscale_delay_s": 1, "downscale_delay_s": 15, "look_back_period_s": 4, "metrics_interval_s": 0.5,
+}  # fmt: skip
+SHORT_RAMP = Ramp(base=1, burst=8, rows=400, settle_s=3.0, hold_s=4.0, timeout_s=120.0)
+KILL_LOAD = 4
+
+
+@dataclass
+class Scaled:
+    stack: Stack
+    workers: list[nodes.WorkerNode]
+    node_ids: list[str]
+
+
+def _drain_and_stop(stack: Stack, node: nodes.WorkerNode, node_id: str) -> None:
+    """Replicas moved off first, so the suite's later tests find them all running."""
+    if nodes.pids(node):
+        if node_id in running_on(stack.cluster).values():
+            nodes.drain(node, node_id, 60)
+            wait_until(lambda: node_id not in running_on(stack.cluster).values(), 180, f"replicas off {node.name}", 0.5)
+        nodes.stop(node)
+
+
+@pytest.fixture(scope="module")
+def scaled(served: Stack) -> Iterator[Scaled]:
+    original = served.config
+    settings = Settings(registry=served.registry.uri, trusted_types=LIGHTGBM_TYPES)
+    workers = [nodes.WorkerNode(cluster=served.cluster, index=i, num_cpus=2) for i in (1, 2)]
+    node_ids: list[str] = []
+    try:
+        for worker in workers:
+            nodes.start(worker, settings)
+            node_ids.append(nodes.joined(worker))
+        served.config = with_autoscaling(original, **FAST)
+        local.deploy(served.cluster, served.config)
+        wait_until(served.settled, 180, "the fast autoscaling config applied")
+        yield Scaled(served, workers, node_ids)
+    finally:
+        # back to the fewest replicas at test speed, off the worker nodes, then the suite's config
+        served.config = with_autoscaling(original, **{**FAST, "max_replicas": FEWEST})
+        local.deploy(served.cluster, served.config)
+        wait_until(lambda: len(running_on(served.cluster)) == FEWEST, 180, f"{FEWEST} replicas", 0.5)
+        for worker, node_id in zip(workers, node_ids, strict=False):
+            _drain_and_stop(served, worker, node_id)
+        for worker in workers:
+            nodes.stop(worker)
+        served.config = original
+        local.deploy(served.cluster, original)
+
+
+def test_worker_nodes_join_the_cluster_as_nodes_of_their_own(scaled: Scaled) -> None:
+    import ray
+
+    alive = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+    assert set(scaled.node_ids) <= set(alive) and len(set(scaled.node_ids)) == len(scaled.workers)
+    assert all(alive[i]["Resources"].get("CPU") == 2 for i in scaled.node_ids)
+    # each node's processes are its own: what `nodes.kill` ends, and nothing of another node
+    families = [set(nodes.pids(w)) for w in scaled.workers]
+    assert all(families) and not families[0] & families[1]
+
+
+def test_a_load_ramp_scales_replicas_up_and_back_down_failing_nothing(scaled: Scaled) -> None:
+    stack = scaled.stack
+    current = stack.registry.resolve(stack.model, "production")
+
+    report = ramp(stack, FEWEST, SHORT_RAMP)
+
+    summary = str({k: v for k, v in report.as_dict().items() if k != "timeline"})
+    assert report.failed == 0, summary
+    assert report.replicas_before == FEWEST and report.peak_replicas > FEWEST and report.replicas_after == FEWEST, summary
+    # every replica added answers with the production version from its first request,
+    # and every answer in the run carried it
+    assert report.new_replicas and all(s.version == current for s in report.new_replicas), summary
+    assert report.versions == {str(current): report.requests}, summary
+    # they spread over the nodes, as on KubeRay
+    assert {s.node_id for s in report.new_replicas} & set(scaled.node_ids), summary
+
+
+def test_a_model_swap_while_replicas_are_added_fails_nothing(scaled: Scaled) -> None:
+    stack = scaled.stack
+    old = stack.registry.resolve(stack.model, "production")
+
+    report = ramp(stack, FEWEST, SHORT_RAMP, swap=True)
+
+    summary = str({k: v for k, v in report.as_dict().items() if k != "timeline"})
+    new = stack.registry.resolve(stack.model, "production")
+    assert new != old
+    assert report.failed == 0, summary
+    assert set(report.versions) <= {str(old), str(new)} and report.versions.get(str(new)), summary
+    assert report.peak_replicas > FEWEST, summary
+    # a replica started once every replica had swapped serves the new version at once
+    swapped = report.event(f"every replica on v{new}")
+    assert all(s.version == new for s in report.new_replicas if s.seen_at > swapped), summary
+
+
+def test_a_worker_node_killed_under_load_fails_at_most_the_requests_in_flight(scaled: Scaled) -> None:
+    stack = scaled.stack
+    # replicas on every node: the fixed count fills the head's two CPUs and spreads the rest
+    stack.config = with_autoscaling(stack.config, min_replicas=MOST, initial_replicas=MOST)
+    local.deploy(stack.cluster, stack.config)
+    wait_until(lambda: len(running_on(stack.cluster)) == MOST, 180, f"{MOST} replicas running", 0.5)
+    placed = list(running_on(stack.cluster).values())
+    victim, victim_id = max(zip(scaled.workers, scaled.node_ids, strict=True), key=lambda w: placed.count(w[1]))
+
+    report = node_loss(stack, victim, victim_id, Loss(concurrency=KILL_LOAD, settle_s=3.0), kill=True)
+
+    summary = str({k: v for k, v in report.as_dict().items() if k != "timeline"})
+    assert report.in_flight_at_fault is not None and report.in_flight_at_fault <= KILL_LOAD, summary
+    assert report.failed <= report.in_flight_at_fault, summary
+    assert report.replicas_after == MOST and report.recovered_s is not None, summary
+    assert not nodes.pids(victim), summary

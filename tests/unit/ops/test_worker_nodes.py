@@ -1,0 +1,34 @@
+"""Where a local worker node lives: ports and folders of its own, inside its cluster's."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from nonstop.config import Settings
+from nonstop_ops.cluster import ClusterError, nodes
+from nonstop_ops.cluster.lifecycle import LocalCluster
+
+
+def test_nodes_get_their_own_agent_port_above_the_heads_and_a_folder_the_cluster_stop_finds() -> None:
+    cluster = LocalCluster.isolated(48000, "nst-48000")
+    first, second = (nodes.WorkerNode(cluster=cluster, index=i) for i in (1, 2))
+    head_ports = {v for k, v in cluster.model_dump().items() if k.endswith("_port")}
+    assert first.dashboard_agent_port == 48961 and second.dashboard_agent_port == 48962
+    assert not {first.dashboard_agent_port, second.dashboard_agent_port} & head_ports
+    # lifecycle.stop ends every process naming the head's Ray folder: the nodes' are inside it
+    assert first.temp_dir.startswith(cluster.ray_temp_dir + "/") and first.temp_dir != second.temp_dir
+
+
+def test_a_node_index_out_of_range_is_refused_by_name() -> None:
+    cluster = LocalCluster.isolated(48000, "nst-48000")
+    with pytest.raises(ValidationError, match="index"):
+        nodes.WorkerNode(cluster=cluster, index=0)
+    with pytest.raises(ValidationError, match="index"):
+        nodes.WorkerNode(cluster=cluster, index=nodes.MAX_NODES + 1)
+
+
+def test_a_node_for_a_cluster_never_started_fails_naming_the_node() -> None:
+    cluster = LocalCluster.isolated(48500, "nst-48500")  # no token, no GCS: nothing to join
+    with pytest.raises(ClusterError, match="node 3 of the cluster on port 48879"):
+        nodes.start(nodes.WorkerNode(cluster=cluster, index=3), Settings(registry="/tmp/unused-registry"))
