@@ -427,11 +427,11 @@ class Outcome:
             "connections_per_cluster": self.accepted,
             "connections_per_endpoint": self.accepted_by_endpoint,
             "connections_refused": self.refused_connections,
-            "events": [(round(e.at - self.events[0].at, 2), e.what) for e in self.events],
             "failures": [
                 (round(f.sent_at - self.events[0].at, 2), f.status, (f.error or "")[:120])
                 for f in self.samples if not f.ok
             ][:FAILURES_SHOWN],
+            "events": [(round(e.at - self.events[0].at, 2), e.what) for e in self.events],
         }
 
 

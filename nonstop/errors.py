@@ -96,9 +96,12 @@ class OldAliasFormat(RegistryError):
 
 
 class ModelLoadError(NonstopError):
-    """A version could not be made servable; `reason` is a stable short code."""
+    """A version could not be made servable; `reason` is a stable short code. A refusal
+    for what the version holds is final for that version; one that `retried` says may
+    not repeat (storage, the loading process) is tried again at the next poll."""
 
     reason = "load_failed"
+    retried = False
 
     def __init__(self, model: str, version: int, detail: str) -> None:
         super().__init__(f"model {model!r} version {version} refused ({self.reason}): {detail}")
@@ -120,6 +123,22 @@ class ArtifactUnreadableError(ModelLoadError):
     """The artifact could not be read from storage, or is over the size bound."""
 
     reason = "storage"
+    retried = True  # storage may come back
+
+
+class LoaderLost(ModelLoadError):
+    """The process loading the version ended before it answered: its node went, or it was
+    killed. A fresh loader tries again at the next poll."""
+
+    reason = "loader_lost"
+    retried = True
+
+
+class LoaderCrashed(ModelLoadError):
+    """Loading the version ended the loading process again, with a fresh loader: what
+    the version holds crashes native code, so it is refused as any bad version is."""
+
+    reason = "loader_crashed"
 
 
 class ManifestError(ModelLoadError):

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from nonstop.errors import (
-    AliasNotFound, ArtifactUnreadableError, ConfigError, ModelLoadError, NonstopError, SchemaMismatchError,
+    AliasNotFound, ConfigError, ModelLoadError, NonstopError, SchemaMismatchError,
 )  # fmt: skip
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.registry import Registry
@@ -222,11 +222,11 @@ class ModelHolder:
     def _fail(self, state: ServingState, exc: NonstopError, role: Role) -> None:
         """Record why. Only a published version that was refused for what it holds is
         remembered (and not loaded again in that role: a primary may be allowed a schema
-        change a candidate is not); a missing alias or version, a registry or storage
-        error, is retried at the next poll. A failure that repeats at every poll (a
+        change a candidate is not); a missing alias or version, a registry error, a
+        refusal that says it is `retried` (storage, a lost loader), is tried at the next poll. A failure that repeats at every poll (a
         forged alias, say) is reported once, with the time it was first seen."""
         version = exc.version if isinstance(exc, ModelLoadError) else None
-        if version is not None and not isinstance(exc, ArtifactUnreadableError):  # storage may come back
+        if version is not None and isinstance(exc, ModelLoadError) and not exc.retried:
             self._refused.add((exc.model, version, role))
         if state.last_error is not None and state.last_error.message == exc.message:
             self._set(state)

@@ -10,7 +10,12 @@ verified model back through Ray's object transfer, which costs the replica far l
 rebuilding the model would: the object arrives built. The artifact's
 bytes are parsed by skops only, in the loader; what crosses to the replica is the
 verified object, serialized by Ray as every message between the app's processes is.
-The actor is owned by the replica and ends with it.
+The actor is owned by the replica and ends with it. It runs on the replica's node: a
+worker node may go (the autoscaler, a spot reclaim) and must not take the loader of a
+replica elsewhere with it. Should the loader end all the same (killed, or native code
+crashing in a load), the replica starts a fresh one: that load is retried at the next
+poll, and a version whose load ends a fresh loader too is refused (nonstop/errors.py
+`LoaderLost`, `LoaderCrashed`), so no loader is lost for good and no crash repeats forever.
 
 The model crosses as one pickled blob of the loader's own making, not as the object: Ray
 hands numpy arrays over zero-copy from its object store, read-only, and native code that
@@ -28,9 +33,12 @@ import pickle
 
 import ray
 from ray import cloudpickle
+from ray.actor import ActorHandle
+from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pydantic import SecretStr
 
-from nonstop.errors import NonstopError
+from nonstop.errors import LoaderCrashed, LoaderLost, NonstopError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.registry import Registry
 
@@ -72,13 +80,30 @@ def arrive(shipped: bytes) -> LoadedModel:
 
 
 class OutOfProcessLoader:
-    """The holder's `load`: starts the replica's loader actor and awaits its answers."""
+    """The holder's `load`: starts the replica's loader actor on this node and awaits its
+    answers, with a fresh actor whenever the last one ended (module doc)."""
 
     def __init__(self, registry_uri: str, signing_key: SecretStr | None, policy: TrustPolicy) -> None:
-        self._actor = ModelLoader.remote(registry_uri, signing_key, policy)
+        self._args = (registry_uri, signing_key, policy)
+        self._lost: set[tuple[str, int]] = set()  # versions whose load a loader did not survive
+        self._actor = self._start()
+
+    def _start(self) -> ActorHandle:
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        return ModelLoader.options(scheduling_strategy=here).remote(*self._args)
 
     async def __call__(self, model: str, version: int) -> LoadedModel:
-        result = await self._actor.load.remote(model, version)
+        actor = self._actor
+        try:
+            result = await actor.load.remote(model, version)
+        except RayActorError as exc:
+            if self._actor is actor:  # loads in flight on the same loader replace it once
+                self._actor = self._start()
+            if (model, version) in self._lost:
+                raise LoaderCrashed(model, version, f"its load ended a fresh loader process too ({exc})") from exc
+            self._lost.add((model, version))
+            raise LoaderLost(model, version, f"the loader process ended during the load; a fresh one retries it at the next poll ({exc})") from exc
+        self._lost.discard((model, version))
         if isinstance(result, NonstopError):
             raise result
         return arrive(result)

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import ray
 
-from nonstop.errors import ManifestError
+from nonstop.errors import LoaderCrashed, LoaderLost, ManifestError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.schema import rows_to_matrix
 from nonstop_ops.cluster import lifecycle as local
@@ -55,6 +55,40 @@ def test_a_refusal_crosses_back_as_the_same_typed_error(served: Stack) -> None:
     with pytest.raises(ManifestError, match=f"model '{MODEL}' version 999 refused \\(manifest\\)") as refused:
         asyncio.run(load(MODEL, 999))
     assert (refused.value.model, refused.value.version) == (MODEL, 999)
+
+
+def _loader_node(load: OutOfProcessLoader) -> str:
+    return ray.get(load._actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()))
+
+
+def _lose_loader(load: OutOfProcessLoader) -> None:
+    actor = load._actor
+    ray.kill(actor)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(actor.__ray_call__.remote(lambda _: None), timeout=60)
+
+
+def test_a_lost_loader_is_replaced_on_its_node_and_a_version_that_ends_two_is_refused(served: Stack) -> None:
+    """A loader that ends (its node gone, killed) never leaves its replica unable to load:
+    the load in flight fails as retried, a fresh loader on the replica's node takes the
+    next; a version whose load a fresh loader does not survive either is refused."""
+    version = served.registry.resolve(MODEL, "production")
+    assert version is not None
+    load = OutOfProcessLoader(served.registry.uri, None, TrustPolicy())
+    here = ray.get_runtime_context().get_node_id()
+    assert _loader_node(load) == here
+    _lose_loader(load)
+    with pytest.raises(LoaderLost, match=f"version {version} refused \\(loader_lost\\)"):
+        asyncio.run(load(MODEL, version))
+    assert asyncio.run(load(MODEL, version)).version == version  # a fresh loader, and the version is cleared
+    assert _loader_node(load) == here
+    _lose_loader(load)
+    with pytest.raises(LoaderLost):
+        asyncio.run(load(MODEL, version))
+    _lose_loader(load)
+    with pytest.raises(LoaderCrashed, match="\\(loader_crashed\\): its load ended a fresh loader process too"):
+        asyncio.run(load(MODEL, version))
+    ray.kill(load._actor)
 
 
 def test_an_svc_loaded_by_the_actor_gives_probabilities_in_the_replica(served: Stack) -> None:

@@ -9,13 +9,14 @@ bounded load to 127.0.0.1; benchmarks/scaling.py runs them in full and reports t
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from harness.rollout import Stack, wait_until
-from harness.scaling import Loss, Ramp, node_loss, ramp, running_on, with_autoscaling
+from harness.scaling import Loss, Ramp, node_loss, ramp, republish, running_on, with_autoscaling
 from nonstop.config import Settings
 from nonstop_ops.cluster import lifecycle as local
 from nonstop_ops.cluster import nodes
@@ -42,6 +43,13 @@ class Scaled:
     stack: Stack
     workers: list[nodes.WorkerNode]
     node_ids: list[str]
+
+
+def loader_nodes() -> Counter[str]:
+    from ray.util.state import list_actors
+
+    alive = list_actors(filters=[("class_name", "=", "ModelLoader"), ("state", "=", "ALIVE")], limit=1000)
+    return Counter(a.node_id for a in alive)
 
 
 def _drain_and_stop(stack: Stack, node: nodes.WorkerNode, node_id: str) -> None:
@@ -132,6 +140,9 @@ def test_a_worker_node_killed_under_load_fails_at_most_the_requests_in_flight(sc
     local.deploy(stack.cluster, stack.config)
     wait_until(lambda: len(running_on(stack.cluster)) == MOST, 180, f"{MOST} replicas running", 0.5)
     placed = list(running_on(stack.cluster).values())
+    # each replica's loader on the replica's own node: a node's loss takes no loader of a
+    # replica elsewhere, which could load nothing after (serve_app/replica/loader_actor.py)
+    wait_until(lambda: loader_nodes() == Counter(running_on(stack.cluster).values()), 60, "each loader on its replica's node", 0.5)
     victim, victim_id = max(zip(scaled.workers, scaled.node_ids, strict=True), key=lambda w: placed.count(w[1]))
 
     report = node_loss(stack, victim, victim_id, Loss(concurrency=KILL_LOAD, settle_s=3.0), kill=True)
@@ -141,3 +152,7 @@ def test_a_worker_node_killed_under_load_fails_at_most_the_requests_in_flight(sc
     assert report.failed <= report.in_flight_at_fault, summary
     assert report.replicas_after == MOST and report.recovered_s is not None, summary
     assert not nodes.pids(victim), summary
+    # every replica that outlived the node still swaps: the next version reaches them all
+    new = republish(stack)
+    stack.registry.promote(stack.model, new)
+    wait_until(lambda: stack.serving_everywhere(new), 120, f"every replica serving v{new} after the node's loss")

@@ -62,7 +62,7 @@ def test_first_start_and_a_new_cluster_switch_lose_no_request(
 
     first, upgrade = first_start_then_upgrade(stage, settings, lambda: train_into(registry, demo_data))
 
-    report = f"first start: {first.as_dict()}\nupgrade: {upgrade.as_dict()}"
+    report = f"upgrade: {upgrade.as_dict()}\nfirst start: {first.as_dict()}"
     # Until every replica holds the first version the Service answers, and says it cannot
     # serve yet (503); it never refuses a connection. Then nothing fails: the replicas poll
     # the registry on their own, and the first start ends on answers, every one a success.

@@ -13,7 +13,7 @@ import skops.io as sio
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from nonstop.errors import ModelNotReady, UnknownModel
+from nonstop.errors import LoaderCrashed, LoaderLost, ModelLoadError, ModelNotReady, UnknownModel
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.registry import Registry
 from nonstop.schema import rows_to_matrix
@@ -328,6 +328,35 @@ def test_an_unreadable_artifact_is_reported_once_and_served_once_storage_is_back
         await holder.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("lost", "retried"), [(LoaderLost, True), (LoaderCrashed, False)])
+@pytest.mark.usefixtures("trained")
+def test_a_lost_loader_is_retried_at_the_next_poll_and_a_crashed_one_refuses_the_version(
+    registry: Registry, demo_data: Path, lost: type[ModelLoadError], retried: bool
+) -> None:
+    """A loader lost with its node is no verdict on the version: the next poll loads it
+    (serve_app/replica/loader_actor.py); a version whose load ended a fresh loader too is."""
+    failures = [lost]
+
+    async def load(model: str, version: int) -> LoadedModel:
+        if version == 2 and failures:
+            raise failures.pop()(model, version, "the loader process ended")
+        return await asyncio.to_thread(load_version, registry, model, version, TrustPolicy())
+
+    async def scenario() -> tuple[str | None, int | None]:
+        holder = ModelHolder(registry, TrustPolicy(), load=load)
+        await holder.configure(FOLLOW)
+        train_into(registry, demo_data)
+        await holder.sync()
+        reason = holder.state.last_error.reason if holder.state.last_error else None
+        await holder.sync()
+        await holder.close()
+        return reason, served_version(holder)
+
+    reason, served = asyncio.run(scenario())
+    assert reason == lost.reason
+    assert served == (2 if retried else 1)
 
 
 @pytest.mark.usefixtures("trained")
