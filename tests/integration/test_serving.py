@@ -94,6 +94,7 @@ def test_a_bad_version_is_refused_and_the_old_one_keeps_serving(
         demo.day_frame(2).assign(extra_feature=1.0).to_csv(wider, index=False)
         bad = train_into(served.registry, wider, promote=False).manifest.version
         reason = "schema_mismatch"
+    wait_until(served.settled, 180, "the app RUNNING with all its replicas")  # what "nothing restarted" compares with
     before = served.replicas()
     served.registry.promote(MODEL, bad)
     try:
@@ -102,7 +103,7 @@ def test_a_bad_version_is_refused_and_the_old_one_keeps_serving(
         assert all(r.serves(MODEL, old) for r in served.board().values())
         meta = client.get(f"{served.cluster.http_url}/v1/models/{MODEL}").json()
         assert meta["version"] == str(old) and meta["last_error"]["reason"] == reason
-        assert served.replicas() == before
+        assert served.replicas() == before, local.app_status(served.cluster)["applications"]["nonstop"]["deployments"]
     finally:
         served.registry.rollback(MODEL)
 
