@@ -1,3 +1,3 @@
-"""nonstop: the registry, configuration and CLI shared by training and serving."""
+"""nonstop: the core shared by training and serving: the registry, manifests, loading, formats, signing, the ledger, configuration and errors."""
 
 __version__ = "0.1.0"

@@ -15,7 +15,6 @@ import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 import pandas as pd
 from matplotlib.axes import Axes
@@ -29,6 +28,7 @@ from nonstop.outcomes import joined
 from nonstop.profile import DataProfile
 from nonstop.quality import VersionQuality, live_quality
 from nonstop.registry import Registry
+from training.comparison import Comparison
 from training.metrics import HOLDOUT_ROWS
 from training.profiles import (
     MAJOR_PSI,
@@ -40,8 +40,6 @@ from training.profiles import (
     shift_from,
 )
 
-if TYPE_CHECKING:  # publish imports this module to build the card it publishes
-    from training.publish import Comparison
 
 CARD_NAME = "card.md"
 CARD_PNG = "card.png"

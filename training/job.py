@@ -16,7 +16,8 @@ from training.card import summarize
 from training.metrics import check_gate_metric
 from training.pipeline import Estimator, build_pipeline, load_factory, unfitted_from
 from training.progress import step
-from training.publish import Candidate, Comparison, Gate, TrainResult, fit_matrix, production_version, publish_candidate, resolve_task
+from training.comparison import Comparison
+from training.publish import Candidate, Gate, TrainResult, fit_matrix, production_version, publish_candidate, resolve_task
 from training.sources import open_source
 from training.stream import check_scanned_labels, fill, scan, split
 

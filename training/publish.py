@@ -43,6 +43,7 @@ from nonstop.manifest import FeatureSpec, GateRecord, Manifest, ManifestDraft, S
 from nonstop.registry import PRODUCTION, Registry, check_name
 from nonstop.schema import frame_to_matrix, matrix_to_frame, to_python
 from training.card import DataSummary, card_files, summarize
+from training.comparison import Comparison
 from training.data import fingerprint, validate
 from training.metrics import HIGHER_IS_BETTER, check_gate_metric, detect_task, evaluate
 from training.pipeline import fit_in_place
@@ -60,17 +61,6 @@ class Gate(BaseModel):
 
     metric: str | None = None
     tolerance: float = Field(default=0.0, ge=0.0)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """`blocked`: production exists but could not be loaded or scored on this holdout."""
-
-    production_version: int | None
-    production_metrics: dict[str, float] | None
-    not_worse: bool
-    reason: str
-    blocked: bool = False
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,6 @@ class ScoreOptions(BaseModel):
     baseline: str | None = Field(
         default=None, description="a carried column of answers to compare with (`nonstop replay`: what production answered)"
     )
-    trusted_types: tuple[str, ...] = Field(default=(), description="beyond NONSTOP_TRUSTED_TYPES, as serving reads it")
     workers: int = Field(default=1, ge=1)
     worker_cpus: float | None = Field(default=None, ge=0, description="CPUs each scoring actor reserves; None: `reservations`")
     task_cpus: float | None = Field(default=None, ge=0, description="CPUs each read, split or write task reserves; None: `reservations`")
@@ -88,16 +87,17 @@ def resolve_version(registry: Registry, options: ScoreOptions) -> int:
     return version
 
 
-def policy_of(settings: Settings, options: ScoreOptions) -> TrustPolicy:
-    """Serving's policy (NONSTOP_TRUSTED_TYPES), plus the types named on the command line."""
-    return TrustPolicy(extra_types=tuple(sorted(set(settings.trusted_types) | set(options.trusted_types))))
+def policy_of(settings: Settings) -> TrustPolicy:
+    """Serving's policy: trust beyond the format's list is the one setting,
+    NONSTOP_TRUSTED_TYPES, never a flag of one command (SECURITY.md, trust settings)."""
+    return TrustPolicy(extra_types=tuple(sorted(settings.trusted_types)))
 
 
 def prepare(options: ScoreOptions, settings: Settings) -> Prepared:
     """Load the version(s) as a replica would, or raise naming why: a corrupt, untrusted or
     unsigned-when-required version ends the job here, before a cluster is even joined."""
     registry = Registry(settings.registry, signing_key=settings.signing_key)
-    policy = policy_of(settings, options)
+    policy = policy_of(settings)
     version = resolve_version(registry, options)
     loaded = load_version(registry, options.model, version, policy)
     compare = load_version(registry, options.model, options.compare, policy) if options.compare else None

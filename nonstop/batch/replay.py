@@ -54,7 +54,6 @@ class ReplayOptions(BaseModel):
     workers: int = Field(default=1, ge=1)
     worker_cpus: float | None = Field(default=None, ge=0)
     batch_size: int = Field(default=8192, ge=1)
-    trusted_types: tuple[str, ...] = ()
     max_string_length: int = Field(default=MAX_STRING_LENGTH, ge=1)
 
 
@@ -112,7 +111,7 @@ def replay(options: ReplayOptions, settings: Settings, connect: Callable[[], obj
     out = options.out or posixpath.join(root, REPLAYS, f"model={options.model}", f"version={options.candidate}", stamp)
     score_options = ScoreOptions(
         model=options.model, version=options.candidate, data=root, out=out, keep=(REQUEST_ID, ROW, SERVED_VERSION),
-        label=LABEL, baseline=SERVED_PREDICTION, trusted_types=options.trusted_types, workers=options.workers,
+        label=LABEL, baseline=SERVED_PREDICTION, workers=options.workers,
         worker_cpus=options.worker_cpus, batch_size=options.batch_size, max_string_length=options.max_string_length,
     )  # fmt: skip
     prepared = prepare(score_options, settings)  # a candidate that must not run is refused before any row is read

@@ -31,9 +31,6 @@ def score(
     task_cpus: Annotated[float | None, typer.Option("--task-cpus", min=0, help="CPUs each read and write task reserves (default: one where free, else none)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="rows per batch a worker scores at once")] = 8192,
     max_string_length: Annotated[int, typer.Option("--max-string-length", min=1, help="longest category string accepted, as serving's limit")] = MAX_STRING_LENGTH,
-    trusted_type: Annotated[
-        list[str] | None, typer.Option("--trusted-type", help="exact type name the serving config also trusts (repeatable)")
-    ] = None,
     registry: RegistryOpt = None,
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster (default: $RAY_ADDRESS, a running local cluster, or a new one)")] = None,
 ) -> None:
@@ -49,7 +46,7 @@ def score(
 
     options = ScoreOptions(
         model=model, version=version, alias=alias, data=data, out=out, keep=tuple(keep or ()), label=label,
-        probabilities=probabilities, compare=compare, trusted_types=tuple(trusted_type or ()), workers=workers, worker_cpus=worker_cpus, task_cpus=task_cpus,
+        probabilities=probabilities, compare=compare, workers=workers, worker_cpus=worker_cpus, task_cpus=task_cpus,
         batch_size=batch_size, max_string_length=max_string_length,
     )  # fmt: skip
     settings = Settings.from_env(registry=registry)

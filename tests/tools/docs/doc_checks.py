@@ -1,4 +1,5 @@
-"""What the documentation cites must exist: every relative link and anchor, every test id.
+"""What the documentation cites must exist: every relative link and anchor, every test id,
+every file of the project named by its path.
 
 README.md, SECURITY.md and the pages under docs/ name the test that proves each promise and
 link to each other; a moved file, a renamed test or a reworded heading breaks them silently.
@@ -49,6 +50,12 @@ _CITATION = re.compile(
     r"|(?P<dir>(?<![\w./-])tests/(?:[\w-]+(?:/[\w-]+)*/?)?(?![\w./-]))"
 )
 _BARE_TEST = re.compile(r"test_\w+")
+# a file of the project by its path from the root (`serve_app/rest/front.py`), outside tests/
+# (cited tests are checked above) and outside what runs leave behind (benchmarks/out/)
+PROJECT_FOLDERS = ("nonstop", "serve_app", "training", "nonstop_ops", "harness", "benchmarks", "kuberay", "examples", ".ci")
+_SOURCE = re.compile(
+    rf"(?<![\w./-])(?:{'|'.join(re.escape(f) for f in PROJECT_FOLDERS)})/(?:[\w.-]+/)*[\w.-]+\.(?:py|ya?ml|json|proto|toml|md)(?![\w/-])"
+)
 
 
 @dataclass(frozen=True)
@@ -247,9 +254,22 @@ def missing_tests(root: Path, document: Path) -> list[Problem]:
     return problems
 
 
+def missing_files(root: Path, document: Path) -> list[Problem]:
+    """Project files named by their path in `document` (outside fenced blocks) that do not
+    exist: a module moved or renamed leaves its old path in the prose."""
+    text = without_code_blocks(document.read_text(encoding="utf-8"))
+    name = str(document.relative_to(root))
+    return [
+        Problem(name, _line(text, m.start()), f"{m.group(0)}: no such file")
+        for m in _SOURCE.finditer(text)
+        if not Path(m.group(0)).name.startswith("test_") and not m.group(0).startswith("benchmarks/out/")
+        and not (root / m.group(0)).is_file()
+    ]  # fmt: skip
+
+
 def check(root: Path, paths: Iterable[Path] | None = None) -> list[Problem]:
-    """Every broken link and every missing test id in the documents under `root`."""
+    """Every broken link, missing test id and missing project file in the documents under `root`."""
     problems = []
     for document in paths if paths is not None else documents(root):
-        problems += dead_links(root, document) + missing_tests(root, document)
+        problems += dead_links(root, document) + missing_tests(root, document) + missing_files(root, document)
     return problems

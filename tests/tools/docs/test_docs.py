@@ -99,6 +99,11 @@ def test_every_cited_test_exists() -> None:
     assert not problems, "\n".join(map(str, problems))
 
 
+def test_every_project_file_named_exists() -> None:
+    problems = [p for d in doc_checks.documents(ROOT) for p in doc_checks.missing_files(ROOT, d)]
+    assert not problems, "\n".join(map(str, problems))
+
+
 def test_no_report_table_is_copied_into_a_page() -> None:
     """A measured figure has one home, its report: the pages include it, never retype it."""
     results = ROOT / "docs" / "results"
@@ -115,7 +120,7 @@ def test_no_report_table_is_copied_into_a_page() -> None:
 
 @pytest.fixture
 def broken(tmp_path: Path) -> Path:
-    """A small project: one test file, one security page, and a README citing both, rightly and wrongly."""
+    """A small project: one test file, one module, one security page, and a README citing them, rightly and wrongly."""
     (tmp_path / "tests" / "unit").mkdir(parents=True)
     (tmp_path / "tests" / "unit" / "test_a.py").write_text(
         "import pytest\n\n"
@@ -123,6 +128,8 @@ def broken(tmp_path: Path) -> Path:
         "@pytest.mark.parametrize('x', [1])\ndef test_many(x):\n    pass\n\n"
         "class TestGroup:\n    def test_member(self):\n        pass\n"
     )
+    (tmp_path / "serve_app").mkdir()
+    (tmp_path / "serve_app" / "here.py").write_text("")
     (tmp_path / "SECURITY.md").write_text("# Security: one page\n\n## Ports\n\nNone.\n")
     (tmp_path / "README.md").write_text(
         "# Project\n\n"
@@ -132,7 +139,8 @@ def broken(tmp_path: Path) -> Path:
         "Proved by `tests/unit/test_a.py::test_present`, `::test_many[1]`, `tests/unit/test_a.py::TestGroup::test_member`,\n"
         "`unit/test_a.py::test_present`, `test_present`, `tests/unit/`.\n"
         "Not proved: `tests/unit/test_a.py::test_absent`, `::test_gone`, `tests/unit/test_b.py::test_x`,\n"
-        "`tests/missing/`, `test_nothing_of_that_name`.\n\n"
+        "`tests/missing/`, `test_nothing_of_that_name`.\n"
+        "Moved: `serve_app/gone.py`; kept: `serve_app/here.py`, `benchmarks/out/run.json`.\n\n"
         "```bash\npytest tests/ignored_in_code_blocks/test_z.py::test_y  # [x](ignored.md)\n```\n"
     )
     return tmp_path
@@ -149,12 +157,13 @@ def test_the_checks_report_each_dead_link_and_each_missing_test_by_line(broken: 
         "README.md:10: tests/unit/test_b.py: no such file under tests/",
         "README.md:11: tests/missing/: no such folder or file",
         "README.md:11: test_nothing_of_that_name: no test of that name",
+        "README.md:12: serve_app/gone.py: no such file",
     }
 
 
 def test_the_checks_pass_a_document_once_it_is_fixed(broken: Path) -> None:
     readme = broken / "README.md"
     text = readme.read_text()
-    kept = [line for line in text.splitlines() if not line.startswith(("Dead:", "Not proved:", "`tests/missing/`"))]
+    kept = [line for line in text.splitlines() if not line.startswith(("Dead:", "Not proved:", "`tests/missing/`", "Moved:"))]
     readme.write_text("\n".join(kept) + "\n")
     assert doc_checks.check(broken) == []

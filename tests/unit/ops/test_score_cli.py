@@ -86,3 +86,11 @@ def test_a_replay_of_a_window_without_captured_traffic_is_refused_naming_it(trai
     assert done.returncode == 2, done.stderr
     assert "no traffic of 'breast_cancer' answered by production was captured since" in done.stderr
     assert all(entry.action != "replay" for entry in trained.ledger(MODEL).entries())
+
+
+def test_batch_scoring_has_no_trust_of_its_own_beside_the_one_setting(trained: Registry, demo_data: Path, tmp_path: Path) -> None:
+    """Trust beyond the format's list is NONSTOP_TRUSTED_TYPES alone, as serving reads it:
+    a flag of one command would let batch scoring run what no replica would load."""
+    done = _score(trained, tmp_path / "out", demo_data, "--trusted-type", "builtins.eval")
+    assert done.returncode == 2 and "No such option" in done.stderr and "--trusted-type" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
