@@ -30,8 +30,10 @@ def replay(
     registry: RegistryOpt = None,
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster (default: $RAY_ADDRESS, a running local one, or a new one)")] = None,
 ) -> None:
-    """Score the captured traffic with a candidate, compare it with what production
-    answered and with the labels that arrived, and record the evidence in the ledger.
+    """Score captured traffic with a candidate; the evidence goes into the ledger.
+
+    The candidate's answers are compared with what production answered and with the
+    labels that arrived.
 
     Exit 0: the evidence is in the ledger (`nonstop history` shows and verifies it).
     Exit 2: refused (a candidate that must not run, no captured traffic in the window)."""

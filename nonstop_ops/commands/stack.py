@@ -38,8 +38,10 @@ def up(
         int, typer.Option("--workers", min=0, max=nodes.MAX_NODES, help="extra Ray worker nodes on this machine, as KubeRay's worker pods")
     ] = 0,
 ) -> None:
-    """Start a local Ray head (if none) and `--workers` worker nodes beside it, train a
-    first version if needed, deploy, wait. Serve spreads the replicas over the nodes."""
+    """Start a local Ray cluster, train a first version if needed, deploy, wait.
+
+    The head (if none runs) and `--workers` worker nodes beside it; Serve spreads the
+    replicas over the nodes."""
     settings = Settings.from_env(registry=registry)
     cluster = _cluster(http_port)
     serve_config = load_serve_config(config)
