@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -222,7 +223,8 @@ class ModelServer:
             return
         primary = self._models.state_of(served[0]).primary
         if primary is not None:
-            await asyncio.to_thread(self._quality.measure, self._capture.root, primary.manifest, config)
+            manifest_of = partial(self._store.manifest, primary.manifest.model)  # each version's class order
+            await asyncio.to_thread(self._quality.measure, self._capture.root, primary.manifest, config, None, manifest_of)
 
     def _status(self) -> ReplicaStatus:
         status = self._models.status(self._replica_id, os.getpid(), datetime.now(UTC))

@@ -91,7 +91,8 @@ def _parent_live(registry: Registry, model: str, parent: int | None) -> list[Ver
     try:
         fs, path = filesystem(root_of(registry.uri, CaptureConfig()))
         frame = joined(fs, path, model, datetime.now(UTC) - timedelta(days=LIVE_DAYS))
-        return [q for q in live_quality(frame, registry.manifest(model, parent).task) if q.version == parent]
+        manifest = registry.manifest(model, parent)
+        return [q for q in live_quality(frame, manifest.task, classes={parent: manifest.classes}) if q.version == parent]
     except Exception:  # captures unreadable or absent: the card says nothing live
         return []
 
@@ -100,11 +101,13 @@ def _live_section(parent: int | None, live: list[VersionQuality]) -> list[str]:
     if parent is None or not any(q.labelled for q in live):
         return []
     lines = [f"## How v{parent} did live", "", f"Requests captured over the last {LIVE_DAYS} days with their outcomes (`nonstop quality`):", ""]
-    lines += ["| role | captured | labelled | metrics |", "|---|---:|---:|---|"]
+    lines += ["| role | captured | labelled | with probabilities | metrics |", "|---|---:|---:|---:|---|"]
     for q in live:
         metrics = ", ".join(f"{name} {value:.4f}" for name, value in q.metrics.items()) or "no label yet"
-        lines.append(f"| {q.role} | {q.captured} | {q.labelled} | {metrics} |")
-    return [*lines, ""]
+        probabilities = "" if q.with_probabilities is None else str(q.with_probabilities)
+        lines.append(f"| {q.role} | {q.captured} | {q.labelled} | {probabilities} | {metrics} |")
+    missing = [f"- {q.role}: no {name}: {why}" for q in live for name, why in q.omitted.items()]
+    return [*lines, "", *([*missing, ""] if missing else [])]
 
 
 def _markdown(

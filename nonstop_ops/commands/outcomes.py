@@ -3,7 +3,9 @@
 `outcomes` reads a CSV or Parquet file of `request_id,label` and stores it beside the
 captures, checked against the task of the version the alias serves (nonstop/outcomes.py:
 the same checks as `POST /v1/models/{model}/outcomes`). `quality` joins the captures
-with the outcomes and prints each version's live metrics per role (nonstop/quality.py).
+with the outcomes and prints each version's live metrics per role (nonstop/quality.py):
+with ROC AUC and log loss on the labelled rows that carry probabilities, and in
+`omitted` each metric that could not be computed, with the reason.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +23,7 @@ import typer
 from nonstop.capture import CaptureConfig, filesystem, root_of
 from nonstop.errors import DataValidationError
 from nonstop.outcomes import check, from_frame, joined, store
-from nonstop.quality import live_quality
+from nonstop.quality import class_orders, live_quality
 from nonstop.registry import PRODUCTION, Registry
 from nonstop_ops.commands.common import ModelOpt, RegistryOpt, _print_json, _registry
 
@@ -94,5 +97,7 @@ def quality(
     store_ = _registry(registry)
     manifest = store_.manifest(model, _manifest_version(store_, model, alias))
     fs, path = filesystem(root_of(store_.uri, CaptureConfig(destination=destination)))
-    lines = live_quality(joined(fs, path, model), manifest.task, _since(since))
+    frame = joined(fs, path, model)
+    classes = class_orders(frame, partial(store_.manifest, model))  # each version's probability columns, in order
+    lines = live_quality(frame, manifest.task, _since(since), classes)
     _print_json([line.model_dump() for line in lines])

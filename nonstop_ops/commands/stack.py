@@ -163,16 +163,27 @@ def _many(status: ReplicaStatus) -> str:
     )
 
 
+def _by_reason(omitted: dict[str, str]) -> dict[str, list[str]]:
+    """Omitted metrics grouped by why: ROC AUC and log loss usually share one reason."""
+    grouped: dict[str, list[str]] = {}
+    for name, why in omitted.items():
+        grouped.setdefault(why, []).append(name)
+    return grouped
+
+
 def _quality(status: ReplicaStatus) -> str:
     """Live quality per version and role, from the replica that measures it (rank 0)."""
     capture = status.capture
     if capture is None or not capture.enabled:
         return ""
-    lines = [
-        f"live quality v{q.version} {q.role}: " + (", ".join(f"{name} {value:.4g}" for name, value in q.metrics.items()) or "no label yet")
-        + f" ({q.labelled}/{q.captured} rows labelled)"
-        for q in capture.quality
-    ]  # fmt: skip
+    lines = []
+    for q in capture.quality:
+        probabilities = f", {q.with_probabilities} with probabilities" if q.with_probabilities is not None else ""
+        lines.append(
+            f"live quality v{q.version} {q.role}: " + (", ".join(f"{name} {value:.4g}" for name, value in q.metrics.items()) or "no label yet")
+            + f" ({q.labelled}/{q.captured} rows labelled{probabilities})"
+        )  # fmt: skip
+        lines += [f"  no {', '.join(names)}: {why}" for why, names in _by_reason(q.omitted).items()]  # why a figure is missing
     if capture.quality_error:
         lines.append(capture.quality_error)
     return "".join(f"\n    {line}" for line in lines)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from typing import Protocol
 
 from nonstop.capture import CaptureConfig, filesystem
 from nonstop.manifest import Manifest
 from nonstop.outcomes import joined
-from nonstop.quality import VersionQuality, live_quality
+from nonstop.quality import VersionQuality, class_orders, live_quality
 
 log = logging.getLogger("nonstop.capture")
 
@@ -37,14 +38,25 @@ class LiveQuality:
     def due(self, config: CaptureConfig) -> bool:
         return config.enabled and (self._measured_at is None or time.monotonic() - self._measured_at >= config.quality_interval_s)
 
-    def measure(self, root: str, manifest: Manifest, config: CaptureConfig, now: datetime | None = None) -> list[VersionQuality]:
+    def measure(
+        self,
+        root: str,
+        manifest: Manifest,
+        config: CaptureConfig,
+        now: datetime | None = None,
+        manifest_of: Callable[[int], Manifest] | None = None,
+    ) -> list[VersionQuality]:
         """Read the window's captures and outcomes of the model and score each version on them
-        with the metrics of the task of `manifest` (the version the replica serves)."""
+        with the metrics of the task of `manifest` (the version the replica serves).
+        `manifest_of` (the registry's, for the model) gives each captured version's class
+        order for its ROC AUC and log loss; without it only `manifest`'s version has one."""
         self._measured_at = time.monotonic()
         since = (now or datetime.now(UTC)) - timedelta(hours=config.quality_window_h)
         try:
             fs, path = filesystem(root)
-            lines = live_quality(joined(fs, path, manifest.model, since), manifest.task)
+            frame = joined(fs, path, manifest.model, since)
+            classes = class_orders(frame, manifest_of) if manifest_of is not None else {manifest.version: manifest.classes}
+            lines = live_quality(frame, manifest.task, classes=classes)
         except Exception as exc:  # a store out of reach: the last figures stay, the status says why
             self.error = f"live quality not measured: {exc}"
             log.warning("%s", self.error)

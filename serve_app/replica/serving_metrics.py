@@ -80,12 +80,14 @@ class ServingMetrics:
         self._quality = Gauge(
             "nonstop_live_quality",
             description="Live quality per version and role on the captured requests whose outcomes arrived "
-            "(accuracy, f1_macro | rmse, mae, r2), over the capture block's quality window",
+            "(accuracy, f1_macro, and roc_auc, log_loss on the rows captured with probabilities | rmse, mae, r2), "
+            "over the capture block's quality window; a metric that cannot be computed is not set",
             tag_keys=("model", "version", "role", "metric"),
         )
         self._quality_rows = Gauge(
             "nonstop_live_quality_rows",
-            description="Rows behind the live quality, per version and role: captured, and labelled",
+            description="Rows behind the live quality, per version and role: captured, labelled, "
+            "and (a classifier) labelled with probabilities",
             tag_keys=("model", "version", "role", "kind"),
         )
         self._live: tuple[str, list[VersionQuality]] | None = None
@@ -126,6 +128,8 @@ class ServingMetrics:
                 self._quality.set(value, tags={**tags, "metric": metric})
             self._quality_rows.set(line.captured, tags={**tags, "kind": "captured"})
             self._quality_rows.set(line.labelled, tags={**tags, "kind": "labelled"})
+            if line.with_probabilities is not None:
+                self._quality_rows.set(line.with_probabilities, tags={**tags, "kind": "with_probabilities"})
 
     def refused(self, model: str, reason: str) -> None:
         self._errors.inc(tags={"model": model, "reason": reason})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from functools import partial
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
 from nonstop.capture import RECORDS, CaptureConfig, filesystem, read
 from nonstop.loading import TrustPolicy
 from nonstop.outcomes import joined
-from nonstop.quality import VersionQuality
+from nonstop.quality import NO_PROBABILITIES, VersionQuality
 from nonstop.registry import Registry
 from nonstop_ops.commands.stack import _describe
 from nonstop.schema import frame_to_matrix
@@ -298,7 +299,8 @@ def test_outcomes_posted_for_a_days_requests_give_each_version_its_live_quality_
         rows = frame[manifest.feature_names].to_numpy().tolist()
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(plane, Limits(), OutcomeSink(recorder))), base_url="http://t") as http:
             for index, row in enumerate(rows):
-                answer = await http.post(PREDICT, json={"instances": [row]}, headers={REQUEST_ID_HEADER: f"day-{index}", KEY_HEADER: f"k{index}"})
+                path = PREDICT + ("?probabilities=true" if index % 3 else "")  # two in three ask for probabilities
+                answer = await http.post(path, json={"instances": [row]}, headers={REQUEST_ID_HEADER: f"day-{index}", KEY_HEADER: f"k{index}"})
                 assert answer.status_code == 200
                 await asyncio.sleep(0)
             await asyncio.to_thread(recorder.flush)
@@ -309,14 +311,22 @@ def test_outcomes_posted_for_a_days_requests_give_each_version_its_live_quality_
     asyncio.run(scenario())
     recorder.close()
     gauges = _Gauges()
-    lines = {(q.version, q.role): q for q in LiveQuality(gauges).measure(recorder.root, manifest, config)}
+    measured = LiveQuality(gauges).measure(recorder.root, manifest, config, manifest_of=partial(registry.manifest, MODEL))
+    lines = {(q.version, q.role): q for q in measured}
     stored = pd.read_parquet(tmp_path / "captures" / "records")  # by hand: the files as anyone reads them
     stored["label"] = stored["request_id"].map(labels)
     for (version, role), rows in stored.groupby([stored["version"].astype(int), stored["role"].astype(str)]):
         labelled = rows[rows["label"].notna()]
         truth, predicted = labelled["label"].astype(int), labelled["prediction"].astype(int)
         expected = {"accuracy": accuracy_score(truth, predicted), "f1_macro": f1_score(truth, predicted, average="macro")}
+        scored = labelled[labelled["probabilities"].notna()]  # ROC AUC and log loss: the rows that asked for probabilities
+        if len(scored):
+            classes = registry.manifest(MODEL, version).classes
+            scores = np.vstack(scored["probabilities"].tolist())
+            expected["roc_auc"] = roc_auc_score(scored["label"].astype(int), scores[:, 1])
+            expected["log_loss"] = log_loss(scored["label"].astype(int), scores, labels=classes)
         assert (lines[version, role].captured, lines[version, role].labelled) == (len(rows), len(labelled))
+        assert lines[version, role].with_probabilities == len(scored)
         assert lines[version, role].metrics == pytest.approx(expected)
         assert {name: gauges.set[version, role, name] for name in expected} == pytest.approx(expected)
     assert {(1, "primary"), (candidate, "candidate")} <= set(lines)  # both versions answered the day
@@ -324,11 +334,14 @@ def test_outcomes_posted_for_a_days_requests_give_each_version_its_live_quality_
         replica_id="r", pid=1, model=MODEL, target=None, versions=[], last_error=None, reported_at=datetime.now(UTC),
         capture=recorder.status().model_copy(update={"quality": list(lines.values())}),
     )  # fmt: skip
-    shown = lines[1, "primary"]
+    shown, printed = lines[1, "primary"], [line.strip() for line in _describe(status).splitlines()[1:]]  # as `nonstop status` prints
     assert (
-        f"live quality v1 primary: accuracy {shown.metrics['accuracy']:.4g}, f1_macro {shown.metrics['f1_macro']:.4g} "
-        f"({shown.labelled}/{shown.captured} rows labelled)"
-    ) in [line.strip() for line in _describe(status).splitlines()[1:]]  # the lines `nonstop status` prints under the replica
+        f"live quality v1 primary: accuracy {shown.metrics['accuracy']:.4g}, f1_macro {shown.metrics['f1_macro']:.4g}, "
+        f"roc_auc {shown.metrics['roc_auc']:.4g}, log_loss {shown.metrics['log_loss']:.4g} "
+        f"({shown.labelled}/{shown.captured} rows labelled, {shown.with_probabilities} with probabilities)"
+    ) in printed
+    assert lines[1, "shadow"].omitted == {"roc_auc": NO_PROBABILITIES, "log_loss": NO_PROBABILITIES}  # the off-path comparison keeps none
+    assert f"no roc_auc, log_loss: {NO_PROBABILITIES}" in printed
 
 
 def test_behind_serve_the_request_id_header_is_left_to_serve(served: Registry, tmp_path: Path) -> None:

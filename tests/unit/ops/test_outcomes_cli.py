@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
 from nonstop.capture import CaptureConfig, Served, filesystem, records_table, root_of, write_records
+from nonstop.quality import NO_PROBABILITIES
 from nonstop.registry import Registry
 from tests.conftest import MODEL
 
@@ -53,3 +56,33 @@ def test_a_bad_outcomes_file_is_refused_naming_the_problem(trained: Registry, tm
     text = tmp_path / "labels.txt"
     text.write_text("request_id,label\n")
     assert "from .csv or .parquet" in _nonstop(trained, "outcomes", "--model", MODEL, "--data", str(text)).stderr
+
+
+def test_quality_prints_auc_and_log_loss_on_the_rows_with_probabilities_and_why_one_is_missing(trained: Registry, tmp_path: Path) -> None:
+    """Six requests asked for probabilities, two did not, and the shadow comparison
+    carries none: the printed ROC AUC and log loss are sklearn's on the six rows,
+    accuracy is on all eight, and the shadow line names why it has neither."""
+    manifest = trained.manifest(MODEL, 1)
+    assert manifest.samples.probabilities is not None and len(manifest.classes) == 2
+    inputs, probabilities = manifest.samples.inputs, manifest.samples.probabilities
+    served = [
+        Served(f"r{i}", datetime.now(UTC), MODEL, 1, role, manifest.features, np.asarray([inputs[i]], dtype=np.float64),
+               [manifest.samples.outputs[i]], [probabilities[i]] if role == "primary" and i < 6 else None)
+        for i in range(8) for role in ("primary", "shadow")
+    ]  # fmt: skip
+    write_records(*filesystem(root_of(trained.uri, CaptureConfig())), records_table(served))
+    labels = [manifest.classes[i % 2] for i in range(8)]
+    data = tmp_path / "labels.csv"
+    pd.DataFrame({"request_id": [f"r{i}" for i in range(8)], "label": labels}).to_csv(data, index=False)
+    assert _nonstop(trained, "outcomes", "--model", MODEL, "--data", str(data)).returncode == 0
+
+    quality = _nonstop(trained, "quality", "--model", MODEL)
+    assert quality.returncode == 0, quality.stderr
+    primary, shadow = json.loads(quality.stdout)
+    assert (primary["role"], primary["labelled"], primary["with_probabilities"], primary["omitted"]) == ("primary", 8, 6, {})
+    truth, scores = [label == manifest.classes[1] for label in labels[:6]], np.asarray(probabilities[:6])
+    assert primary["metrics"]["roc_auc"] == pytest.approx(roc_auc_score(truth, scores[:, 1]), rel=1e-12)
+    assert primary["metrics"]["log_loss"] == pytest.approx(log_loss(labels[:6], scores, labels=manifest.classes), rel=1e-12)
+    assert primary["metrics"]["accuracy"] == accuracy_score(labels, manifest.samples.outputs)
+    assert (shadow["role"], shadow["with_probabilities"], set(shadow["metrics"])) == ("shadow", 0, {"accuracy", "f1_macro"})
+    assert shadow["omitted"] == {"roc_auc": NO_PROBABILITIES, "log_loss": NO_PROBABILITIES}

@@ -148,22 +148,29 @@ def test_models_show_prints_the_card(registry: Registry, demo_data: Path) -> Non
 @pytest.mark.usefixtures("trained")
 def test_the_card_says_how_the_version_it_replaces_did_live(registry: Registry, demo_data: Path) -> None:
     """v1's captured requests and their outcomes (as replicas and the outcomes route write
-    them) give v2's card a live row, with the accuracy computed from the same rows."""
+    them) give v2's card a live row, with the accuracy computed from the same rows, the
+    log loss from the four that carry probabilities, and why it has no ROC AUC."""
     from datetime import UTC, datetime
+
+    from sklearn.metrics import log_loss
 
     from nonstop.capture import CaptureConfig, Served, filesystem, records_table, root_of, write_records
     from nonstop.outcomes import Outcome, check, store
 
     manifest = registry.manifest(MODEL, 1)
     fs, root = filesystem(root_of(registry.uri, CaptureConfig()))
+    probabilities = [[0.6, 0.4] if i % 2 == 0 else [0.2, 0.8] for i in range(4)]
     served = [
-        Served(f"r{i}", datetime.now(UTC), MODEL, 1, "primary", manifest.features, np.zeros((1, len(manifest.features))), [i % 2])
+        Served(f"r{i}", datetime.now(UTC), MODEL, 1, "primary", manifest.features, np.zeros((1, len(manifest.features))), [i % 2],
+               [probabilities[i]] if i < 4 else None)
         for i in range(10)
     ]  # fmt: skip
     write_records(fs, root, records_table(served))
     store(fs, root, MODEL, check([Outcome(request_id=f"r{i}", label=1) for i in range(8)], manifest))  # right on r1, r3, r5, r7
     train_into(registry, demo_data)
-    card = _card(registry, 2)
+    card = _card(registry, 2).splitlines()
     assert "## How v1 did live" in card
-    assert "| primary | 10 | 8 | accuracy 0.5000, f1_macro 0.3333 |" in card.splitlines()
+    loss = log_loss([1] * 4, probabilities, labels=manifest.classes)
+    assert f"| primary | 10 | 8 | 4 | accuracy 0.5000, f1_macro 0.3333, log_loss {loss:.4f} |" in card
+    assert "- primary: no roc_auc: only one class (1) among the labels: ROC AUC needs two" in card
     assert "did live" not in _card(registry, 1)  # no parent, nothing live to say
