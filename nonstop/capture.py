@@ -21,7 +21,7 @@ from __future__ import annotations
 import posixpath
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -187,10 +187,20 @@ def _write(fs: pafs.FileSystem, base: str, table: pa.Table, keys: list[str]) -> 
         raise StorageError(f"cannot write captures under {base}: {exc}") from exc
 
 
-def read(fs: pafs.FileSystem, root: str, kind: str, model: str, since: date | None = None) -> pa.Table | None:
+def read(
+    fs: pafs.FileSystem,
+    root: str,
+    kind: str,
+    model: str,
+    since: date | None = None,
+    columns: Callable[[str], bool] | None = None,
+    where: ds.Expression | None = None,
+) -> pa.Table | None:
     """One model's records or outcomes, or None. The files of all its versions are read
     under one schema: columns one version lacks are null in its rows. `since`: only the
-    date partitions from that day on (the others are not opened)."""
+    date partitions from that day on (the others are not opened); `columns`: only the
+    columns it keeps; `where`: only the rows it selects, filtered as the files are read,
+    so what is left out never takes memory."""
     base = posixpath.join(root, kind, f"model={model}")
     if fs.get_file_info(base).type == pafs.FileType.NotFound:
         return None
@@ -201,7 +211,12 @@ def read(fs: pafs.FileSystem, root: str, kind: str, model: str, since: date | No
         return None
     schema = pa.unify_schemas([f.physical_schema for f in fragments] + [keys])
     dataset = ds.dataset(base, filesystem=fs, format="parquet", partitioning=partitioning, schema=schema)
-    table = dataset.to_table(filter=None if since is None else ds.field("date") >= since.strftime(DATE_FORMAT))
+    selected = where
+    if since is not None:
+        days = ds.field("date") >= since.strftime(DATE_FORMAT)
+        selected = days if selected is None else days & selected
+    kept = [name for name in schema.names if columns(name)] if columns is not None else None
+    table = dataset.to_table(columns=kept, filter=selected)
     return table.append_column("model", pa.array([model] * table.num_rows, type=pa.string()))
 
 

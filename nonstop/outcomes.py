@@ -24,10 +24,11 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field
 
-from nonstop.capture import DATE_FORMAT, OUTCOMES, RECORDS, read, write_outcomes
+from nonstop.capture import DATE_FORMAT, FEATURE_PREFIX, OUTCOMES, RECORDS, read, write_outcomes
 from nonstop.errors import DataValidationError, clip
 from nonstop.manifest import Manifest, Scalar
 
@@ -114,7 +115,8 @@ def store(fs: pafs.FileSystem, root: str, model: str, checked: Checked, now: dat
         }
     )
     write_outcomes(fs, root, table)
-    records = read(fs, root, RECORDS, model)
+    ids = pa.array(checked.request_ids, type=pa.string())
+    records = read(fs, root, RECORDS, model, columns=lambda name: name == "request_id", where=ds.field("request_id").isin(ids))
     known = set(records.column("request_id").to_pylist()) if records is not None else set()
     unknown = [rid for rid in checked.request_ids if rid not in known]
     return OutcomeReport(stored=len(checked.labels), unknown=len(unknown), unknown_ids=unknown[:20])
@@ -151,3 +153,35 @@ def joined(fs: pafs.FileSystem, root: str, model: str, since: datetime | None = 
         .drop_duplicates("request_id", keep="last")[["request_id", "label"]]
     )
     return frame.merge(latest, on="request_id", how="left")
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """What quality is measured on: the records whose label arrived, joined to their latest
+    label (features left out), and how many records each (version, role) has in all."""
+
+    frame: pd.DataFrame
+    captured: dict[tuple[int, str], int]
+
+
+def labelled(fs: pafs.FileSystem, root: str, model: str, since: datetime | None = None) -> Labelled:
+    """`joined`'s labelled rows and counts, read in memory that grows with the labels, not
+    with the traffic: a replica measures live quality on a day of captures (millions of
+    rows), so the records are counted on two columns, and only the labelled ones are read
+    whole, selected by request id as the files are read."""
+    day = since.astimezone(UTC).date() if since is not None else None
+    recent = ds.field("timestamp") >= pa.scalar(since, type=pa.timestamp("us", tz="UTC")) if since is not None else None
+    counted = read(fs, root, RECORDS, model, day, columns=lambda name: name in ("version", "role"), where=recent)
+    captured: dict[tuple[int, str], int] = {}
+    if counted is not None and counted.num_rows:
+        for row in counted.group_by(["version", "role"]).aggregate([([], "count_all")]).to_pylist():
+            captured[(int(row["version"]), str(row["role"]))] = int(row["count_all"])
+    outcomes = read(fs, root, OUTCOMES, model, day) if captured else None
+    if outcomes is None or outcomes.num_rows == 0:
+        return Labelled(pd.DataFrame(columns=["request_id", "row", "version", "role", "prediction", "label"]), captured)
+    latest = outcomes.to_pandas().sort_values("received_at").drop_duplicates("request_id", keep="last")[["request_id", "label"]]
+    ids = pa.array(latest["request_id"].tolist(), type=pa.string())
+    selected = ds.field("request_id").isin(ids) if recent is None else recent & ds.field("request_id").isin(ids)
+    records = read(fs, root, RECORDS, model, day, columns=lambda name: not name.startswith(FEATURE_PREFIX), where=selected)
+    frame = records.to_pandas() if records is not None else pd.DataFrame(columns=["request_id", "row", "version", "role", "prediction"])
+    return Labelled(frame.merge(latest, on="request_id", how="inner"), captured)

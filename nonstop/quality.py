@@ -55,15 +55,24 @@ class VersionQuality(BaseModel):
 
 
 def live_quality(
-    frame: pd.DataFrame, task: Task, since: datetime | None = None, classes: Mapping[int, Sequence[Scalar]] | None = None
+    frame: pd.DataFrame,
+    task: Task,
+    since: datetime | None = None,
+    classes: Mapping[int, Sequence[Scalar]] | None = None,
+    captured: Mapping[tuple[int, str], int] | None = None,
 ) -> list[VersionQuality]:
     """One line per (version, role) captured since `since`. `classes`: each version's
     classes in its probability columns' order (`class_orders`); a version missing from
-    it gets no ROC AUC or log loss, and says so."""
+    it gets no ROC AUC or log loss, and says so. `captured`: the count of records per
+    (version, role) when `frame` holds only the labelled ones (nonstop/outcomes.py
+    `labelled`); without it every record is in `frame` and counted there."""
     if since is not None and len(frame):
         frame = frame[frame["timestamp"] >= pd.Timestamp(since)]
+    groups = {(int(v), str(r)): g for (v, r), g in frame.groupby(["version", "role"], sort=True)} if len(frame) else {}
+    counts = dict(captured) if captured is not None else {key: len(group) for key, group in groups.items()}
     lines = []
-    for (version, role), group in frame.groupby(["version", "role"], sort=True):
+    for version, role in sorted(counts):
+        group = groups.get((version, role), frame.iloc[:0])
         labelled = group[group["label"].notna()]
         found = _metrics(labelled, task) if len(labelled) else {}
         omitted: dict[str, str] = {}
@@ -77,7 +86,7 @@ def live_quality(
             with_probabilities = 0
         lines.append(
             VersionQuality(
-                version=int(version), role=str(role), captured=len(group), labelled=len(labelled),
+                version=version, role=role, captured=counts[(version, role)], labelled=len(labelled),
                 metrics=found, with_probabilities=with_probabilities, omitted=omitted,
             )
         )  # fmt: skip

@@ -24,7 +24,7 @@ from matplotlib.ticker import StrMethodFormatter
 
 from nonstop.capture import CaptureConfig, filesystem, root_of
 from nonstop.manifest import FeatureSpec, ManifestDraft
-from nonstop.outcomes import joined
+from nonstop.outcomes import labelled
 from nonstop.profile import DataProfile
 from nonstop.quality import VersionQuality, live_quality
 from nonstop.registry import Registry
@@ -90,9 +90,10 @@ def _parent_live(registry: Registry, model: str, parent: int | None) -> list[Ver
         return []
     try:
         fs, path = filesystem(root_of(registry.uri, CaptureConfig()))
-        frame = joined(fs, path, model, datetime.now(UTC) - timedelta(days=LIVE_DAYS))
+        found = labelled(fs, path, model, datetime.now(UTC) - timedelta(days=LIVE_DAYS))
         manifest = registry.manifest(model, parent)
-        return [q for q in live_quality(frame, manifest.task, classes={parent: manifest.classes}) if q.version == parent]
+        lines = live_quality(found.frame, manifest.task, classes={parent: manifest.classes}, captured=found.captured)
+        return [q for q in lines if q.version == parent]
     except Exception:  # captures unreadable or absent: the card says nothing live
         return []
 

@@ -22,7 +22,7 @@ import typer
 
 from nonstop.capture import CaptureConfig, filesystem, root_of
 from nonstop.errors import DataValidationError
-from nonstop.outcomes import check, from_frame, joined, store
+from nonstop.outcomes import check, from_frame, labelled, store
 from nonstop.quality import class_orders, live_quality
 from nonstop.registry import PRODUCTION, Registry
 from nonstop_ops.commands.common import ModelOpt, RegistryOpt, _print_json, _registry
@@ -97,7 +97,7 @@ def quality(
     store_ = _registry(registry)
     manifest = store_.manifest(model, _manifest_version(store_, model, alias))
     fs, path = filesystem(root_of(store_.uri, CaptureConfig(destination=destination)))
-    frame = joined(fs, path, model)
-    classes = class_orders(frame, partial(store_.manifest, model))  # each version's probability columns, in order
-    lines = live_quality(frame, manifest.task, _since(since), classes)
+    found = labelled(fs, path, model, _since(since))
+    classes = class_orders(found.frame, partial(store_.manifest, model))  # each version's probability columns, in order
+    lines = live_quality(found.frame, manifest.task, classes=classes, captured=found.captured)
     _print_json([line.model_dump() for line in lines])

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from nonstop.capture import CaptureConfig, filesystem
 from nonstop.manifest import Manifest
-from nonstop.outcomes import joined
+from nonstop.outcomes import labelled
 from nonstop.quality import VersionQuality, class_orders, live_quality
 
 log = logging.getLogger("nonstop.capture")
@@ -54,9 +54,9 @@ class LiveQuality:
         since = (now or datetime.now(UTC)) - timedelta(hours=config.quality_window_h)
         try:
             fs, path = filesystem(root)
-            frame = joined(fs, path, manifest.model, since)
-            classes = class_orders(frame, manifest_of) if manifest_of is not None else {manifest.version: manifest.classes}
-            lines = live_quality(frame, manifest.task, classes=classes)
+            found = labelled(fs, path, manifest.model, since)
+            classes = class_orders(found.frame, manifest_of) if manifest_of is not None else {manifest.version: manifest.classes}
+            lines = live_quality(found.frame, manifest.task, classes=classes, captured=found.captured)
         except Exception as exc:  # a store out of reach: the last figures stay, the status says why
             self.error = f"live quality not measured: {exc}"
             log.warning("%s", self.error)

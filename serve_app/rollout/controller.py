@@ -37,7 +37,7 @@ from ray._common.constants import HEAD_NODE_RESOURCE_NAME
 
 from nonstop.capture import CaptureConfig, filesystem, root_of
 from nonstop.errors import LedgerTampered, NonstopError
-from nonstop.outcomes import joined
+from nonstop.outcomes import labelled
 from nonstop.profile import DataProfile, read_profile
 from nonstop.quality import labelled_scores
 from nonstop.registry import Registry
@@ -152,7 +152,7 @@ class Controller:
         try:
             task = self._registry.manifest(self._model, state.candidate or 0).task
             fs, path = filesystem(self.capture_root)
-            frame = joined(fs, path, self._model, state.started)
+            frame = labelled(fs, path, self._model, state.started).frame
         except Exception as exc:  # whatever the store does, the controller goes on deciding
             log.warning("labelled rows of %s not read: %r", self._model, exc)
             self.last_error = f"labelled rows not read: {exc!r}"

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-from nonstop.capture import RECORDS, Served, filesystem, records_table, write_records
+from nonstop.capture import FEATURE_PREFIX, RECORDS, Served, filesystem, records_table, write_records
 from nonstop.manifest import FeatureSpec, Manifest, Scalar
-from nonstop.outcomes import Outcome, check, joined, store
+from nonstop.outcomes import Outcome, check, joined, labelled, store
 from nonstop.quality import NO_PROBABILITIES, VersionQuality, live_quality
 from nonstop.registry import Registry
 from tests.conftest import MODEL
@@ -154,3 +154,33 @@ def test_without_probabilities_or_a_class_order_both_are_omitted_with_the_reason
     assert lines[2].omitted["roc_auc"] == "the class order of v2 is unknown (no manifest of it was read)"
     regression = live_quality(frame.assign(label=frame["label"].astype(float)), "regression", classes={1: BINARY})
     assert all(line.with_probabilities is None and line.omitted == {} for line in regression)
+
+
+def test_labelled_reads_only_the_labelled_rows_without_features_and_gives_the_same_figures(
+    tmp_path: Path, classifier: Manifest
+) -> None:
+    """A replica measures on a day of captures: it must not hold the day in memory. The
+    records are counted on two columns, and only those whose label arrived are read,
+    without their features, yet every line equals the one of the whole join."""
+    rows = _random_rows(BINARY, 200, seed=7)
+    _write(tmp_path, rows[:120], version=1)
+    _write(tmp_path, rows[120:], version=2)
+    labels = {rid: BINARY[i % 2] for i, (rid, _, _) in enumerate(rows) if i % 10 == 3}  # one row in ten labelled
+    whole = _label(tmp_path, classifier.model_copy(update={"classes": BINARY}), labels)
+    found = labelled(*filesystem(str(tmp_path)), "m")
+
+    assert set(found.frame["request_id"]) == set(labels) and len(found.frame) == len(labels)
+    assert not [c for c in found.frame.columns if c.startswith(FEATURE_PREFIX)]
+    assert found.captured == {(1, "primary"): 120, (2, "primary"): 80}
+    classes = {1: BINARY, 2: BINARY}
+    assert live_quality(found.frame, "classification", classes=classes, captured=found.captured) == live_quality(
+        whole, "classification", classes=classes
+    )
+
+
+def test_labelled_keeps_to_the_window(tmp_path: Path, classifier: Manifest) -> None:
+    rows = _random_rows(BINARY, 20, seed=3)
+    _write(tmp_path, rows)
+    _label(tmp_path, classifier.model_copy(update={"classes": BINARY}), {rid: 1 for rid, _, _ in rows})
+    later = labelled(*filesystem(str(tmp_path)), "m", since=datetime.now(UTC))
+    assert later.captured == {} and later.frame.empty
