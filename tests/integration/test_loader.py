@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import numpy as np
 import psutil
@@ -62,10 +63,18 @@ def _loader_node(load: OutOfProcessLoader) -> str:
 
 
 def _lose_loader(load: OutOfProcessLoader) -> None:
+    """Kill the loader and return once it is gone (a call sent just after `ray.kill` may
+    still be answered: the kill is asynchronous)."""
     actor = load._actor
     ray.kill(actor)
-    with pytest.raises(ray.exceptions.RayActorError):
-        ray.get(actor.__ray_call__.remote(lambda _: None), timeout=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_call__.remote(lambda _: None), timeout=60)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("the killed loader still answered after 60 s")
 
 
 def test_a_lost_loader_is_replaced_on_its_node_and_a_version_that_ends_two_is_refused(served: Stack) -> None:
