@@ -34,6 +34,7 @@ from nonstop.manifest import Manifest, Scalar
 
 MAX_OUTCOMES = 10_000  # per batch: a bigger file is posted in several
 MAX_REQUEST_ID = 128
+_RECORD_KEYS = ("request_id", "row", "version", "role", "prediction")  # an empty join's columns
 
 
 class Outcome(BaseModel):
@@ -139,7 +140,7 @@ def joined(fs: pafs.FileSystem, root: str, model: str, since: datetime | None = 
     day = since.astimezone(UTC).date() if since is not None else None
     records = read(fs, root, RECORDS, model, day)
     if records is None or records.num_rows == 0:
-        return pd.DataFrame(columns=["request_id", "row", "version", "role", "prediction", "label"])
+        return pd.DataFrame(columns=[*_RECORD_KEYS, "label"])
     frame = records.to_pandas()
     if since is not None:
         frame = frame[frame["timestamp"] >= pd.Timestamp(since)]
@@ -178,10 +179,10 @@ def labelled(fs: pafs.FileSystem, root: str, model: str, since: datetime | None 
             captured[(int(row["version"]), str(row["role"]))] = int(row["count_all"])
     outcomes = read(fs, root, OUTCOMES, model, day) if captured else None
     if outcomes is None or outcomes.num_rows == 0:
-        return Labelled(pd.DataFrame(columns=["request_id", "row", "version", "role", "prediction", "label"]), captured)
+        return Labelled(pd.DataFrame(columns=[*_RECORD_KEYS, "label"]), captured)
     latest = outcomes.to_pandas().sort_values("received_at").drop_duplicates("request_id", keep="last")[["request_id", "label"]]
     ids = pa.array(latest["request_id"].tolist(), type=pa.string())
     selected = ds.field("request_id").isin(ids) if recent is None else recent & ds.field("request_id").isin(ids)
     records = read(fs, root, RECORDS, model, day, columns=lambda name: not name.startswith(FEATURE_PREFIX), where=selected)
-    frame = records.to_pandas() if records is not None else pd.DataFrame(columns=["request_id", "row", "version", "role", "prediction"])
+    frame = records.to_pandas() if records is not None else pd.DataFrame(columns=list(_RECORD_KEYS))
     return Labelled(frame.merge(latest, on="request_id", how="inner"), captured)
