@@ -161,20 +161,23 @@ def local_serve_config(serve_config_v2: str, cluster: local.LocalCluster, poll_i
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def healthy(cluster: local.LocalCluster, timeout_s: float, delay_s: float = 0.0) -> bool:
-    """The Serve ingress says "success" within `timeout_s`; `delay_s` is a pod too busy to
-    answer at once, spent inside the timeout as a slow answer would be."""
+def unhealthy(cluster: local.LocalCluster, timeout_s: float, delay_s: float = 0.0) -> str | None:
+    """Why the Serve ingress did not say "success" within `timeout_s` (None: it did);
+    `delay_s` is a pod too busy to answer at once, spent inside the timeout as a slow
+    answer would be."""
     started = time.monotonic()
     if delay_s:
         time.sleep(min(delay_s, timeout_s))
     left = timeout_s - (time.monotonic() - started)
     if left <= 0:
-        return False
+        return "no time left to ask"
     try:
         answer = httpx.get(cluster.http_url + HEALTH_PATH, timeout=left)
-    except httpx.HTTPError:
-        return False
-    return answer.status_code == 200 and "success" in answer.text
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__} after {time.monotonic() - started:.1f}s"
+    if answer.status_code == 200 and "success" in answer.text:
+        return None
+    return f"{answer.status_code} {answer.text[:60]!r}"
 
 
 @dataclass
@@ -196,6 +199,7 @@ class RayServiceSim:
     events: list[Event] = field(default_factory=list)
     _cache: dict[str, str] = field(default_factory=dict)  # cluster → serveConfigV2 last sent
     _doomed: dict[str, tuple[float, local.LocalCluster]] = field(default_factory=dict)
+    _said: dict[str, str] = field(default_factory=dict)  # endpoint → its last check's answer
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -239,7 +243,9 @@ class RayServiceSim:
         ready, successes, failures = False, 0, 0
         while not self._stop.is_set() and endpoint in self._endpoint_names():
             began = time.monotonic()
-            if healthy(cluster, probe.timeout_s, delay_s):
+            why = unhealthy(cluster, probe.timeout_s, delay_s)
+            self._checked(endpoint, why)
+            if why is None:
                 successes, failures = successes + 1, 0
             else:
                 successes, failures = 0, failures + 1
@@ -315,8 +321,18 @@ class RayServiceSim:
 
     def _label_head(self, cluster: local.LocalCluster) -> None:
         """updateHeadPodServeLabel: excluded, the head never serves; else its proxy's health."""
-        label = False if self.settings.exclude_head else healthy(cluster, HEAD_CHECK_TIMEOUT_S)
-        self.forwarder.set_ready(f"{_name(cluster)}/head", label)
+        endpoint = f"{_name(cluster)}/head"
+        why = "excluded" if self.settings.exclude_head else unhealthy(cluster, HEAD_CHECK_TIMEOUT_S)
+        self._checked(endpoint, why)
+        self.forwarder.set_ready(endpoint, why is None)
+
+    def _checked(self, endpoint: str, why: str | None) -> None:
+        """A check's answer, noted when it differs from the endpoint's previous one: what
+        a failed run's report needs to tell a refused Service from a slow ingress."""
+        said = "healthy" if why is None else f"unhealthy: {why}"
+        if self._said.get(endpoint) != said:
+            self._said[endpoint] = said
+            self.note(f"{endpoint} check {said}")
 
     def _serve_ready(self, cluster: local.LocalCluster) -> bool:
         """reconcileServe: (re)submit when nothing is cached, no application exists, or the

@@ -3,6 +3,10 @@
 Exported through Ray's metrics endpoint like the replicas' (`ray_` prefix): the evidence
 the policy judges, per version and role, so a dashboard shows exactly what the controller
 saw when it decided. Tags are bounded: a few statistic names, the model's own features.
+
+Ray exports a gauge only for a few report intervals after it was last set, so the evidence
+last judged is set again on every look, also once the rollout has ended (a finished
+rollout's evidence stays readable until the next rollout's replaces it).
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ class RolloutMetrics:
             "nonstop_rollout_input_psi", description="PSI of live inputs against the version's training profile",
             tag_keys=("model", "alias", "version", "feature"),
         )  # fmt: skip
+        self._last: Evidence | None = None
         self._decisions = Counter(
             "nonstop_rollout_decisions", description="Decisions written to the ledger", tag_keys=("model", "alias", "verdict")
         )
 
     def observed(self, candidate: int | None, weight: float, evidence: Evidence | None) -> None:
         self._weight.set(weight, tags={**self._base, "candidate": str(candidate)})
+        evidence = self._last = evidence or self._last
         if evidence is None:
             return
         for role, version in (("primary", evidence.primary), ("candidate", evidence.candidate)):

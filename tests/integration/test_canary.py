@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -41,6 +42,9 @@ SETTLE_S = 2.0
 ROWS_PER_REQUEST = 8
 # the replicas see a step within a poll, report within a second, the controller looks twice a second
 FOLLOW_S = POLL_INTERVAL_S + 1.0 + 0.5
+# Ray drops a gauge not set again for two metrics report intervals (10 s by default;
+# ray/_private/telemetry/open_telemetry_metric_recorder.py)
+RAY_GAUGE_TTL_S = 20.0
 
 
 def _live_frame() -> pd.DataFrame:
@@ -205,7 +209,11 @@ def test_editing_one_entry_of_the_run_fails_verification(served: Stack, runs: di
 
 
 def test_the_evidence_is_exported_to_prometheus(runs: dict[str, RolloutRun], served: Stack) -> None:
-    candidates = {str(run.candidate) for run in runs.values()}
+    """Read once Ray would have dropped a gauge set only while the rollouts ran: the
+    evidence last judged (the last run's candidate) stays on the endpoint after the end."""
+    last = max(runs.values(), key=lambda run: run.ended)
+    time.sleep(max(0.0, last.ended.timestamp() + RAY_GAUGE_TTL_S + 5 - time.time()))
+    candidates = {str(last.candidate)}
     seen: dict[str, object] = {}
 
     def exported() -> bool:
