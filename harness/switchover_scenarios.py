@@ -24,7 +24,8 @@ from nonstop_ops.cluster import ClusterError
 from harness.forwarder import Forwarder
 from harness.loadgen import BackgroundLoad
 from nonstop_ops.cluster.serve_client import serve_application_statuses, submit_serve_config
-from harness.switchover import Outcome, RayServiceSim, ServiceSettings, Timing, local_serve_config, outcome
+from harness.switchover import RayServiceSim, ServiceSettings, Timing, local_serve_config
+from harness.switchover_outcome import Outcome, outcome
 
 START_ATTEMPTS = 2
 SLOW_PROBE_S = 3.0  # a worker busy enough to answer its probe 3 s late

@@ -40,7 +40,8 @@ from serve_app.capture.recorder import Recorder
 from serve_app.config import AppArgs, ManyModels, ModelTarget, ServedModels, parse_user_config
 from serve_app.grpc_v2 import oip_v2_pb2 as pb
 from serve_app.grpc_v2.servicer import GrpcV2, request_key
-from serve_app.replica.dataplane import PREDICTIONS_ONLY, DataPlane, Job, Outcome, Output, Outputs, run_batch, settled
+from serve_app.replica.batching import PREDICTIONS_ONLY, Job, Outcome, Output, Outputs, run_batch, settled
+from serve_app.replica.dataplane import DataPlane
 from serve_app.replica.holder import ModelHolder
 from serve_app.replica.loader_actor import OutOfProcessLoader
 from serve_app.replica.models import Canaries, ModelSet

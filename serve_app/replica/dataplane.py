@@ -9,8 +9,8 @@ can be checked against the exact version that will answer:
 
 A swap in the middle of a request cannot mix two versions, and a request for one model
 is never answered by another's estimator: `bind` only ever returns a version of the
-model named in the request. What a request asks for is a set of `Output`s; a new output
-kind is one enum member and one branch in `compute`.
+model named in the request. What a request asks for is a set of `Output`s
+(serve_app/replica/batching.py).
 
 The Open Inference Protocol's work that does not depend on the transport is here too,
 so that its REST routes and its gRPC servicer give the same answers: reading a version
@@ -24,9 +24,8 @@ ran) without this module knowing about Ray.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version as package_version
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,6 +34,7 @@ import numpy as np
 from nonstop.errors import InvalidInput, ModelNotReady, NonstopError, UnknownModel, VersionNotFound, clip
 from nonstop.loading import LoadedModel
 from nonstop.manifest import FeatureSpec
+from serve_app.replica.batching import PREDICTIONS_ONLY, Job, Output, Outputs, Predictor, run_batch, settled
 from serve_app.replica.state import ModelMetadata, Role, ServingState
 from serve_app.rollout.canary import Assignment
 from serve_app.wire.v2_tensors import PREDICT, PREDICT_PROBA, OutputTensor, datatype_of, prediction_tensor
@@ -46,30 +46,6 @@ EXTENSIONS = ["binary_tensor_data"]
 MAX_VERSION_DIGITS = 18
 
 
-class Output(StrEnum):
-    """What a request can ask the model for."""
-
-    PREDICTIONS = "predictions"
-    PROBABILITIES = "probabilities"  # a classifier's, columns in the manifest's `classes` order
-
-
-PREDICTIONS_ONLY = frozenset({Output.PREDICTIONS})
-Outputs = dict[Output, list[Any]]
-
-
-@dataclass(frozen=True)
-class Job:
-    """One request's work for the estimator."""
-
-    loaded: LoadedModel
-    matrix: np.ndarray
-    outputs: frozenset[Output] = PREDICTIONS_ONLY
-
-
-# A job's outputs, or what its version raised on it: a batch hands each request its own.
-Outcome = Outputs | Exception
-# Raises what the job's version raised on it (`settled`), never another job's failure.
-Predictor = Callable[[Job], Awaitable[Outputs]]
 
 
 class StateSource(Protocol):
@@ -196,55 +172,6 @@ def model_outputs(loaded: LoadedModel) -> list[dict[str, Any]]:
     if loaded.manifest.task == "classification" and hasattr(loaded.estimator, "predict_proba"):
         outputs.append({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, len(classes)]})
     return outputs
-
-
-def compute(loaded: LoadedModel, matrix: np.ndarray, outputs: frozenset[Output]) -> Outputs:
-    """Every requested output, one list entry per row."""
-    results: Outputs = {}
-    if Output.PREDICTIONS in outputs:
-        results[Output.PREDICTIONS] = loaded.predict(matrix)
-    if Output.PROBABILITIES in outputs:
-        results[Output.PROBABILITIES] = loaded.predict_proba(matrix)
-    return results
-
-
-def run_batch(jobs: Sequence[Job]) -> list[Outcome]:
-    """One estimator call per (version, outputs) for many requests; during a swap or a
-    rollout a batch holds two versions. What one version raises, or raises on one
-    request's rows, fails that request alone: a group whose call fails is run again job
-    by job, so the happy path keeps its single call and a failure costs a rerun."""
-    outcomes: list[Outcome] = [{} for _ in jobs]
-    groups: dict[tuple[int, frozenset[Output]], list[int]] = {}
-    for index, job in enumerate(jobs):
-        groups.setdefault((id(job.loaded), job.outputs), []).append(index)
-    for indices in groups.values():
-        first = jobs[indices[0]]
-        matrices = [jobs[i].matrix for i in indices]
-        try:
-            stacked = compute(first.loaded, np.concatenate(matrices) if len(matrices) > 1 else matrices[0], first.outputs)
-        except Exception as exc:  # whatever the estimator raises: this group's, not the batch's
-            for i in indices:
-                outcomes[i] = exc if len(indices) == 1 else _alone(jobs[i])
-            continue
-        start = 0
-        for i, matrix in zip(indices, matrices, strict=True):
-            outcomes[i] = {kind: values[start : start + len(matrix)] for kind, values in stacked.items()}
-            start += len(matrix)
-    return outcomes
-
-
-def _alone(job: Job) -> Outcome:
-    try:
-        return compute(job.loaded, job.matrix, job.outputs)
-    except Exception as exc:  # the request's own failure, handed back to it alone
-        return exc
-
-
-def settled(outcome: Outcome) -> Outputs:
-    """A job's outputs, or the exception its version raised on it, raised for its request."""
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
 
 
 @dataclass(frozen=True)

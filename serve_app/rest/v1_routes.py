@@ -15,7 +15,7 @@ from fastapi.responses import Response
 
 from nonstop.errors import InvalidInput, clip
 from serve_app.edge import KEY_HEADER, REQUEST_ID_HEADER, request_id
-from serve_app.replica.dataplane import PREDICTIONS_ONLY, Output
+from serve_app.replica.batching import PREDICTIONS_ONLY, Output
 from serve_app.rest import v1_openapi as spec
 from serve_app.rest.body import read_body
 from serve_app.rest.common import answer_headers, json_response, limits_of, plane_of

@@ -12,7 +12,8 @@ import pytest
 
 from harness.forwarder import Forwarder
 from harness.loadgen import Sample
-from harness.switchover import KUBERAY_WORKER_PROBE, PreStop, Probe, ServiceSettings, prestop_of, went_backwards
+from harness.switchover import KUBERAY_WORKER_PROBE, PreStop, Probe, ServiceSettings, prestop_of
+from harness.switchover_outcome import went_backwards
 
 def server(name: str) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):

@@ -14,7 +14,8 @@ from nonstop.loading import TrustPolicy
 from nonstop.manifest import Manifest
 from nonstop.registry import Registry
 from serve_app.config import ModelTarget
-from serve_app.replica.dataplane import DataPlane, Job, Outcome, Outputs, run_batch, settled
+from serve_app.replica.batching import Job, Outcome, Outputs, run_batch, settled
+from serve_app.replica.dataplane import DataPlane
 from serve_app.replica.holder import ModelHolder
 from serve_app.rest.api import create_api
 from serve_app.wire.limits import Limits

@@ -25,7 +25,8 @@ from serve_app.config import ModelTarget
 from serve_app.edge import KEY_HEADER
 from serve_app.grpc_v2 import oip_v2_pb2 as pb
 from serve_app.grpc_v2.servicer import GrpcV2
-from serve_app.replica.dataplane import DataPlane, Job, Output, run_batch
+from serve_app.replica.batching import Job, Output, run_batch
+from serve_app.replica.dataplane import DataPlane
 from serve_app.replica.holder import ModelHolder
 from serve_app.rest.api import create_api
 from serve_app.rollout.canary import Canary, share_of
