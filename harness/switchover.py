@@ -197,7 +197,7 @@ class RayServiceSim:
     events: list[Event] = field(default_factory=list)
     _cache: dict[str, str] = field(default_factory=dict)  # cluster → serveConfigV2 last sent
     _doomed: dict[str, tuple[float, local.LocalCluster]] = field(default_factory=dict)
-    _said: dict[str, str] = field(default_factory=dict)  # endpoint → its last check's answer
+    _said: dict[str, str] = field(default_factory=dict)  # what was checked → its last answer
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -324,13 +324,13 @@ class RayServiceSim:
         self._checked(endpoint, why)
         self.forwarder.set_ready(endpoint, why is None)
 
-    def _checked(self, endpoint: str, why: str | None) -> None:
-        """A check's answer, noted when it differs from the endpoint's previous one: what
-        a failed run's report needs to tell a refused Service from a slow ingress."""
-        said = "healthy" if why is None else f"unhealthy: {why}"
-        if self._said.get(endpoint) != said:
-            self._said[endpoint] = said
-            self.note(f"{endpoint} check {said}")
+    def _checked(self, what: str, why: str | None, said: str | None = None) -> None:
+        """A check's answer, noted when it differs from the previous one: what a failed
+        run's report needs to tell a refused Service from a slow ingress or a restart."""
+        said = said or ("healthy" if why is None else f"unhealthy: {why}")
+        if self._said.get(what) != said:
+            self._said[what] = said
+            self.note(f"{what}: {said}")
 
     def _serve_ready(self, cluster: local.LocalCluster) -> bool:
         """reconcileServe: (re)submit when nothing is cached, no application exists, or the
@@ -338,6 +338,7 @@ class RayServiceSim:
         if not local.is_running(cluster):
             return False  # the head pod is not ready yet
         statuses = serve_application_statuses(cluster)
+        self._checked(f"{_name(cluster)} applications", None if statuses else "none", said=str(statuses))
         wanted = local_serve_config(self.serve_config_v2, cluster, self.poll_interval_s)
         if self._cache.get(_name(cluster)) != wanted or not statuses:
             submit_serve_config(cluster, wanted)

@@ -19,6 +19,12 @@ share of 0) the candidate predicts what the primary answered. Off-path work is b
 (`MAX_OFF_PATH` at a time, the rest skipped and counted): it can cost the client a share
 of CPU, never a wait on it and never a failed request. Outside a rollout nothing is
 tallied and no request pays for any of this.
+
+Inputs are the traffic's, whichever version answers: each request's rows are tallied on
+both versions' training profiles, so input drift is judged on the whole window, never on
+the candidate's share alone. That share is a set of request keys, and a key's requests
+look alike (one customer, one store): at a small share it is a biased sample, which
+looked drifted against a good candidate's training data when the traffic was not.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ class Assignment:
     answer: LoadedModel
     compare: LoadedModel | None
     by_candidate: bool
+    versions: tuple[LoadedModel, LoadedModel]  # primary and candidate: each tallies the request's inputs
 
 
 class Canary:
@@ -105,8 +112,9 @@ class Canary:
             return None
         point = share_of(key, candidate.version) if key else random.random()
         if point < state.weight:
-            return Assignment(answer=candidate, compare=primary, by_candidate=True)
-        return Assignment(answer=primary, compare=candidate if state.weight == 0 else None, by_candidate=False)
+            return Assignment(answer=candidate, compare=primary, by_candidate=True, versions=(primary, candidate))
+        compare = candidate if state.weight == 0 else None
+        return Assignment(answer=primary, compare=compare, by_candidate=False, versions=(primary, candidate))
 
     def answered(
         self, assignment: Assignment, matrix: np.ndarray, predictions: list[Any], seconds: float, scored: Scored | None = None
@@ -116,7 +124,8 @@ class Canary:
         stats = self._stats_for(assignment.answer)
         stats.answered(seconds, len(matrix))
         stats.predicted(predictions, self._edges.get(assignment.answer.version))
-        self._saw(assignment.answer, matrix)
+        for version in assignment.versions:
+            self._saw(version, matrix)
         if assignment.compare is None:
             return
         if self._off_path >= MAX_OFF_PATH:
@@ -144,7 +153,6 @@ class Canary:
             shadow = self._stats_for(other)  # shadow mode: the candidate scored what the primary answered
             shadow.answered(time.perf_counter() - started, len(matrix))
             shadow.predicted(theirs, self._edges.get(other.version))
-            self._saw(other, matrix)
             shadow.paired(theirs, answered)
         except Exception as exc:  # off-path work never reaches the client; it counts against the version
             log.warning("off-path scoring by v%s failed: %r", other.version if other else None, exc)
