@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -210,21 +211,20 @@ def ramp(stack: Stack, fewest: int, shape: Ramp, swap: bool = False) -> ScalingR
             events.append((time.time(), "burst starts"))
             try:
                 if new is not None:
-                    wait_until(lambda: any(r["replica_id"] not in before for r in replicas(stack.cluster)), shape.timeout_s,
-                               "a replica added", shape.poll_s)  # fmt: skip
+                    _wait(stack, lambda: any(r["replica_id"] not in before for r in replicas(stack.cluster)), shape,
+                          "a replica added")  # fmt: skip
                     stack.registry.promote(stack.model, new)
                     events.append((time.time(), f"promote v{new}"))
-                wait_until(lambda: len(running_on(stack.cluster)) > fewest, shape.timeout_s, "more replicas running",
-                           shape.poll_s)  # fmt: skip
+                _wait(stack, lambda: len(running_on(stack.cluster)) > fewest, shape, "more replicas running")
                 events.append((time.time(), "scaled up"))
                 if new is not None:
-                    wait_until(lambda: stack.serving_everywhere(new), shape.timeout_s, f"every replica on v{new}", shape.poll_s)
+                    _wait(stack, lambda: stack.serving_everywhere(new), shape, f"every replica on v{new}")
                     events.append((time.time(), f"every replica on v{new}"))
                 time.sleep(shape.hold_s)
             finally:
                 burst_samples = burst.stop().samples
             events.append((time.time(), "burst stops"))
-            wait_until(lambda: _settled_at(stack, fewest), shape.timeout_s, f"back to {fewest} replicas", shape.poll_s)
+            _wait(stack, lambda: _settled_at(stack, fewest), shape, f"back to {fewest} replicas")
             events.append((time.time(), "scaled down"))
             time.sleep(shape.settle_s)
             samples = sorted(base.stop().samples + burst_samples, key=lambda s: s.sent_at)
@@ -232,6 +232,16 @@ def ramp(stack: Stack, fewest: int, shape: Ramp, swap: bool = False) -> ScalingR
     if new is not None:
         report.notes.append(f"v{new} promoted while replicas were added")
     return report
+
+
+def _wait(stack: Stack, condition: Callable[[], bool], shape: Ramp, what: str) -> None:
+    """wait_until, and on a timeout what Serve and the replicas said then: a failed run's
+    report tells a replica stuck starting from one that never got its version."""
+    try:
+        wait_until(condition, shape.timeout_s, what, shape.poll_s)
+    except TimeoutError as exc:
+        seen = [(r["replica_id"], r["state"], r.get("node_id"), r.get("message", "")[:200]) for r in replicas(stack.cluster)]
+        raise TimeoutError(f"{exc}; Serve's replicas: {seen}; status board: {str(stack.board())[:3000]}") from None
 
 
 def _settled_at(stack: Stack, count: int) -> bool:
