@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -47,7 +48,7 @@ class Forwarder:
         self._turn = itertools.count()
         self.accepted: Counter[str] = Counter()  # connections per cluster
         self.accepted_by_endpoint: Counter[str] = Counter()
-        self.refused = 0
+        self.refusals: list[float] = []  # time.time() of each connection refused: no ready endpoint
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -76,6 +77,10 @@ class Forwarder:
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+
+    @property
+    def refused(self) -> int:
+        return len(self.refusals)
 
     # -- what KubeRay (selector) and the kubelet / endpoint controller (readiness) change --
 
@@ -130,7 +135,7 @@ class Forwarder:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         endpoint = self._pick()
         if endpoint is None:
-            self.refused += 1
+            self.refusals.append(time.time())
             writer.transport.abort()  # no endpoint: the connection is refused outright
             return
         try:

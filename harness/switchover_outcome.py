@@ -11,6 +11,7 @@ from harness.loadgen import Sample
 from harness.switchover import Event, RayServiceSim
 
 FAILURES_SHOWN = 20
+REFUSAL_SLACK_S = 0.05  # the client's and the forwarder's clocks read a moment apart
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,23 @@ class Outcome:
     after_first_ok: Count  # requests sent once a first success was answered
     events: list[Event]
     accepted: dict[str, int]
-    refused_connections: int
+    refusals: list[float]  # when the Service refused a connection: no ready endpoint
     accepted_by_endpoint: dict[str, int]
     samples: list[Sample] = field(repr=False)
+
+    def not_refused_by_the_service(self) -> list[Sample]:
+        """The failed requests that no refusal of the Service explains (one refusal for
+        each, made while the request was out): a 5xx, or a connection a pod cut."""
+        left = sorted(self.refusals)
+        unexplained = []
+        for sample in sorted((s for s in self.samples if not s.ok), key=lambda s: s.sent_at):
+            end = sample.sent_at + sample.latency_s + REFUSAL_SLACK_S
+            match = next((t for t in left if sample.sent_at - REFUSAL_SLACK_S <= t <= end), None)
+            if sample.error is not None and match is not None:
+                left.remove(match)
+            else:
+                unexplained.append(sample)
+        return unexplained
 
     def sent_from(self, start: float) -> Count:
         """What the requests sent from `start` on (time.time()) saw."""
@@ -73,7 +88,7 @@ class Outcome:
             "after_first_ok": self.after_first_ok.__dict__,
             "connections_per_cluster": self.accepted,
             "connections_per_endpoint": self.accepted_by_endpoint,
-            "connections_refused": self.refused_connections,
+            "connections_refused": len(self.refusals),
             "failures": [
                 (round(f.sent_at - self.events[0].at, 2), f.status, (f.error or "")[:120])
                 for f in self.samples if not f.ok
@@ -88,5 +103,5 @@ def outcome(scenario: str, samples: list[Sample], sim: RayServiceSim) -> Outcome
     later = [s for s in samples if first is not None and s.sent_at >= first]
     return Outcome(
         scenario, Count.of(samples), first, Count.of(later), list(sim.events),
-        dict(sim.forwarder.accepted), sim.forwarder.refused, dict(sim.forwarder.accepted_by_endpoint), samples,
+        dict(sim.forwarder.accepted), list(sim.forwarder.refusals), dict(sim.forwarder.accepted_by_endpoint), samples,
     )  # fmt: skip

@@ -212,7 +212,7 @@ def test_the_evidence_is_exported_to_prometheus(runs: dict[str, RolloutRun], ser
     """Read once Ray would have dropped a gauge set only while the rollouts ran: the
     evidence last judged (the last run's candidate) stays on the endpoint after the end."""
     last = max(runs.values(), key=lambda run: run.ended)
-    time.sleep(max(0.0, last.ended.timestamp() + RAY_GAUGE_TTL_S + 5 - time.time()))
+    time.sleep(max(0.0, last.ended.timestamp() + RAY_GAUGE_TTL_S + 10 - time.time()))
     candidates = {str(last.candidate)}
     seen: dict[str, object] = {}
 

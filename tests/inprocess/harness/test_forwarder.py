@@ -13,7 +13,7 @@ import pytest
 from harness.forwarder import Forwarder
 from harness.loadgen import Sample
 from harness.switchover import KUBERAY_WORKER_PROBE, PreStop, Probe, ServiceSettings, prestop_of
-from harness.switchover_outcome import went_backwards
+from harness.switchover_outcome import Count, Outcome, went_backwards
 
 def server(name: str) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
@@ -85,6 +85,21 @@ def test_versions_going_backwards_are_counted() -> None:
     assert went_backwards([ok(0, "1"), ok(1, "2"), ok(2, "2")]) == 0
     assert went_backwards([ok(0, "1"), ok(1, "2"), ok(2, "1")]) == 1
     assert went_backwards([ok(0, "2"), ok(0.05, "1")]) == 0, "in flight together: no order between them"
+
+
+def test_a_failure_is_put_down_to_the_service_only_with_a_refusal_of_its_own() -> None:
+    """One refusal explains one failed connection made while it happened; a 503, a
+    failure with no refusal then, and a second failure on the same refusal stay."""
+    refused_at = 100.0
+    samples = [
+        Sample(sent_at=99.99, latency_s=0.02, status=0, version=None, error="ReadError"),  # the refused one
+        Sample(sent_at=99.99, latency_s=0.02, status=0, version=None, error="ReadError"),  # no refusal left for it
+        Sample(sent_at=101.0, latency_s=0.01, status=0, version=None, error="ReadError"),  # none at that time
+        Sample(sent_at=102.0, latency_s=0.01, status=503, version=None),
+        Sample(sent_at=103.0, latency_s=0.01, status=200, version="1"),
+    ]
+    outcome = Outcome("t", Count.of(samples), 103.01, Count.of(samples[-1:]), [], {}, [refused_at], {}, samples)
+    assert outcome.not_refused_by_the_service() == samples[1:4]
 
 
 def test_settings_come_from_the_manifest_or_kuberays_defaults() -> None:
