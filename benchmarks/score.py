@@ -3,9 +3,12 @@
 A dataset of --rows rows (the demo model's 30 features and an id, in --partitions
 Parquet files) is scored by `nonstop score`'s job (nonstop/batch/job.py) on a local Ray
 instance of 2 CPUs, once with one scoring actor and once with two, from the read to the
-written Parquet. The baseline is the same version loaded in this process predicting the
-same rows, batch by batch, as a matrix already in memory: the arithmetic alone, the most
-any scoring path could reach. Memory: the peak of the summed RSS of this process and
+written Parquet. Each is preceded by the same job on a small dataset (--small rows): a
+job's fixed cost (starting the actor pool and its model loads, planning the read), so the
+rate past start-up is (rows - small) / (seconds - small's seconds). The baselines are the
+same version loaded in this process predicting the same rows, batch by batch, as a matrix
+already in memory (the arithmetic alone, the most any scoring path could reach), and the
+same read → check → score → write in this process without Ray. Memory: the peak of the summed RSS of this process and
 every process Ray started for it, sampled every 0.2 s (shared pages count once per
 process, so this overstates), and the peak of this process alone.
 
@@ -115,15 +118,21 @@ def in_process_pipeline(registry: Registry, folder: Path, out: Path) -> dict[str
     return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
 
 
-def scored(settings: Settings, folder: Path, out: Path, workers: int) -> dict[str, Any]:
-    options = ScoreOptions(model=MODEL, data=str(folder), out=str(out), keep=("id",), workers=workers, batch_size=BATCH)
+def scored(settings: Settings, small: Path, folder: Path, out: Path, workers: int) -> dict[str, Any]:
+    def options(data: Path, name: str) -> ScoreOptions:
+        return ScoreOptions(model=MODEL, data=str(data), out=str(out / name), keep=("id",), workers=workers, batch_size=BATCH)
+
+    start_up = score(options(small, "small"), settings)
     with Peak() as peak:
         started = time.perf_counter()
-        summary = score(options, settings)
+        summary = score(options(folder, "full"), settings)
         wall = time.perf_counter() - started
+    rows = summary.scored + summary.rejected
+    past = (rows - start_up.scored - start_up.rejected) / max(summary.seconds - start_up.seconds, 1e-9)
     return {
         "workers": workers, "scored": summary.scored, "rejected": summary.rejected,
         "job_seconds": summary.seconds, "wall_seconds": wall, "rows_per_s": summary.rows_per_s,
+        "small_rows": start_up.scored + start_up.rejected, "small_seconds": start_up.seconds, "past_start_rows_per_s": past,
         "peak_tree_rss_mb": peak.tree / 2**20, "peak_driver_rss_mb": peak.own / 2**20,
     }  # fmt: skip
 
@@ -138,26 +147,29 @@ def report(results: dict[str, Any]) -> str:
         f"the demo model (linear, numpy fast path: {base['fast_path']}); batches of {BATCH} rows; one run each, "
         "on a 2-core machine shared with other work, so the figures are indicative. Raw: `score.json`.",
         "",
-        "| run | rows/s | vs in-process | seconds | peak RSS, all processes | peak RSS, driver |",
-        "|---|---|---|---|---|---|",
-        f"| in-process `predict`, matrix in memory | {base['rows_per_s']:,.0f} | 100 % | {base['seconds']:.1f} | | |",
-        f"| in-process read → check and score (BatchScorer) → write, no Ray | {pipe['rows_per_s']:,.0f} | "
-        f"{pipe['rows_per_s'] / base['rows_per_s']:.1%} | {pipe['seconds']:.1f} | | |",
+        "| run | rows/s | past start-up | vs in-process pipeline, past start-up | seconds | start-up (small job) | "
+        "peak RSS, all processes | peak RSS, driver |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| in-process `predict`, matrix in memory | {base['rows_per_s']:,.0f} | | | {base['seconds']:.1f} | | | |",
+        f"| in-process read → check and score (BatchScorer) → write, no Ray | {pipe['rows_per_s']:,.0f} | | 100 % | "
+        f"{pipe['seconds']:.1f} | | | |",
     ]
     for run in results["score"]:
         lines.append(
             f"| `nonstop score`, {run['workers']} worker(s), read → score → write | {run['rows_per_s']:,.0f} | "
-            f"{run['rows_per_s'] / base['rows_per_s']:.1%} | {run['job_seconds']:.1f} | "
+            f"{run['past_start_rows_per_s']:,.0f} | {run['past_start_rows_per_s'] / pipe['rows_per_s']:.0%} | "
+            f"{run['job_seconds']:.1f} | {run['small_seconds']:.1f} s ({run['small_rows']:,} rows) | "
             f"{run['peak_tree_rss_mb']:,.0f} MB | {run['peak_driver_rss_mb']:,.0f} MB |"
         )
     one, two = results["score"][0], results["score"][-1]
     lines += [
         "",
-        f"Scaling from 1 to 2 workers: ×{two['rows_per_s'] / one['rows_per_s']:.2f}; 2 workers against the same "
-        f"work in one process without Ray: {two['rows_per_s'] / pipe['rows_per_s']:.0%}. The first in-process figure is "
-        "the arithmetic alone on a matrix already decoded; `nonstop score` also reads and decodes the Parquet, "
-        "checks every value by serving's rules, carries the key, and writes the scored and rejected rows, on "
-        "the same two cores that run Ray itself.",
+        f"Scaling from 1 to 2 workers past start-up: ×{two['past_start_rows_per_s'] / one['past_start_rows_per_s']:.2f}. "
+        "A job costs a few seconds before its first row (the actor pool, one model load per actor, the read's plan), "
+        "whatever its size; past that, the rate is what more rows cost. The in-process pipeline runs on one core; "
+        "`nonstop score` runs its read tasks, its actors and Ray itself on the same two cores. It also does all the "
+        "pipeline does: reads and decodes the Parquet, checks every value by serving's rules, carries the key, and "
+        "writes the scored and rejected rows.",
         "",
     ]
     return "\n".join(lines)
@@ -167,8 +179,9 @@ def main() -> None:
     import ray
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--partitions", type=int, default=10)
+    parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--partitions", type=int, default=20)
+    parser.add_argument("--small", type=int, default=50_000, help="rows of the job that measures the fixed cost")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/score"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -178,13 +191,14 @@ def main() -> None:
         registry = Registry(str(root / "registry"))
         train(TrainOptions(data=str(root / "train"), model=MODEL, promote=True), registry)
         names = write_dataset(root / "data", args.rows, args.partitions)
+        write_dataset(root / "small", args.small, args.partitions)
         data_mb = sum(p.stat().st_size for p in (root / "data").rglob("*.parquet")) / 2**20
         baseline = in_process(registry, root / "data", names)
         pipeline = in_process_pipeline(registry, root / "data", root / "in-process.parquet")
         settings = Settings(registry=registry.uri)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")  # workers inherit PYTHONPATH
         try:
-            runs = [scored(settings, root / "data", root / f"out-{w}", w) for w in (1, 2)]
+            runs = [scored(settings, root / "small", root / "data", root / f"out-{w}", w) for w in (1, 2)]
         finally:
             ray.shutdown()
     results = {

@@ -4,23 +4,23 @@ The version is loaded here first, by the same loader and trust policy as serving
 corrupt, untrusted or unsigned-when-required version is refused before any row is read
 for scoring. Each worker of the pool then loads it once more for itself (one load per
 worker, not per batch). Scored rows go to `<out>/scored`, refused rows with their reason
-to `<out>/rejects`: no row is dropped without a trace.
+to `<out>/rejects`, written by the actors as they score (nonstop/batch/output.py): no row
+is dropped without a trace, and none is written twice.
 """
 
 from __future__ import annotations
 
-import posixpath
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from nonstop.batch import source
 from nonstop.batch.evidence import Comparison, compare
-from nonstop.batch.scorer import COMPARE_PREDICTION, OUTPUT_COLUMNS, PREDICTION, REASON, BatchScorer
+from nonstop.batch.output import BatchWriter, Totals, discard, job_prefix, keep_only, prepare_folders
+from nonstop.batch.scorer import COMPARE_PREDICTION, PREDICTION, BatchScorer
 from nonstop.capture import filesystem
 from nonstop.columns import MAX_STRING_LENGTH
 from nonstop.config import Settings
@@ -29,7 +29,6 @@ from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.redact import public_uri
 from nonstop.registry import PRODUCTION, Registry
 
-SCORED, REJECTS = "scored", "rejects"
 
 
 class ScoreOptions(BaseModel):
@@ -107,36 +106,33 @@ def prepare(options: ScoreOptions, settings: Settings) -> Prepared:
 
 
 class _Worker:
-    """One per actor of the pool: loads the version(s) once, then scores batch after batch."""
+    """One per actor of the pool: loads the version(s) once, then scores and writes batch
+    after batch (nonstop/batch/output.py)."""
 
-    def __init__(self, settings: Settings, options: ScoreOptions, version: int, policy: TrustPolicy) -> None:
+    def __init__(
+        self, settings: Settings, options: ScoreOptions, version: int, policy: TrustPolicy, prefix: str,
+        compared: tuple[str, ...],
+    ) -> None:  # fmt: skip
         registry = Registry(settings.registry, signing_key=settings.signing_key)
         compare = load_version(registry, options.model, options.compare, policy) if options.compare else None
-        self.scorer = BatchScorer(
+        scorer = BatchScorer(
             load_version(registry, options.model, version, policy),
             keep=carried(options),
             probabilities=options.probabilities,
             compare=compare,
             max_string_length=options.max_string_length,
         )
+        out_fs, out = filesystem(options.out)  # the URI's own endpoint and credentials, as the read's
+        self.write = BatchWriter(scorer, out_fs, out, prefix, compared)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        return self.scorer(table)
+        return self.write(table)
 
 
 def carried(options: ScoreOptions) -> tuple[str, ...]:
     """The input columns written beside the outputs: --keep, then the label and baseline columns."""
     extra = [c for c in (options.label, options.baseline) if c is not None and c not in options.keep]
     return options.keep + tuple(dict.fromkeys(extra))
-
-
-def _rows(scored: pa.Table, refused: bool) -> pa.Table:
-    keep = pc.is_valid(scored[REASON]) if refused else pc.is_null(scored[REASON])
-    rows = scored.filter(keep)
-    if refused:
-        outputs = set(OUTPUT_COLUMNS) - {REASON}
-        return rows.select([n for n in rows.column_names if n not in outputs])
-    return rows.drop_columns([REASON])
 
 
 AUTO_WORKER_CPUS, AUTO_TASK_CPUS = 0.5, 1.0
@@ -184,68 +180,55 @@ def score(options: ScoreOptions, settings: Settings, prepared: Prepared | None =
         dataset = source.read(options.data, reserved.task_cpus, reserved.tasks)
     else:
         check_before_scoring(options, dataset.schema())
+    compared = _compared(options, prepared)
+    out_fs, out = filesystem(options.out)
+    prefix = job_prefix()
+    prepare_folders(out_fs, out)
 
     started = time.perf_counter()
-    scored = dataset.map_batches(
+    summaries = dataset.map_batches(
         _Worker,
         fn_constructor_kwargs={"settings": settings, "options": options, "version": prepared.version,
-                               "policy": prepared.policy},
+                               "policy": prepared.policy, "prefix": prefix, "compared": compared},
         batch_size=options.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=options.workers),
         num_cpus=reserved.worker_cpus,
         zero_copy_batch=True,
-    ).materialize()  # fmt: skip
-    out_fs, out = filesystem(options.out)  # the URI's own endpoint and credentials, as the read's
-    tasks = {"num_cpus": reserved.task_cpus, "concurrency": reserved.tasks}
-    accepted = scored.map_batches(_rows, fn_kwargs={"refused": False}, batch_format="pyarrow", **tasks)
-    refused = scored.map_batches(_rows, fn_kwargs={"refused": True}, batch_format="pyarrow", **tasks)
-    writes = {"ray_remote_args": {"num_cpus": reserved.task_cpus}, "concurrency": reserved.tasks}
-    accepted.write_parquet(posixpath.join(out, SCORED), filesystem=out_fs, **writes)
-    refused.write_parquet(posixpath.join(out, REJECTS), filesystem=out_fs, **writes)
+    )  # fmt: skip
+    try:
+        totals = Totals(compared).add(summaries.iter_batches(batch_size=None, batch_format="pyarrow"))
+    except BaseException:
+        discard(out_fs, out, prefix)
+        raise
+    keep_only(out_fs, out, prefix, totals.files)
     seconds = time.perf_counter() - started
-    total, rejected = rows_in(scored, tasks), rows_in(refused, tasks)  # Dataset.count starts a 1-CPU task
     return ScoreSummary(
-        model=options.model, version=prepared.version, compare_version=options.compare, scored=total - rejected,
-        rejected=rejected, seconds=seconds, rows_per_s=total / seconds if seconds else 0.0,
-        comparison=_comparison(options, prepared, accepted, tasks), out=public_uri(options.out),
+        model=options.model, version=prepared.version, compare_version=options.compare,
+        scored=totals.rows - totals.refused, rejected=totals.refused, seconds=seconds,
+        rows_per_s=totals.rows / seconds if seconds else 0.0,
+        comparison=_comparison(options, prepared, totals), out=public_uri(options.out),
     )  # fmt: skip
 
 
-def _comparison(options: ScoreOptions, prepared: Prepared, accepted: Any, tasks: dict[str, Any]) -> Comparison | None:
+def _compared(options: ScoreOptions, prepared: Prepared) -> tuple[str, ...]:
+    """The columns a comparison needs back from the actors: the baseline's answers, the
+    version's, and the labels."""
+    baseline = COMPARE_PREDICTION if prepared.compare is not None else options.baseline
+    if baseline is None:
+        return ()
+    return (baseline, PREDICTION) + ((options.label,) if options.label else ())
+
+
+def _comparison(options: ScoreOptions, prepared: Prepared, totals: Totals) -> Comparison | None:
     """The one summary (nonstop/batch/evidence.py) of the scored rows against the
     --compare version's answers, or against a carried column of answers."""
-    if prepared.compare is not None:
-        baseline, name = COMPARE_PREDICTION, f"v{prepared.compare.version}"
-    elif options.baseline is not None:
-        baseline, name = options.baseline, "served"
-    else:
+    if not totals.compared:
         return None
-    table = columns_of(accepted, [baseline, PREDICTION] + ([options.label] if options.label else []), tasks)
+    baseline, name = (COMPARE_PREDICTION, f"v{prepared.compare.version}") if prepared.compare else (options.baseline, "served")
+    values = totals.values
     return compare(
-        table.column(baseline).to_pylist(), table.column(PREDICTION).to_pylist(),
+        values.get(baseline, []), values.get(PREDICTION, []),
         task=prepared.loaded.manifest.task, baseline_name=name, candidate_version=prepared.version,
-        labels=table.column(options.label).to_pylist() if options.label else None,
+        labels=values.get(options.label, []) if options.label else None,
     )  # fmt: skip
-
-
-def _num_rows(table: pa.Table) -> pa.Table:
-    return pa.table({"rows": [table.num_rows]})
-
-
-def rows_in(dataset: Any, tasks: dict[str, Any]) -> int:
-    """Rows of a dataset, counted by tasks that reserve what the job's do, read back in
-    the driver (`to_arrow_refs` converts blocks in tasks of a whole CPU)."""
-    counts = dataset.map_batches(_num_rows, batch_size=None, batch_format="pyarrow", **tasks)
-    return int(sum(sum(t.column("rows").to_pylist()) for t in counts.iter_batches(batch_size=None, batch_format="pyarrow")))
-
-
-def _select(table: pa.Table, columns: list[str]) -> pa.Table:
-    return table.select(columns)
-
-
-def columns_of(dataset: Any, columns: list[str], tasks: dict[str, Any]) -> pa.Table:
-    """A few columns of every row, in the driver: what a summary is computed from."""
-    selected = dataset.map_batches(_select, fn_kwargs={"columns": columns}, batch_format="pyarrow", **tasks)
-    tables = [t for t in selected.iter_batches(batch_size=None, batch_format="pyarrow") if t.num_rows]
-    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({c: pa.array([]) for c in columns})
