@@ -22,6 +22,7 @@ from harness.labelled import LabelledLoad
 from harness.loadgen import BackgroundLoad
 from harness.rollout import Stack, wait_until
 from nonstop.capture import RECORDS, CaptureConfig, filesystem, read, root_of
+from nonstop_ops.cluster.serve_config import deployment_config
 from serve_app.rollout.outcome_check import OutcomeCheck
 from serve_app.rollout.policy import Policy
 from tests.conftest import MODEL, train_into
@@ -43,15 +44,21 @@ def _captured(served: Stack) -> dict[str, list[int]]:
     return found
 
 
-def test_every_2xx_answered_during_a_promote_is_captured_exactly_once(served: Stack, demo_data: Path) -> None:
+def test_every_2xx_answered_during_a_promote_and_a_rollback_is_captured_exactly_once(served: Stack, demo_data: Path) -> None:
+    old = served.registry.resolve(MODEL, "production")
     new = train_into(served.registry, demo_data, promote=False).manifest.version
-    with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=8, max_seconds=swap_bound(served) + 120) as load:
+    with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=8, max_seconds=2 * swap_bound(served) + 120) as load:
         served.registry.promote(MODEL, new)
         wait_until(lambda: served.serving_everywhere(new), swap_bound(served), f"every replica serving v{new}")
+        served.registry.rollback(MODEL, actor="test", reason="capture across a rollback")
+        wait_until(lambda: served.serving_everywhere(old), swap_bound(served), f"every replica back on v{old}")
         result = load.stop()
     answered = {s.request_id: s.version for s in result.samples if s.ok}
     assert result.failed == [], result.failed[:5]
-    assert None not in answered and len(set(answered.values())) == 2  # the load spanned the swap: both versions answered
+    # the load spanned both swaps: the old version answered before and after the new one
+    assert None not in answered and set(answered.values()) == {str(old), str(new)}
+    last_new = max(s.sent_at for s in result.samples if s.ok and s.version == str(new))
+    assert any(s.sent_at > last_new and s.version == str(old) for s in result.samples if s.ok)
     wait_until(lambda: answered.keys() <= _captured(served).keys(), 60, "every answer captured")
     captured = _captured(served)
     assert {rid: captured[rid] for rid in answered} == {rid: [int(version)] for rid, version in answered.items()}
@@ -126,3 +133,36 @@ def test_every_2xx_answered_across_a_code_update_is_captured_exactly_once(served
     wait_until(lambda: answered.keys() <= _captured(served).keys(), 60, "every answer captured")
     captured = _captured(served)
     assert {rid: captured[rid] for rid in answered} == {rid: [int(version)] for rid, version in answered.items()}
+
+
+def test_an_unwritable_destination_fails_no_request_and_every_replica_counts_its_drops(served: Stack, tmp_path: Path) -> None:
+    """The capture block moved, by a `serve deploy`, to a destination nothing can be
+    written to (a folder under a file: even root cannot): every request is still answered,
+    each replica counts what it dropped, and its buffer stays within the bound."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    capture = {**deployment_config(served.config)["user_config"].get("capture", {}), "destination": str(blocker / "captures"), "flush_interval_s": 0.2, "max_buffered_rows": 100}
+    served.deploy(capture=capture)
+    try:
+        wait_until(lambda: _destinations(served) == {str(blocker / "captures")}, 60, "every replica capturing to the unwritable folder")
+        before = {rid: status.capture.dropped_rows for rid, status in served.board().items() if status.capture}
+        with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=4, max_seconds=60) as load:
+            time.sleep(5)
+            result = load.stop()
+        assert result.failed == [] and len(result.samples) > 20, result.failed[:5]
+        replicas = set(before)
+        answered = sum(1 for s in result.samples if s.ok)
+
+        def counted() -> bool:
+            board = served.board()
+            return sum(board[r].capture.dropped_rows - before[r] for r in replicas if board[r].capture) >= answered
+
+        wait_until(counted, 60, f"the {answered} answers counted as dropped")
+        assert all(s.capture.buffered_rows <= 100 for s in served.board().values() if s.capture)
+    finally:
+        served.deploy()
+        wait_until(lambda: str(blocker) not in str(_destinations(served)), 60, "the capture back where it was")
+
+
+def _destinations(served: Stack) -> set[str | None]:
+    return {status.capture.destination if status.capture else None for status in served.board().values()}

@@ -173,3 +173,19 @@ def test_scoring_reads_and_writes_s3_as_a_local_folder(served: Stack, s3_endpoin
     loaded = load_version(served.registry, MODEL, manifest.version, TrustPolicy())
     expected = loaded.predict(frame.sort_values("id")[manifest.feature_names].to_numpy(dtype=np.float64))
     assert scored["prediction"].tolist() == expected and len(scored) == len(frame)
+
+
+def test_scoring_runs_as_a_ray_job_submitted_to_the_cluster(served: Stack, demo_data: Path, tmp_path: Path) -> None:
+    """docs/batch.md's `ray job submit -- nonstop score ...`: the job's driver runs on the
+    cluster, finds the registry the cluster was started with and the cluster itself, and
+    scores the production version."""
+    version = served.registry.resolve(MODEL, "production")
+    rows = pq.read_table(demo_data).num_rows
+    bin_dir = Path(sys.executable).parent
+    command = [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{served.cluster.dashboard_port}", "--",
+               str(bin_dir / "nonstop"), "score", "--model", MODEL, "--data", str(demo_data), "--out", str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env={**os.environ, **served.cluster.client_environment()})
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    assert f"scored {rows} rows with {MODEL} v{version}" in done.stdout, done.stdout[-3000:]
+    scored = pq.read_table(tmp_path / "out" / "scored")
+    assert scored.num_rows == rows and set(scored.column("version").to_pylist()) == {version}
