@@ -3,9 +3,10 @@
 Each request carries one real row of a day's data under a request id of the load's own
 making (`x-request-id`), so the row's true label is known; every `post_every_s` the
 labels of the requests answered since the last post go to the model's outcomes route, as
-a system that learns the truth a little after each prediction would send them. The rows
-rotate through the frame; answers are kept as `CanaryLoad` keeps them (run_rollout reads
-them). Loopback only.
+a system that learns the truth a little after each prediction would send them; with
+`hold`, none is posted and they wait in `held` (the truth arrives the next day:
+benchmarks/daily_loop.py posts them then). The rows rotate through the frame; answers
+are kept as `CanaryLoad` keeps them (run_rollout reads them). Loopback only.
 """
 
 from __future__ import annotations
@@ -31,14 +32,19 @@ class LabelledLoad(CanaryLoad):
     labels: list[int] = field(default_factory=list)
     prefix: str = "labelled"
     post_every_s: float = 1.0
+    hold: bool = False
+    held: list[tuple[str, int]] = field(default_factory=list)  # (request id, label) answered, not posted
     posted: int = 0
     post_failures: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, url: str, outcomes_url: str, frame: pd.DataFrame, features: Sequence[str], prefix: str) -> LabelledLoad:
+    def of(
+        cls, url: str, outcomes_url: str, frame: pd.DataFrame, features: Sequence[str], prefix: str, hold: bool = False
+    ) -> LabelledLoad:
         check_loopback(outcomes_url)
         rows = frame[list(features)].to_numpy().tolist()
-        return cls(url=url, payloads=[], outcomes_url=outcomes_url, rows=rows, labels=[int(v) for v in frame["target"]], prefix=prefix)
+        labels = [int(v) for v in frame["target"]]
+        return cls(url=url, payloads=[], outcomes_url=outcomes_url, rows=rows, labels=labels, prefix=prefix, hold=hold)
 
     async def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
@@ -60,7 +66,7 @@ class LabelledLoad(CanaryLoad):
                         version, status = None, 0
                     self.answers.append(Answer(sent, time.perf_counter() - started, status, int(version) if version else None, rid))
                     if 200 <= status < 300:
-                        answered.append((rid, self.labels[index]))
+                        (self.held if self.hold else answered).append((rid, self.labels[index]))
 
             async def poster() -> None:
                 """The truth arrives a little after each answer."""

@@ -144,7 +144,7 @@ def test_an_unwritable_destination_fails_no_request_and_every_replica_counts_its
     capture = {**deployment_config(served.config)["user_config"].get("capture", {}), "destination": str(blocker / "captures"), "flush_interval_s": 0.2, "max_buffered_rows": 100}
     served.deploy(capture=capture)
     try:
-        wait_until(lambda: _destinations(served) == {str(blocker / "captures")}, 60, "every replica capturing to the unwritable folder")
+        wait_until(lambda: _everywhere(served, str(blocker / "captures")), 60, "every replica capturing to the unwritable folder")
         before = {rid: status.capture.dropped_rows for rid, status in served.board().items() if status.capture}
         with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=4, max_seconds=60) as load:
             time.sleep(5)
@@ -157,11 +157,20 @@ def test_an_unwritable_destination_fails_no_request_and_every_replica_counts_its
             board = served.board()
             return sum(board[r].capture.dropped_rows - before[r] for r in replicas if board[r].capture) >= answered
 
-        wait_until(counted, 60, f"the {answered} answers counted as dropped")
+        try:
+            wait_until(counted, 60, f"the {answered} answers counted as dropped")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; before: {before}; now: {[(r, s.capture) for r, s in served.board().items()]}") from None
         assert all(s.capture.buffered_rows <= 100 for s in served.board().values() if s.capture)
     finally:
         served.deploy()
         wait_until(lambda: str(blocker) not in str(_destinations(served)), 60, "the capture back where it was")
+
+
+def _everywhere(served: Stack, destination: str) -> bool:
+    """Every live replica has reported, and captures to `destination`."""
+    live, board = served.replicas(), served.board()
+    return len(board) == len(live) and all(s.capture is not None and s.capture.destination == destination for s in board.values())
 
 
 def _destinations(served: Stack) -> set[str | None]:
