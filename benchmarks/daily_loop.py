@@ -13,8 +13,8 @@ Each "day" (seconds here, not hours) does what a business retraining daily does,
    canary under the day's traffic, judged by the controller, promoted or rolled back;
    the day's traffic runs either way, captured, its labels held for tomorrow.
 
-The day's traffic is the demo data of a later day each time (it drifts a little every
-day). Writes a table of the days and a chart of live quality per version per day with the
+Day d's traffic is the demo data of day 2 + d (it drifts a little every day; the first
+candidate and production were trained on days 0-2). Writes a table of the days and a chart of live quality per version per day with the
 decisions marked:
 
     flock /tmp/nonstop-ray.lock .venv/bin/python -m benchmarks.daily_loop --out docs/results
@@ -59,6 +59,9 @@ from training.job import TrainOptions, train  # noqa: E402
 MODEL = "breast_cancer"
 CLUSTER = local.LocalCluster.isolated(38000, "nonstop-daily-loop")
 OUTCOMES_PER_POST = 10_000  # the route's bound
+# Rows of a day's traffic, each sent once (more than a day's requests): training refuses
+# data whose rows repeat, as a partition loaded twice would
+TRAFFIC_ROWS = 60_000
 
 
 def post_outcomes(url: str, pairs: list[tuple[str, int]]) -> int:
@@ -110,42 +113,58 @@ def run_day(registry: Registry, day: int, args: argparse.Namespace, work: Path, 
         record["replay"] = report.comparison.model_dump(mode="json")
     started = datetime.now(UTC)
     features = registry.manifest(MODEL, candidate).feature_names
-    load = LabelledLoad.of(f"{CLUSTER.http_url}/v1/models/{MODEL}:predict", outcomes_url, demo.day_frame(10 + day), features,
-                           f"day{day}", hold=True)  # fmt: skip
-    load.concurrency, load.max_seconds = args.concurrency, 3600
+    traffic = demo.day_frame(2 + day, TRAFFIC_ROWS)
+
+    def day_load(sent: int = 0) -> LabelledLoad:
+        """The day's rows from `sent` on, each request id new: a row is sent once a day."""
+        rows = traffic.iloc[sent:]
+        load = LabelledLoad.of(f"{CLUSTER.http_url}/v1/models/{MODEL}:predict", outcomes_url, rows, features, f"day{day}-{sent}", hold=True)
+        load.concurrency, load.max_seconds = args.concurrency, 3600
+        return load
+
+    load = day_load()
+    held_before: list[tuple[str, int]] = []
     rollouts = Rollouts(registry, MODEL, "production")
     try:
         run = run_rollout(registry, MODEL, candidate, policy, load, settle_s=args.traffic_s / 2, timeout_s=600,
                           trigger=lambda: rollouts.start(candidate, policy, actor="daily loop"))  # fmt: skip
         record.update(decision=run.outcome.action, reason=run.outcome.reason, failed=len(run.failed), requests=len(run.answers))
     except ConfigError as exc:  # the replay did not pass: never exposed; the day's traffic runs all the same
+        first, held_before = load, list(load.held)
+        load = day_load(len(first.answers))
         with load:
             time.sleep(args.traffic_s)
-        failed = sum(1 for a in load.answers if not 200 <= a.status < 300)
-        record.update(decision="not started", reason=exc.message, failed=failed, requests=len(load.answers))
+        answers = first.answers + load.answers
+        failed = sum(1 for a in answers if not 200 <= a.status < 300)
+        record.update(decision="not started", reason=exc.message, failed=failed, requests=len(answers))
     record["production_after"] = registry.resolve(MODEL, "production")
-    return record, list(load.held), started
+    return record, held_before + list(load.held), started
 
 
-def chart(days: list[dict[str, Any]], path: Path) -> None:
-    """Live accuracy per version (answers as primary) on each day's labelled traffic."""
+def chart(days: list[dict[str, Any]], last: dict[str, Any], path: Path) -> None:
+    """Live accuracy per version on each day's traffic (primary and candidate answers
+    together, weighted by labelled rows), measured when that day's labels arrived; each
+    day's rollout marked on its day."""
     fig, ax = plt.subplots(figsize=(8, 4))
-    points: dict[int, list[tuple[int, float]]] = {}
-    for entry in days:
+    points: dict[int, dict[int, tuple[float, int]]] = {}
+    for entry in [*days, last]:
         for line in entry.get("yesterday_quality", []):
-            accuracy = line["metrics"].get("accuracy")
-            if accuracy is not None and line["role"] != "shadow":
-                points.setdefault(line["version"], []).append((entry["day"] - 1, accuracy))
-    for version, values in sorted(points.items()):
-        xs, ys = zip(*sorted(values), strict=True)
-        ax.plot(xs, ys, marker="o", label=f"v{version}")
+            accuracy, rows = line["metrics"].get("accuracy"), line["labelled"]
+            if accuracy is None or line["role"] == "shadow" or not rows:
+                continue
+            total, count = points.setdefault(line["version"], {}).get(entry["day"] - 1, (0.0, 0))
+            points[line["version"]][entry["day"] - 1] = (total + accuracy * rows, count + rows)
+    for version, by_day in sorted(points.items()):
+        xs = sorted(by_day)
+        ax.plot(xs, [by_day[x][0] / by_day[x][1] for x in xs], marker="o", label=f"v{version}")
+    top = ax.get_ylim()[1]
     for entry in days:
-        ax.axvline(entry["day"] - 0.5, color="lightgrey", linewidth=0.8)
-        ax.annotate(f"v{entry['candidate']}: {entry['decision']}", (entry["day"] - 0.45, ax.get_ylim()[0]), fontsize=7, rotation=90,
-                    va="bottom")  # fmt: skip
-    ax.set_xlabel("day")
+        ax.axvline(entry["day"], color="lightgrey", linewidth=0.8, linestyle=":")
+        ax.annotate(f"v{entry['candidate']}: {entry['decision']}", (entry["day"] + 0.03, top), fontsize=7, rotation=90, va="top")
+    ax.set_xticks([entry["day"] for entry in days])
+    ax.set_xlabel("day of traffic")
     ax.set_ylabel("live accuracy (labels a day later)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -219,9 +238,12 @@ def main() -> None:
         record["yesterday_quality"] = quality_since(registry, yesterday) if yesterday else []
         tail = record
     finally:
+        import ray
+
+        ray.shutdown()  # before the cluster goes: a driver whose GCS vanished aborts the process
         local.stop(CLUSTER)
     (args.out / "daily-loop.json").write_text(json.dumps({"days": days, "last_outcomes": tail}, indent=2, default=str) + "\n")
-    chart([*days, {**tail, "candidate": "-", "decision": "labels only"}], args.out / "daily-loop.png")
+    chart(days, tail, args.out / "daily-loop.png")
     (args.out / "daily-loop.md").write_text(report(days, args))
     print(report(days, args))
 
