@@ -46,7 +46,7 @@ from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
 
 MODEL = "breast_cancer"
-CLUSTER = local.LocalCluster.isolated(37000, "nonstop-canary")
+CLUSTER = local.LocalCluster.isolated(29000, "nonstop-canary")
 BIN_S = 1.0
 
 

@@ -57,7 +57,7 @@ from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
 
 MODEL = "breast_cancer"
-CLUSTER = local.LocalCluster.isolated(38000, "nonstop-daily-loop")
+CLUSTER = local.LocalCluster.isolated(31000, "nonstop-daily-loop")
 OUTCOMES_PER_POST = 10_000  # the route's bound
 # Rows of a day's traffic, each sent once (more than a day's requests): training refuses
 # data whose rows repeat, as a partition loaded twice would

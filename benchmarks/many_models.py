@@ -235,7 +235,7 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=5.0, help="each held model's alias poll, seconds")
     parser.add_argument("--load-wait", type=float, default=10.0, help="budget.load_wait_s")
     parser.add_argument("--overhead-mb", type=float, default=64.0, help="stated memory overhead per replica above budget")
-    parser.add_argument("--port-base", type=int, default=int(os.environ.get("NONSTOP_MANY_PORT_BASE", "38000")))
+    parser.add_argument("--port-base", type=int, default=int(os.environ.get("NONSTOP_MANY_PORT_BASE", "25000")))
     parser.add_argument("--registry", type=Path, default=None, help="publish into this fresh folder (default: a temporary one)")
     parser.add_argument("--publish-only", action="store_true", help="publish the models and stop: Ray is not started")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/many-models"))

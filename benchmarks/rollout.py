@@ -34,7 +34,7 @@ from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
 
 MODEL = "breast_cancer"
-CLUSTER = local.LocalCluster.isolated(36000, "nonstop-rollout")
+CLUSTER = local.LocalCluster.isolated(28000, "nonstop-rollout")
 BIN_S = 1.0
 # the candidates each scenario trains on the scenario data (refuse_schema trains on a wider copy)
 CANDIDATES = {"alias": 1, "pin": 1, "refuse_corrupt": 1, "rollback": 1}

@@ -136,7 +136,7 @@ def scenario(name: str, stack: Stack, workers: list[nodes.WorkerNode], ids: dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
-    parser.add_argument("--port-base", type=int, default=37000)
+    parser.add_argument("--port-base", type=int, default=30000)
     parser.add_argument("--scenario", action="append", choices=SCENARIOS)
     parser.add_argument("--base", type=int, default=2)
     parser.add_argument("--burst", type=int, default=64)

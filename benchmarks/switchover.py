@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unfixed", action="store_true", help="the pre-issue-12 settings")
     parser.add_argument("--old-prestop", action="store_true", help="the pre-issue-24 preStop hook (soft-stop first)")
     parser.add_argument("--propagation", type=float, default=PROPAGATION_S, help="seconds until kube-proxy drops a deleted pod")
-    parser.add_argument("--port-base", type=int, default=int(os.environ.get("NONSTOP_TEST_PORT_BASE", "45000")))
+    parser.add_argument("--port-base", type=int, default=int(os.environ.get("NONSTOP_TEST_PORT_BASE", "24000")))
     parser.add_argument("--deletion-delay", type=float, default=60.0)
     parser.add_argument("--settle", type=float, default=15.0)
     parser.add_argument("--rate", type=float, default=20.0)

@@ -86,13 +86,17 @@ class Stack:
         live = self.replicas() if live is None else live
         return {k: v for k, v in read_board().items() if k in live}
 
-    def serving_everywhere(self, version: int, model: str | None = None) -> bool:
-        """One look at Serve's replicas (a dashboard call that costs the controller CPU the
-        replicas share) and one at the board."""
+    def everywhere(self, holds: Callable[[ReplicaStatus], bool]) -> bool:
+        """Serve runs as many replicas as the config asks (not one while another starts),
+        each has reported, and `holds` for every report. One look at Serve's replicas (a
+        dashboard call that costs the controller CPU the replicas share), one at the board."""
         live = self.replicas()
         board = self.board(live)
         fewest, most = replica_bounds(self.config)
-        return len(board) == len(live) and fewest <= len(live) <= most and all(r.serves(model or self.model, version) for r in board.values())
+        return len(board) == len(live) and fewest <= len(live) <= most and all(holds(r) for r in board.values())
+
+    def serving_everywhere(self, version: int, model: str | None = None) -> bool:
+        return self.everywhere(lambda r: r.serves(model or self.model, version))
 
     def refusing_everywhere(self, version: int, reason: str) -> bool:
         board = self.board()

@@ -31,6 +31,14 @@ from nonstop_ops.cluster.serve_config import check_user_config, grpc_port, serve
 from serve_app.wire.limits import Limits
 
 LOOPBACK = "127.0.0.1"
+# Fixed ports must stay clear of the ports Ray picks itself: its workers' (10002-19999 by
+# default) and the ones it draws at random above a port the kernel handed out (raylet,
+# object manager, agents: ray/_private/node.py), which lie in Linux's ephemeral range, as
+# do the local ends of client connections. A fixed port there may already be held by
+# another cluster's server: a GCS started on it never hears from its own raylet.
+RAY_WORKER_PORTS = range(10002, 20000)
+EPHEMERAL_PORTS = range(32768, 61000)
+ISOLATED_SPAN = 1000  # isolated() uses base+1 .. base+950, worker nodes' agents from base+960
 
 
 class LocalCluster(BaseModel):
@@ -75,6 +83,14 @@ class LocalCluster(BaseModel):
     def isolated(cls, base: int, name: str, **overrides: object) -> LocalCluster:
         """A cluster on ports base+1 .. base+950 with its own haproxy folder and token,
         so tests and benchmarks never touch a developer's `nonstop up` stack."""
+        span = range(base, base + ISOLATED_SPAN)
+        for taken, whose in ((RAY_WORKER_PORTS, "Ray's worker ports"), (EPHEMERAL_PORTS, "the kernel's ephemeral ports")):
+            if span.start < taken.stop and taken.start < span.stop:
+                raise ValueError(
+                    f"port base {base} puts the cluster's ports ({span.start}-{span.stop - 1}) among {whose} "
+                    f"({taken.start}-{taken.stop - 1}), which Ray may hold already: choose a base from "
+                    f"{RAY_WORKER_PORTS.stop} to {EPHEMERAL_PORTS.start - ISOLATED_SPAN}"
+                )
         folder = f"/tmp/{name}"
         ports = {
             "client_server_port": base + 1,
@@ -242,7 +258,20 @@ def start(cluster: LocalCluster, settings: Settings) -> None:
     env = {**os.environ, **cluster.environment(settings)}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise ClusterError(f"`ray start` failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        raise ClusterError(f"`ray start` failed ({done.returncode}): {done.stderr.strip()[-2000:]}{_startup_logs(cluster)}")
+
+
+def _startup_logs(cluster: LocalCluster, lines: int = 15) -> str:
+    """The end of the GCS's and the raylet's own logs: `ray start` says only that the node
+    did not register in time, these say why (a port taken, a crash)."""
+    logs = Path(cluster.ray_temp_dir) / "session_latest" / "logs"
+    told = []
+    for name in ("gcs_server.err", "gcs_server.out", "raylet.err", "raylet.out"):
+        with contextlib.suppress(OSError):
+            tail = (logs / name).read_text(errors="replace").splitlines()[-lines:]
+            if tail:
+                told.append(f"\n--- {logs / name} (last {len(tail)} lines)\n" + "\n".join(tail))
+    return "".join(told)
 
 
 def stop(cluster: LocalCluster, timeout_s: float = 30.0) -> None:

@@ -30,7 +30,7 @@ from tests.conftest import MODEL
 # suite's cluster trusts it as an operator would, by exact name in NONSTOP_TRUSTED_TYPES,
 # for the LightGBM example (tests/integration/test_examples.py)
 LIGHTGBM_TYPES = ("lightgbm.basic.Booster", "lightgbm.sklearn.LGBMClassifier")
-PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "46000"))
+PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "21000"))
 TEST_CLUSTER = local.LocalCluster.isolated(PORT_BASE, f"nst-{PORT_BASE}")
 POLL_INTERVAL_S = 0.5
 SLACK_S = 30.0  # a busy 2-core machine: scheduling, Ray's own work, the load driver

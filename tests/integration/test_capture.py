@@ -168,9 +168,8 @@ def test_an_unwritable_destination_fails_no_request_and_every_replica_counts_its
 
 
 def _everywhere(served: Stack, destination: str) -> bool:
-    """Every live replica has reported, and captures to `destination`."""
-    live, board = served.replicas(), served.board()
-    return len(board) == len(live) and all(s.capture is not None and s.capture.destination == destination for s in board.values())
+    """Every replica the config asks for has reported, and captures to `destination`."""
+    return served.everywhere(lambda s: s.capture is not None and s.capture.destination == destination)
 
 
 def _destinations(served: Stack) -> set[str | None]:

@@ -27,7 +27,7 @@ from tests.tools.kuberay.manifests import KUBERAY, find_kubectl, load_all, run_k
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 # The switchover test's two slots (base+1000, base+1010): the tier runs one test at a time.
-PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "46000")) + 1000
+PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "21000")) + 1000
 SHORT = Timing(rate=20.0, concurrency=4, settle_s=3.0, ready_timeout_s=240.0)
 
 

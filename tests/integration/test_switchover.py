@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 # Two slots next to the tier's own cluster (NONSTOP_TEST_PORT_BASE): base+1000 and
 # base+1010 (isolated() uses base+1 .. base+950); the Service on any free port.
-PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "46000")) + 1000
+PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "21000")) + 1000
 SHORT = Timing(rate=10.0, concurrency=4, settle_s=2.0, deletion_delay_s=3.0, ready_timeout_s=240.0)
 
 

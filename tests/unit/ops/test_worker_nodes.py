@@ -11,17 +11,17 @@ from nonstop_ops.cluster.lifecycle import LocalCluster
 
 
 def test_nodes_get_their_own_agent_port_above_the_heads_and_a_folder_the_cluster_stop_finds() -> None:
-    cluster = LocalCluster.isolated(48000, "nst-48000")
+    cluster = LocalCluster.isolated(23000, "nst-23000")
     first, second = (nodes.WorkerNode(cluster=cluster, index=i) for i in (1, 2))
     head_ports = {v for k, v in cluster.model_dump().items() if k.endswith("_port")}
-    assert first.dashboard_agent_port == 48961 and second.dashboard_agent_port == 48962
+    assert first.dashboard_agent_port == 23961 and second.dashboard_agent_port == 23962
     assert not {first.dashboard_agent_port, second.dashboard_agent_port} & head_ports
     # lifecycle.stop ends every process naming the head's Ray folder: the nodes' are inside it
     assert first.temp_dir.startswith(cluster.ray_temp_dir + "/") and first.temp_dir != second.temp_dir
 
 
 def test_a_node_index_out_of_range_is_refused_by_name() -> None:
-    cluster = LocalCluster.isolated(48000, "nst-48000")
+    cluster = LocalCluster.isolated(23000, "nst-23000")
     with pytest.raises(ValidationError, match="index"):
         nodes.WorkerNode(cluster=cluster, index=0)
     with pytest.raises(ValidationError, match="index"):
@@ -29,6 +29,12 @@ def test_a_node_index_out_of_range_is_refused_by_name() -> None:
 
 
 def test_a_node_for_a_cluster_never_started_fails_naming_the_node() -> None:
-    cluster = LocalCluster.isolated(48500, "nst-48500")  # no token, no GCS: nothing to join
-    with pytest.raises(ClusterError, match="node 3 of the cluster on port 48879"):
+    cluster = LocalCluster.isolated(23500, "nst-23500")  # no token, no GCS: nothing to join
+    with pytest.raises(ClusterError, match="node 3 of the cluster on port 23879"):
         nodes.start(nodes.WorkerNode(cluster=cluster, index=3), Settings(registry="/tmp/unused-registry"))
+
+
+@pytest.mark.parametrize("base", [19500, 32000, 46000])
+def test_an_isolated_cluster_among_the_ports_ray_picks_itself_is_refused_naming_the_range(base: int) -> None:
+    with pytest.raises(ValueError, match=f"port base {base} .* choose a base from 20000 to 31768"):
+        LocalCluster.isolated(base, f"nst-{base}")
