@@ -79,6 +79,17 @@ def bodies(frame: pd.DataFrame, features: Sequence[str], rows: int, rescale: dic
 POISON = -1.0
 
 
+def poisoned(payloads: list[bytes]) -> list[bytes]:
+    """Every other body with POISON as the first feature of its last row: the fragile
+    candidate raises on those requests' rows (log1p of -1), the primary answers them."""
+    out = list(payloads)
+    for index in range(0, len(out), 2):
+        body = json.loads(out[index])
+        body["instances"][-1][0] = POISON
+        out[index] = json.dumps(body).encode()
+    return out
+
+
 def publish_fragile(registry: Registry, model: str) -> int:
     """A real, trusted Pipeline published unpromoted: a candidate that fails on some inputs."""
     fragile = make_pipeline(FunctionTransformer(np.log1p), SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=1000))

@@ -9,7 +9,6 @@ are 4 s here (10 minutes by default), steps 10% -> 50% -> 100%.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from datetime import UTC, datetime, timedelta
@@ -25,7 +24,7 @@ from nonstop.storage import LocalStorage
 from serve_app.rollout.canary import share_of
 from serve_app.rollout.policy import Policy
 from tests.conftest import MODEL, train_into
-from harness.canary import POISON, PROTOCOLS, CanaryLoad, RolloutRun, bodies, publish_fragile, run_rollout
+from harness.canary import PROTOCOLS, CanaryLoad, RolloutRun, bodies, poisoned, publish_fragile, run_rollout
 from harness.rollout import Stack, wait_until
 from tests.integration.conftest import POLL_INTERVAL_S, SLACK_S
 from tests.integration.test_metrics import _series
@@ -94,11 +93,7 @@ def fragile_run(served: Stack) -> RolloutRun:
     registry = served.registry
     candidate = publish_fragile(registry, MODEL)
     features = registry.manifest(MODEL, registry.resolve(MODEL, "production") or 1).feature_names
-    payloads = bodies(_live_frame(), features, ROWS_PER_REQUEST)
-    for index in range(0, len(payloads), 2):
-        body = json.loads(payloads[index])
-        body["instances"][-1][0] = POISON
-        payloads[index] = json.dumps(body).encode()
+    payloads = poisoned(bodies(_live_frame(), features, ROWS_PER_REQUEST))
     load = CanaryLoad(
         served.predict_url, payloads, concurrency=4, protocols=PROTOCOLS, features=tuple(features),
         grpc_address=f"127.0.0.1:{served.cluster.grpc_port}",

@@ -43,6 +43,7 @@ class Scaled:
     stack: Stack
     workers: list[nodes.WorkerNode]
     node_ids: list[str]
+    settings: Settings
 
 
 def loader_nodes() -> Counter[str]:
@@ -74,7 +75,7 @@ def scaled(served: Stack) -> Iterator[Scaled]:
         served.config = with_autoscaling(original, **FAST)
         local.deploy(served.cluster, served.config)
         wait_until(served.settled, 180, "the fast autoscaling config applied")
-        yield Scaled(served, workers, node_ids)
+        yield Scaled(served, workers, node_ids, settings)
     finally:
         # back to the fewest replicas at test speed, off the worker nodes, then the suite's config
         served.config = with_autoscaling(original, **{**FAST, "max_replicas": FEWEST})
@@ -133,13 +134,37 @@ def test_a_model_swap_while_replicas_are_added_fails_nothing(scaled: Scaled) -> 
     assert all(s.version == new for s in report.new_replicas if s.seen_at > swapped), summary
 
 
-def test_a_worker_node_killed_under_load_fails_at_most_the_requests_in_flight(scaled: Scaled) -> None:
-    stack = scaled.stack
-    # replicas on every node: the fixed count fills the head's two CPUs and spreads the rest
+def _spread(stack: Stack) -> list[str]:
+    """MOST replicas, whatever the load: the fixed count fills the head's two CPUs and
+    spreads the rest over the worker nodes. The node of each replica."""
     stack.config = with_autoscaling(stack.config, min_replicas=MOST, initial_replicas=MOST)
     local.deploy(stack.cluster, stack.config)
     wait_until(lambda: len(running_on(stack.cluster)) == MOST, 180, f"{MOST} replicas running", 0.5)
-    placed = list(running_on(stack.cluster).values())
+    return list(running_on(stack.cluster).values())
+
+
+def test_a_worker_node_drained_under_load_fails_nothing(scaled: Scaled) -> None:
+    """Ray's DrainNode with a deadline, as KubeRay's autoscaler asks before it deletes a
+    worker pod: Serve starts the node's replicas elsewhere before it stops them, so no
+    request fails. The node is started again after (a new Ray node) for the next test."""
+    stack = scaled.stack
+    placed = _spread(stack)
+    index = max(range(len(scaled.workers)), key=lambda i: placed.count(scaled.node_ids[i]))
+    victim, victim_id = scaled.workers[index], scaled.node_ids[index]
+
+    report = node_loss(stack, victim, victim_id, Loss(concurrency=KILL_LOAD, settle_s=3.0), kill=False)
+
+    summary = str({k: v for k, v in report.as_dict().items() if k != "timeline"})
+    assert report.requests > 0 and report.failed == 0, summary
+    assert report.replicas_after == MOST and report.recovered_s is not None, summary
+    assert not nodes.pids(victim), summary
+    nodes.start(victim, scaled.settings)
+    scaled.node_ids[index] = nodes.joined(victim)
+
+
+def test_a_worker_node_killed_under_load_fails_at_most_the_requests_in_flight(scaled: Scaled) -> None:
+    stack = scaled.stack
+    placed = _spread(stack)
     # each replica's loader on the replica's own node: a node's loss takes no loader of a
     # replica elsewhere, which could load nothing after (serve_app/replica/loader_actor.py)
     wait_until(lambda: loader_nodes() == Counter(running_on(stack.cluster).values()), 60, "each loader on its replica's node", 0.5)
