@@ -117,7 +117,6 @@ def test_canarying_one_model_fails_no_request_on_any(many: Stack) -> None:
     served = many
     registry = served.registry
     production = {m: registry.resolve(m, "production") for m in MODELS}
-    wait_until(lambda: all(_everywhere(served, m, production[m]) for m in MODELS), 120, "every model loaded on every replica")
     features = registry.manifest(MODEL, production[MODEL] or 1).feature_names
     frame = pd.concat([demo.day_frame(day) for day in (3, 4)], ignore_index=True).sample(frac=1.0, random_state=5)
     canaried = CanaryLoad(served.predict_url, poisoned(bodies(frame, features, 8)), concurrency=2)
@@ -127,6 +126,9 @@ def test_canarying_one_model_fails_no_request_on_any(many: Stack) -> None:
     for load in others.values():
         load.__enter__()
     try:
+        # a replica loads a model on its first request for it (within the budget of three)
+        with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=1, max_seconds=120):
+            wait_until(lambda: all(_everywhere(served, m, production[m]) for m in MODELS), 120, "every model loaded on every replica")
         run = run_rollout(registry, MODEL, candidate, POLICY, canaried, settle_s=2.0, timeout_s=6 * WINDOW_S + 60)
     finally:
         results: dict[str, LoadResult] = {m: load.stop() for m, load in others.items()}
