@@ -2,8 +2,8 @@
 
 In one run, on one local cluster serving the demo model (benchmarks/throughput.py's
 cluster, ports, model and client): the Serve config is redeployed with capture off, on at
-1 % sampling and on at 100 % (each rate to a destination of its own, so what each wrote
-is counted apart), and one-row requests are sent at 16 and 64 clients; the settings run
+1 % sampling, on at 100 % (each rate to a destination of its own, so what each wrote
+is counted apart) and on at 100 % to a destination nothing can be written to, and one-row requests are sent at 16 and 64 clients; the settings run
 in reverse order every other round and the levels every other phase
 (capture_cost_report.schedule). Every replica's written and dropped rows are read from
 the status board when a setting takes over: a new capture config is applied after the
@@ -56,8 +56,15 @@ WARM_UP = (4, 2.0)  # clients, seconds: after each redeploy, before the levels a
 
 def folder(work: Path, setting: Setting) -> str:
     """Each sample rate writes to a folder of its own, so the records of each are counted apart
-    and a replica's status names the setting it applied."""
+    and a replica's status names the setting it applied. The unwritable one lies under a
+    file (`blocker`), where no one, root included, can create a folder."""
+    if setting.unwritable:
+        return str(blocker(work) / "captures")
     return str(work / "captures" / f"rate-{setting.sample_rate:g}")
+
+
+def blocker(work: Path) -> Path:
+    return work / "a-file"
 
 
 def destination(work: Path, setting: Setting) -> str | None:
@@ -102,6 +109,7 @@ def measure_settings(
     """Every phase of the schedule; per setting its runs, requests answered, and the rows
     its replicas wrote and dropped (counter deltas from one setting's start to the next's)."""
     client: Callable[..., dict[str, Any]] = throughput.load_client()
+    blocker(work).write_text("not a folder")
     url = f"{cluster.http_url}/v1/models/{MODEL}:predict"
     shipped = load_serve_config()
     results: dict[str, dict[str, Any]] = {}
@@ -133,7 +141,7 @@ def measure_settings(
         switch(OFF)  # the last setting's buffers written, its counters read
     for name, entry in results.items():
         where = destination(work, BY_NAME[name])
-        table = read(*filesystem(where), RECORDS, MODEL) if where else None
+        table = read(*filesystem(where), RECORDS, MODEL) if where and not BY_NAME[name].unwritable else None
         entry["written"] = table.num_rows if table is not None else 0
     return results
 

@@ -22,11 +22,14 @@ class Setting:
     enabled: bool
     sample_rate: float = 1.0
     goal_pct: float | None = None  # None: the baseline
+    unwritable: bool = False  # a destination nothing can be written to: every row dropped
 
 
 OFF = Setting("off", enabled=False)
 FULL = Setting("100%", True, 1.0, goal_pct=10.0)
-SETTINGS = (OFF, Setting("1%", True, 0.01, goal_pct=2.0), FULL)
+# serving must go on as if capture were off: its goal is the one of capture that works
+UNWRITABLE = Setting("100%, unwritable", True, 1.0, goal_pct=10.0, unwritable=True)
+SETTINGS = (OFF, Setting("1%", True, 0.01, goal_pct=2.0), FULL, UNWRITABLE)
 BY_NAME = {s.name: s for s in SETTINGS}
 LEVELS = (16, 64)
 

@@ -10,15 +10,16 @@ from typing import Any
 import pytest
 
 from benchmarks.capture_cost import destination, with_capture
-from benchmarks.capture_cost_report import FULL, LEVELS, OFF, SETTINGS, cost_pct, medians, report, schedule, verdict
+from benchmarks.capture_cost_report import FULL, LEVELS, OFF, SETTINGS, UNWRITABLE, cost_pct, medians, report, schedule, verdict
 from nonstop.capture import CaptureConfig
 from nonstop_ops.cluster.serve_config import check_user_config, deployment_config, load_serve_config, replica_bounds
 
 
 def test_every_setting_meets_every_level_each_round_in_alternating_orders() -> None:
     phases = schedule(2)
-    assert [(r, s.name) for r, s, _ in phases] == [(0, "off"), (0, "1%"), (0, "100%"), (1, "100%"), (1, "1%"), (1, "off")]
-    assert [levels for _, _, levels in phases] == [(16, 64), (64, 16)] * 3
+    names = ["off", "1%", "100%", "100%, unwritable"]
+    assert [(r, s.name) for r, s, _ in phases] == [(0, n) for n in names] + [(1, n) for n in reversed(names)]
+    assert [levels for _, _, levels in phases] == [(16, 64), (64, 16)] * 4
     runs = {(s.name, c) for _, s, levels in phases for c in levels}
     assert runs == {(s.name, c) for s in SETTINGS for c in LEVELS}
 
@@ -64,6 +65,7 @@ def _results() -> dict[str, Any]:
             "off": {"runs": runs(1000.0, 10.0), "answered": 30_000, "written": 0, "written_by_replicas": 0, "dropped": 0},
             "1%": {"runs": runs(990.0, 10.0), "answered": 30_000, "written": 301, "written_by_replicas": 301, "dropped": 0},
             FULL.name: {"runs": runs(850.0, 20.0), "answered": 25_000, "written": 25_000, "written_by_replicas": 25_000, "dropped": 0},
+            UNWRITABLE.name: {"runs": runs(995.0, 10.0), "answered": 29_000, "written": 0, "written_by_replicas": 0, "dropped": 29_000},
         },
         "replay": {"rows": 25_000, "candidate": 1, "rejected": 0, "agreement": 1.0, "seconds": 5.0, "rows_per_s": 5000.0,
                    "read_seconds": 0.5},
@@ -78,4 +80,6 @@ def test_the_report_states_each_cost_against_its_goal() -> None:
     assert "| 1% | 16 | 990 | +1.0 % | 1.00 | 10.00 | ×1.00 | 0 | ≤ 2 %: met |" in text
     assert "| 100% | 64 | 3,400 | +15.0 % | 1.00 | 20.00 | ×2.00 | 0 | ≤ 10 %: NOT met |" in text
     assert "| 1% | 30,000 | 301 | 1.00% | 301 | 0 |" in text
+    assert "| 100%, unwritable | 16 | 995 | +0.5 % | 1.00 | 10.00 | ×1.00 | 0 | ≤ 10 %: met |" in text
+    assert "| 100%, unwritable | 29,000 | 0 | 0.00% | 0 | 29,000 |" in text
     assert "| `nonstop replay` (library call), end to end: read, score on Ray, write, compare, ledger entry | 5,000 | 0.5% | 5.00 |" in text
