@@ -60,7 +60,7 @@ LAYERS = (
     ("nonstop data plane", "serve_app/replica/dataplane.py"),
     ("batching (serve.batch)", "ray/serve/batching.py"),
     ("decode (json.loads, validation)", "_instances"),
-    ("decode (json.loads, validation)", "_fast_matrix"),
+    ("decode (json.loads, validation)", "_typed_matrix"),
     ("decode (json.loads, validation)", "json/decoder.py"),
     ("predict", "loading.py"),
     ("predict", "compiled.py"),

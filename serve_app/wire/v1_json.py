@@ -2,30 +2,32 @@
 
 Decoding is checked against the schema of the exact version that will answer (the
 caller passes its features), so the matrix handed to the data plane is already valid.
-Validation has a fast path for well-formed JSON (one numpy conversion and a few
-vectorized checks); anything irregular falls back to a row-by-row walk whose only job is
-to name the first problem precisely.
+An all-numeric schema has a fast path: the body is decoded against the schema itself
+(msgspec, typed), objects by name as cheaply as lists, into one numpy conversion. Anything
+that path does not take is parsed as plain JSON (orjson, then Python's json) and walked
+row by row, whose job is to accept what the fast path would not and to name the first
+problem precisely.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import operator
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
+from msgspec.structs import astuple
 
 from nonstop.errors import InvalidInput, PayloadTooLarge, clip
 from nonstop.manifest import FeatureSpec
 from nonstop.schema import rows_to_matrix
 from serve_app.wire.limits import Limits
-from serve_app.wire.numbers import finite_floats
 from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_matrix, is_arrow
 
 
@@ -34,13 +36,16 @@ def body_matrix(body: bytes, content_type: str | None, features: Sequence[Featur
     `{"instances": [...]}`, as clients that omit the content type expect."""
     if is_arrow(content_type):
         return arrow_matrix(body, list(features), limits)
+    typed = _typed_matrix(body, _plan(features), limits)
+    if typed is not None:
+        return typed
     try:
-        return instances_matrix(json_instances(body, limits), features, limits)
+        return _checked_matrix(json_instances(body, limits), features, limits)
     except InvalidInput:
         # orjson reads an integer beyond 64 bits as the nearest double, which a numeric
         # feature makes of it anyway; but a refusal quotes the values it names, and must
         # quote them as Python's json reads them (as V2 does): refused bodies are read again
-        return instances_matrix(json_instances(body, limits, fast=False), features, limits)
+        return _checked_matrix(json_instances(body, limits, fast=False), features, limits)
 
 
 def json_instances(body: bytes, limits: Limits, fast: bool = True) -> list[Any]:
@@ -81,21 +86,13 @@ def _parse_json(body: bytes, fast: bool = True) -> Any:
         ) from exc
 
 
-def instances_matrix(instances: list[Any], features: Sequence[FeatureSpec], limits: Limits) -> np.ndarray:
-    """Instances (objects keyed by feature name or lists in schema order) as a matrix."""
-    matrix = _fast_matrix(instances, _plan(features))
-    return matrix if matrix is not None else _checked_matrix(instances, features, limits)
-
-
 @dataclass(frozen=True)
 class _Plan:
-    """What the fast path needs of a schema, worked out once per served version (a
+    """The typed decoder of an all-numeric schema, built once per served version (a
     request's features are its version's list, the same object every time)."""
 
     features: Sequence[FeatureSpec]
-    numeric: bool
-    names: list[str]
-    pick: Callable[[dict[str, Any]], Any]  # an object's values in schema order
+    decoder: msgspec.json.Decoder[Any] | None  # None: a schema with a category
 
 
 _PLANS: dict[int, _Plan] = {}
@@ -106,52 +103,56 @@ def _plan(features: Sequence[FeatureSpec]) -> _Plan:
     plan = _PLANS.get(id(features))
     if plan is not None and plan.features is features:
         return plan
-    names = [f.name for f in features]
-    single = len(names) == 1
-    pick = (lambda instance: (instance[names[0]],)) if single else operator.itemgetter(*names)
-    plan = _Plan(features, all(f.kind == "number" for f in features), names, pick)
+    decoder = None
+    if all(f.kind == "number" for f in features):
+        fields = [f"f{i}" for i in range(len(features))]  # a feature's name need not be an identifier
+        named = msgspec.defstruct(
+            "Instance",
+            [(field, float) for field in fields],
+            forbid_unknown_fields=True,
+            rename={field: f.name for field, f in zip(fields, features, strict=True)},
+        )
+        listed = tuple[(float,) * len(fields)]  # type: ignore[misc]
+        body = msgspec.defstruct("Body", [("instances", list[named | listed])], forbid_unknown_fields=True)  # type: ignore[valid-type]
+        decoder = msgspec.json.Decoder(body)
+    plan = _Plan(features, decoder)
     if len(_PLANS) >= _MOST_PLANS:
         _PLANS.clear()
     _PLANS[id(features)] = plan
     return plan
 
 
-def _fast_matrix(instances: list[Any], plan: _Plan) -> np.ndarray | None:
-    """An all-numeric schema, every instance the same shape, numbers only, all finite:
-    the float matrix with no Python code run per value (serve_app/wire/numbers.py);
-    anything else is None, for the checked path to refuse or convert. Objects whose keys
-    come in the schema's order (what a client serialising its records sends) are read by
-    their values, skipping a lookup per value."""
-    if not plan.numeric:
+def _typed_matrix(body: bytes, plan: _Plan, limits: Limits) -> np.ndarray | None:
+    """The fast path, for an all-numeric schema: msgspec decodes the body against the
+    schema itself (every instance an object with exactly the schema's names, or a list of
+    its width; every value a JSON number within a float's range), so no Python code runs
+    per value and objects cost about what lists do. Anything it does not take (null, a
+    bool, a string, a missing or unknown feature, NaN, an integer beyond a float, bad
+    JSON, no instances or too many) gives None, for the checked path to accept or refuse
+    in its own words: the fast path never decides a refusal."""
+    if plan.decoder is None:
         return None
-    width = len(plan.names)
+    try:
+        instances = plan.decoder.decode(body).instances
+    except msgspec.DecodeError:  # msgspec.ValidationError included
+        return None
+    if not 0 < len(instances) <= limits.max_instances:
+        return None
     kinds = set(map(type, instances))
-    if kinds == {dict}:
-        try:
-            values = _object_values(instances, plan)
-        except KeyError:
-            return None
-    elif kinds == {list} and set(map(len, instances)) == {width}:
-        values = list(chain.from_iterable(instances))
+    if kinds == {tuple}:
+        rows: Iterable[tuple[float, ...]] = instances
+    elif tuple not in kinds:
+        rows = map(astuple, instances)  # an object's values in its fields' order: the schema's
     else:
-        return None
-    flat = None if values is None else finite_floats(values)
-    return None if flat is None else flat.reshape(len(instances), width)
-
-
-def _object_values(instances: list[dict[str, Any]], plan: _Plan) -> list[Any] | None:
-    """Every object's values in schema order, row after row; None when one lacks a
-    feature or has more than the schema's."""
-    first = list(instances[0])
-    if first == plan.names and all(map(first.__eq__, map(list, instances))):
-        return list(chain.from_iterable(map(dict.values, instances)))
-    if set(map(len, instances)) != {len(plan.names)}:
-        return None
-    return list(chain.from_iterable(map(plan.pick, instances)))  # a missing key raises KeyError
+        rows = [i if type(i) is tuple else astuple(i) for i in instances]
+    width = len(plan.features)
+    matrix = np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=len(instances) * width)
+    return matrix.reshape(len(instances), width)
 
 
 def _checked_matrix(instances: list[Any], features: Sequence[FeatureSpec], limits: Limits) -> np.ndarray:
-    """The slow path: walk every value and name the first problem."""
+    """Instances (objects keyed by feature name or lists in schema order) as a matrix:
+    the slow path, walking every value and naming the first problem."""
     names = [f.name for f in features]
     rows = []
     for index, instance in enumerate(instances):

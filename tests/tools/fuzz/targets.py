@@ -34,6 +34,7 @@ with atheris.instrument_imports(include=["serve_app", "nonstop"]):
     from serve_app.wire import v1_arrow, v1_json, v2_json
     from serve_app.wire.limits import Limits
 
+import numpy as np
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 
@@ -44,6 +45,7 @@ FEATURES = [
     FeatureSpec(name="y", kind="number", dtype="int64"),
     FeatureSpec(name="colour", kind="category", dtype="string"),
 ]
+NUMERIC = [FeatureSpec(name="x", kind="number", dtype="float64"), FeatureSpec(name="y z", kind="number", dtype="int64")]
 LIMITS = Limits(max_instances=256, max_string_length=64)
 STATS_EVERY = 2000
 STATS_SECONDS = 2.0
@@ -53,6 +55,18 @@ _counts: Counter[str] = Counter()
 
 def decode_json(data: bytes) -> object:
     return v1_json.body_matrix(data, "application/json", FEATURES, LIMITS)
+
+
+def decode_json_numeric(data: bytes) -> object:
+    """An all-numeric schema, whose bodies msgspec decodes against the schema: whatever
+    that fast path accepts, the value-by-value check of the same body, read by Python's
+    json, must accept as the same matrix (a difference is a finding)."""
+    matrix = v1_json.body_matrix(data, "application/json", NUMERIC, LIMITS)
+    if v1_json._typed_matrix(data, v1_json._plan(NUMERIC), LIMITS) is not None:
+        checked = v1_json._checked_matrix(v1_json.json_instances(data, LIMITS, fast=False), NUMERIC, LIMITS)
+        if not np.array_equal(matrix, checked):
+            raise AssertionError(f"the fast path read {matrix!r}, the check {checked!r}")
+    return matrix
 
 
 def decode_arrow(data: bytes) -> object:
@@ -88,6 +102,7 @@ def native_crash(data: bytes) -> object:
 TARGETS: dict[str, tuple[Callable[[bytes], object], tuple[type[Exception], ...]]] = {
     "native-crash": (native_crash, ()),
     "json": (decode_json, CLIENT_REFUSALS),
+    "json-numeric": (decode_json_numeric, CLIENT_REFUSALS),
     "arrow": (decode_arrow, CLIENT_REFUSALS),
     "v2": (decode_v2, CLIENT_REFUSALS),
     "grpc": (decode_grpc, (*CLIENT_REFUSALS, DecodeError)),
@@ -110,6 +125,12 @@ def seeds(target: str) -> list[bytes]:
             b'{"instances": [{"x": 1.5, "y": 2, "colour": "red"}, {"x": null, "y": -1, "colour": null}]}',
             b'{"instances": [[1.5, 2, "red"], [0, 1e300, "blue"]]}',
             b'{"instances": [[1, 2, "\\u00e9"]], "extra": 1}',
+        ]
+    if target == "json-numeric":
+        return [
+            b'{"instances": [{"x": 1.5, "y z": 2}, [0, -1e300], {"y z": 3, "x": null}]}',
+            b'{"instances": [[1.5, 2], [0, 123456789012345678901234567890]]}',
+            b'{"instances": [{"x": 1, "y z": 2, "x": 3}], "extra": 1}',
         ]
     if target == "arrow":
         plain = pa.table({"x": [1.5, None], "y": pa.array([2, 3], pa.int64()), "colour": ["red", None]})

@@ -1,5 +1,6 @@
-"""V1 instances and V2 JSON tensors take a fast path when they are well formed (no Python
-code per value, serve_app/wire/numbers.py); the value-by-value check is the reference.
+"""V1 instances (msgspec decoding against the schema) and V2 JSON tensors
+(serve_app/wire/numbers.py) take a fast path when they are well formed, no Python code run
+per value; the value-by-value check is the reference.
 Whatever the shape, the fast path answers exactly what the check alone answers: the same
 matrix, or the same refusal in the same words."""
 
@@ -16,11 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nonstop.errors import InvalidInput
+from nonstop.errors import InvalidInput, PayloadTooLarge
 from nonstop.manifest import FeatureSpec
 from serve_app.wire import v2_json
 from serve_app.wire.limits import Limits
-from serve_app.wire.v1_json import _checked_matrix, _fast_matrix, _plan, body_matrix
+from serve_app.wire.v1_json import _checked_matrix, _plan, _typed_matrix, body_matrix
 
 NAMES = ["mean radius", "texture", "area", "smoothness"]
 FEATURES = [FeatureSpec(name=n, kind="number", dtype="float64") for n in NAMES]
@@ -47,16 +48,57 @@ def _objects(rows: list[list[Any]], names: list[str] = NAMES) -> list[dict[str, 
     return [{n: row[NAMES.index(n)] for n in names} for row in rows]
 
 
+def _typed(instances: list[Any]) -> np.ndarray | None:
+    return _typed_matrix(orjson.dumps({"instances": instances}), _plan(FEATURES), LIMITS)
+
+
 def test_well_formed_bodies_take_the_fast_path_in_every_shape() -> None:
-    """Lists, objects in schema order and objects in another order all become the matrix
-    without the row-by-row check; integers are numbers."""
+    """Lists, objects in schema order, objects in another order and a mix of the two all
+    become the matrix without the row-by-row check; integers are numbers."""
     rows = [ROW, [v * 2 for v in ROW]]
     expected = np.array(rows, dtype=np.float64)
-    plan = _plan(FEATURES)
-    for instances in (rows, _objects(rows), _objects(rows, list(reversed(NAMES)))):
-        fast = _fast_matrix(orjson.loads(orjson.dumps(instances)), plan)
+    mixed = [rows[0], _objects(rows)[1]]
+    for instances in (rows, _objects(rows), _objects(rows, list(reversed(NAMES))), mixed):
+        fast = _typed(instances)
         assert fast is not None and fast.dtype == np.float64
         np.testing.assert_array_equal(fast, expected)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": []}',
+        b'{"instances": [[1, 2, 3, 4]], "parameters": {}}',
+        b'{"instances": [[1, 2, 3, NaN]]}',
+        b'{"instances": [[1, 2, 3, null]]}',
+        b'{"instances": [[1, 2, 3, 1e400]]}',
+        b'{"instances": [[1, 2, 3, 4]]} trailing',
+        b'[[1, 2, 3, 4]]',
+    ],
+)
+def test_the_fast_path_leaves_to_the_check_what_it_does_not_take(body: bytes) -> None:
+    assert _typed_matrix(body, _plan(FEATURES), LIMITS) is None
+
+
+def test_too_many_instances_are_left_to_the_check_which_refuses_them() -> None:
+    body = orjson.dumps({"instances": [ROW] * 3})
+    assert _typed_matrix(body, _plan(FEATURES), Limits(max_instances=2)) is None
+    with pytest.raises(PayloadTooLarge, match="3 instances exceed the limit of 2"):
+        body_matrix(body, None, FEATURES, Limits(max_instances=2))
+
+
+def test_a_repeated_key_counts_its_last_value_as_plain_json_does() -> None:
+    body = b'{"instances": [{"mean radius": 1, "texture": 2, "area": 3, "smoothness": 4, "area": 9}]}'
+    assert _typed_matrix(body, _plan(FEATURES), LIMITS) is not None
+    np.testing.assert_array_equal(body_matrix(body, None, FEATURES, LIMITS), [[1, 2, 9, 4]])
+    np.testing.assert_array_equal(_checked_matrix(json.loads(body)["instances"], FEATURES, LIMITS), [[1, 2, 9, 4]])
+
+
+def test_a_schema_with_a_category_takes_the_checked_path() -> None:
+    features = [*FEATURES, FeatureSpec(name="colour", kind="category", dtype="string")]
+    body = orjson.dumps({"instances": [{**_objects([ROW])[0], "colour": "red"}]})
+    assert _typed_matrix(body, _plan(features), LIMITS) is None
+    assert body_matrix(body, None, features, LIMITS).shape == (1, 5)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +112,7 @@ def test_well_formed_bodies_take_the_fast_path_in_every_shape() -> None:
         (_objects([ROW, ROW[:3] + [[1.0]]]), "instance 1, feature 'smoothness': expected a number, got list [1.0]"),
         ([ROW[:2] + [False, ROW[3]]], "instance 0, feature 'area': expected a number, got bool false"),
         ([ROW, ROW[:3]], "instance 1: expected 4 values in schema order, got 3"),
-        ([ROW, _objects([ROW])[0]], None),  # mixed shapes are read row by row, and accepted
+        ([ROW, _objects([ROW])[0]], None),  # mixed shapes are accepted
         ([ROW, "text"], "instance 1: must be an object keyed by feature name or a list of values"),
     ],
 )
@@ -79,7 +121,7 @@ def test_the_fast_path_refuses_in_the_checks_words(instances: list[Any], message
     false differently)."""
     good = _objects([ROW])[0] if isinstance(instances[0], dict) else ROW
     for body in (instances, instances + [good] * 100):
-        assert _fast_matrix(body, _plan(FEATURES)) is None
+        assert (_typed(body) is None) == (message is not None)
         kind, answer = _decode(body)
         assert (kind, answer if kind == "refused" else None) == (("refused", message) if message else ("ok", None))
 
