@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from nonstop.profile import CategoryProfile, DataProfile, NumericProfile, bin_counts, psi
 from serve_app.rollout.outcome_check import LabelledEvidence
 
-# 0.25 ms to 30 s in 48 geometric steps: a percentile read from these bins is within one
-# step's ratio of the exact value
+# geometric steps over the latencies a request can take: a percentile read from these
+# bins is within one step's ratio of the exact value
 LATENCY_EDGES_S: tuple[float, ...] = tuple(float(e) for e in np.geomspace(0.00025, 30.0, 48))
 
 

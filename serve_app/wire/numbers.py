@@ -1,5 +1,5 @@
-"""Parsed JSON numbers into float64 with no Python code run per value: both JSON codecs'
-fast path.
+"""Parsed JSON numbers into float64 with no Python code run per value: the V2 JSON
+codec's fast path (V1 bodies are decoded typed against the schema, serve_app/wire/v1_json.py).
 
 A JSON parser hands over Python objects; checking each one's type in a Python loop costs
 more than parsing it did. Here C loops do the work: `sum` raises unless every value is a
