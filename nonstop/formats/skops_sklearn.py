@@ -37,6 +37,7 @@ import io
 import zipfile
 from collections import OrderedDict, defaultdict
 from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -216,17 +217,19 @@ class SkopsFormat:
         return sio.dumps(estimator)
 
     def types_in(self, data: bytes) -> set[str]:
-        return set(self._audit(data, frozenset())[0])
+        return set(self._audit(data, frozenset()).declared)
 
     def needs(self, data: bytes) -> list[str]:
-        return self._audit(data, frozenset())[1]
+        return self._audit(data, frozenset()).refused
 
     def loads(self, data: bytes, extra_types: Collection[str] = ()) -> Any:
-        found, refused = self._audit(data, frozenset(extra_types))
-        if refused:
-            raise UntrustedContent(refused)
+        audited = self._audit(data, frozenset(extra_types))
+        if audited.refused:
+            raise UntrustedContent(audited.refused)
         try:
-            estimator = sio.loads(data, trusted=sorted(found))
+            # the tree just audited is the one constructed: skops' `loads` would read the
+            # archive and build the same tree again, a third of a large forest's load
+            estimator = audited.root.construct()
         except Exception as exc:  # skops and the libraries it calls raise assorted errors
             raise UnreadableArtifact(f"skops could not load the artifact: {exc}") from exc
         check_structure(estimator)  # before anything predicts with it
@@ -242,8 +245,10 @@ class SkopsFormat:
 
     # --- the audit ------------------------------------------------------------------
 
-    def _audit(self, data: bytes, extra: frozenset[str]) -> tuple[list[str], list[str]]:
-        """(every name the artifact would construct, those refused), constructing nothing."""
+    def _audit(self, data: bytes, extra: frozenset[str]) -> _Audited:
+        """Every name the artifact would construct, and those refused, constructing nothing.
+        The nodes hold their arrays' bytes, read here within the size bound: constructing
+        the root needs the archive no more."""
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
                 check_unpacked_size(archive, len(data))  # before any member is inflated
@@ -269,7 +274,14 @@ class SkopsFormat:
                 refused.add(name)
         # names a node declares besides its own type (a bit generator, a type held as a child)
         refused |= {n for n in declared - callables if n not in TRUSTED_TYPES | TRUSTED_CALLABLES | extra}
-        return sorted(declared), sorted(refused)
+        return _Audited(root, sorted(declared), sorted(refused))
+
+
+@dataclass(frozen=True)
+class _Audited:
+    root: Node
+    declared: list[str]
+    refused: list[str]
 
 
 def _nodes(root: Node) -> Iterator[Node]:
