@@ -1,5 +1,6 @@
-"""How long a CPU-bound load takes at each niceness on a saturated machine: the loader's
-priority against swap convergence (serve_app/replica/loader_actor.py runs at nice 19).
+"""How long a CPU-bound load takes at each niceness on a saturated machine: why a loader
+niced below serving converges late at saturation, and so runs at serving's priority within
+a metered share (serve_app/replica/load_governor.py).
 
 A fixed amount of pure-Python work (a stand-in for skops rebuilding a forest) runs in a
 process of its own at each niceness in turn, rounds alternating the order, while

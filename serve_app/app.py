@@ -66,7 +66,7 @@ class ModelServer:
         self._board = board()
         self._metrics = ServingMetrics()
         policy = policy or TrustPolicy()
-        store, loader = Registry(registry, signing_key=signing_key), OutOfProcessLoader(registry, signing_key, policy)
+        store, loader = Registry(registry, signing_key=signing_key), OutOfProcessLoader(registry, signing_key, policy, args.loading)
         self._policy, self._loader = policy, loader
         self._link = ControllerLink(registry, signing_key, lambda: self._capture.root)
         self._store = store
@@ -75,6 +75,7 @@ class ModelServer:
         self._quality = LiveQuality(self._metrics)
         self._plane = DataPlane(self._models, self._predict, self._metrics, Canaries(self._models), self._capture)
         self._limits = args.limits
+        self._rank = 0  # this replica's among the deployment's (reconfigure), rank 0 judges live quality
         self._grpc = GrpcV2(self._plane, args.limits)
         self._heartbeat: asyncio.Task[None] | None = None
         self._applying: asyncio.Task[None] | None = None
@@ -123,7 +124,7 @@ class ModelServer:
             return
         self._models.config_refused(None)
         await asyncio.to_thread(self._capture.configure, served.capture)
-        self._models.rank = rank.rank if rank is not None else 0
+        self._rank = rank.rank if rank is not None else 0
         self._predict_batch.set_max_batch_size(served.max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(served.batch_wait_timeout_s)
         await self._models.configure(served)
@@ -196,10 +197,14 @@ class ModelServer:
         return run_batch(jobs)
 
     def __del__(self) -> None:
-        """Serve's graceful shutdown (scale-down, code update): the last captures are written."""
+        """Serve's graceful shutdown (scale-down, code update): the last captures are written,
+        and the loader is not left stopped by the replica's meter."""
         capture = getattr(self, "_capture", None)
         if capture is not None:
             capture.close()
+        loader = getattr(self, "_loader", None)
+        if loader is not None:
+            loader.close()
 
     async def check_health(self) -> None:
         """Fails only for a broken replica, never for a missing model (module doc)."""
@@ -220,7 +225,7 @@ class ModelServer:
         """Live quality per version (serve_app/capture/live.py), by the replica of rank 0, of
         an app serving one model (with many, `nonstop quality --model M` reads any of them)."""
         served, config = self._models.served_models(), self._capture.config
-        if len(served) != 1 or self._models.rank != 0 or not self._quality.due(config):
+        if len(served) != 1 or self._rank != 0 or not self._quality.due(config):
             return
         primary = self._models.state_of(served[0]).primary
         if primary is not None:

@@ -12,6 +12,7 @@ from nonstop.config import TRUSTED_TYPES_ENV
 from nonstop.errors import ConfigError
 from nonstop.capture import CaptureConfig
 from nonstop.registry import PRODUCTION, check_name
+from serve_app.replica.load_governor import LoadBudget
 from serve_app.rollout.policy import CanaryConfig
 from serve_app.wire.limits import Limits
 
@@ -68,6 +69,7 @@ class AppArgs(BaseModel):
     registry: str | None = None
     trusted_types: tuple[str, ...] = Field(default=(), description="moved to NONSTOP_TRUSTED_TYPES; refused here if set")
     limits: Limits = Limits()
+    loading: LoadBudget = Field(default=LoadBudget(), description="the CPU a replica's model loads take (serve_app/replica/load_governor.py)")
 
     @model_validator(mode="after")
     def _trust_is_one_setting(self) -> AppArgs:

@@ -34,16 +34,11 @@ from serve_app.config import ModelTarget
 from serve_app.replica.state import LoadFailure, Role, ServingState
 
 log = logging.getLogger("nonstop.holder")
-Loader = Callable[[str, int], Awaitable[LoadedModel]]  # (model, version) -> verified model
+# (model, version, beside: a version of the model already answers) -> the verified model;
+# a load beside one that answers is background work (serve_app/replica/load_governor.py)
+Loader = Callable[[str, int, bool], Awaitable[LoadedModel]]
 Follower = Callable[[ServingState], Awaitable[None]]  # runs at every poll (serve_app/rollout/canary.py)
 Prepare = Callable[[LoadedModel], Awaitable[None]]  # readies a fresh candidate before it answers
-
-
-def stagger_s(rank: int, load_seconds: float) -> float:
-    """Replicas load one after another, rank by rank, each waiting for the loads before it
-    to end (judged by its own last load time): loading costs CPU, and while one replica
-    loads, the others keep their full capacity."""
-    return rank * (load_seconds * 1.5 + 0.2)
 
 
 class ModelHolder:
@@ -57,7 +52,6 @@ class ModelHolder:
         """`load` is where candidates load: the deployment passes its out-of-process
         loader (serve_app/replica/loader_actor.py); without one they load in a thread of this process."""
         self.state = ServingState()
-        self.rank = 0
         self._target: ModelTarget | None = None
         self._registry = registry
         self._policy = policy
@@ -106,9 +100,8 @@ class ModelHolder:
                     return
                 if (target.model, version, Role.PRIMARY) in self._refused:
                     return
-                await asyncio.sleep(0.0 if current is None else stagger_s(self.rank, current.load_seconds))
                 held = state.held(Role.CANDIDATE)  # a promoted canary is already loaded and verified
-                candidate = held if held is not None and held.version == version else await self._load(target.model, version)
+                candidate = held if held is not None and held.version == version else await self._load(target.model, version, current is not None)
                 self._check_schema(target, current, candidate, Role.PRIMARY)
             except NonstopError as exc:
                 self._fail(state, exc, Role.PRIMARY)
@@ -122,7 +115,7 @@ class ModelHolder:
                 candidate.load_seconds,
             )
 
-    async def _load_here(self, model: str, version: int) -> LoadedModel:
+    async def _load_here(self, model: str, version: int, beside: bool) -> LoadedModel:
         return await asyncio.to_thread(load_version, self._registry, model, version, self._policy)
 
     async def hold_candidate(
@@ -150,7 +143,7 @@ class ModelHolder:
             if target is None or primary is None or (target.model, version, Role.CANDIDATE) in self._refused:
                 return None
             try:
-                loaded = await self._load(target.model, version)
+                loaded = await self._load(target.model, version, True)
                 self._check_schema(target, primary, loaded, Role.CANDIDATE)
                 if prepare is not None:
                     await prepare(loaded)

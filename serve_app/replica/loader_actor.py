@@ -1,10 +1,11 @@
-"""Candidate versions are loaded outside the serving process, at the lowest CPU priority.
+"""Candidate versions are loaded outside the serving process, within a metered CPU share.
 
 Loading a large model is seconds of Python (skops rebuilds a forest tree by tree). In the
 replica's own process that work holds the GIL its event loop needs, so a busy replica
 serves a fraction of its rate for the whole load, and on a machine without a spare core
 the load takes CPU from every replica. Here each replica owns a loader actor: a process of
-its own, niced to 19, that reads, audits, loads and verifies a version with exactly the
+its own, metered by the replica (serve_app/replica/load_governor.py: a bounded share of a
+CPU, guaranteed while it loads), that reads, audits, loads and verifies a version with exactly the
 replica's registry and trust policy (`nonstop.loading.load_version`), and hands the
 verified model back through Ray's object transfer, which costs the replica far less than
 rebuilding the model would: the object arrives built. The artifact's
@@ -28,6 +29,7 @@ never read with pickle.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 
@@ -41,8 +43,8 @@ from pydantic import SecretStr
 from nonstop.errors import LoaderCrashed, LoaderLost, NonstopError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.registry import Registry
+from serve_app.replica.load_governor import LoadBudget, LoadGovernor
 
-LOADER_NICENESS = 19  # the lowest priority: the load runs on CPU nobody serving wants
 # Different models load at once (serve_app/replica/models.py, `budget.max_concurrent_loads`
 # bounds how many); one model's versions are loaded one at a time by its holder's lock.
 MAX_CONCURRENT_LOADS = 4
@@ -51,9 +53,12 @@ MAX_CONCURRENT_LOADS = 4
 @ray.remote(num_cpus=0, max_concurrency=MAX_CONCURRENT_LOADS)
 class ModelLoader:
     def __init__(self, registry_uri: str, signing_key: SecretStr | None, policy: TrustPolicy) -> None:
-        os.nice(LOADER_NICENESS - os.nice(0))
         self._registry = Registry(registry_uri, signing_key=signing_key)
         self._policy = policy
+
+    def pid(self) -> int:
+        """The process its replica meters."""
+        return os.getpid()
 
     def load(self, model: str, version: int) -> bytes | NonstopError:
         """The loaded model shipped (`ship`), or the refusal as a value (Ray would wrap a
@@ -81,21 +86,34 @@ def arrive(shipped: bytes) -> LoadedModel:
 
 class OutOfProcessLoader:
     """The holder's `load`: starts the replica's loader actor on this node and awaits its
-    answers, with a fresh actor whenever the last one ended (module doc)."""
+    answers, with a fresh actor whenever the last one ended (module doc), each load within
+    the budget's share of a CPU."""
 
-    def __init__(self, registry_uri: str, signing_key: SecretStr | None, policy: TrustPolicy) -> None:
+    def __init__(self, registry_uri: str, signing_key: SecretStr | None, policy: TrustPolicy, budget: LoadBudget) -> None:
         self._args = (registry_uri, signing_key, policy)
         self._lost: set[tuple[str, int]] = set()  # versions whose load a loader did not survive
+        self._governor = LoadGovernor(budget)
+        self._metered: ActorHandle | None = None  # the actor whose process the governor meters
         self._actor = self._start()
+
+    def close(self) -> None:
+        """The loader is never left stopped by its replica's meter."""
+        self._governor.close()
 
     def _start(self) -> ActorHandle:
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         return ModelLoader.options(scheduling_strategy=here).remote(*self._args)
 
-    async def __call__(self, model: str, version: int) -> LoadedModel:
+    async def __call__(self, model: str, version: int, beside: bool = True) -> LoadedModel:
+        """`beside`: a version of the model already answers, so the load is background work,
+        held to the budget; without one, requests wait for it and it runs at full speed."""
         actor = self._actor
         try:
-            result = await actor.load.remote(model, version)
+            if self._metered is not actor:
+                self._governor.attach(await actor.pid.remote())
+                self._metered = actor
+            with self._governor.loading() if beside else contextlib.nullcontext():
+                result = await actor.load.remote(model, version)
         except RayActorError as exc:
             if self._actor is actor:  # loads in flight on the same loader replace it once
                 self._actor = self._start()

@@ -79,7 +79,6 @@ class ModelSet:
 
     def __init__(self, make: Make, list_models: ListModels, on_change: Callable[[], None] = lambda: None, sizer: Sizer = estimate_bytes) -> None:
         self.config: ServedModels | None = None
-        self.rank = 0
         self._make = make
         self._list = list_models
         self._on_change = on_change
@@ -117,7 +116,6 @@ class ModelSet:
                 await self._evict(model, counted=False)
             elif target != held.target or isinstance(config, ModelTarget):  # one model: as it always was
                 held.target = target
-                held.holder.rank = self.rank
                 await held.holder.configure(target)
         if isinstance(config, ModelTarget) and config.model not in self._held:
             await self._load(config.model, config)
@@ -200,7 +198,6 @@ class ModelSet:
                 if self.target_of(model) is None:
                     return  # no longer served: a deploy dropped it while this waited
                 holder, canary = self._make()
-                holder.rank = self.rank
                 started = time.perf_counter()
                 try:
                     await holder.configure(target)

@@ -287,7 +287,7 @@ def test_a_refused_candidate_shows_in_the_replica_status(
     ticks: list[ServingState] = []
     loads: list[int] = []
 
-    async def load(model: str, version: int) -> LoadedModel:
+    async def load(model: str, version: int, beside: bool) -> LoadedModel:
         loads.append(version)
         return await asyncio.to_thread(load_version, registry, model, version, TrustPolicy())
 

@@ -285,22 +285,26 @@ def test_a_change_to_a_model_not_published_yet_leaves_nothing_of_the_old_one(reg
 
 
 @pytest.mark.usefixtures("trained")
-def test_candidates_load_where_the_holder_is_told(registry: Registry) -> None:
-    """The deployment hands the holder its out-of-process loader; every load goes there."""
-    asked: list[tuple[str, int]] = []
+def test_candidates_load_where_the_holder_is_told(registry: Registry, demo_data: Path) -> None:
+    """The deployment hands the holder its out-of-process loader; every load goes there,
+    told whether a version already answers (then the load is metered background work; the
+    first one, which requests wait for, is not)."""
+    asked: list[tuple[str, int, bool]] = []
 
-    async def load(model: str, version: int) -> LoadedModel:
-        asked.append((model, version))
+    async def load(model: str, version: int, beside: bool) -> LoadedModel:
+        asked.append((model, version, beside))
         return await asyncio.to_thread(load_version, registry, model, version, TrustPolicy())
 
     async def scenario() -> int | None:
         holder = ModelHolder(registry, TrustPolicy(), load=load)
         await holder.configure(FOLLOW)
+        train_into(registry, demo_data)
+        await holder.sync()
         await holder.close()
         return served_version(holder)
 
-    assert asyncio.run(scenario()) == 1
-    assert asked == [(MODEL, 1)]
+    assert asyncio.run(scenario()) == 2
+    assert asked == [(MODEL, 1, False), (MODEL, 2, True)]
 
 
 @pytest.mark.usefixtures("trained")
@@ -339,7 +343,7 @@ def test_a_lost_loader_is_retried_at_the_next_poll_and_a_crashed_one_refuses_the
     (serve_app/replica/loader_actor.py); a version whose load ended a fresh loader too is."""
     failures = [lost]
 
-    async def load(model: str, version: int) -> LoadedModel:
+    async def load(model: str, version: int, beside: bool) -> LoadedModel:
         if version == 2 and failures:
             raise failures.pop()(model, version, "the loader process ended")
         return await asyncio.to_thread(load_version, registry, model, version, TrustPolicy())
