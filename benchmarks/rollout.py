@@ -29,6 +29,7 @@ from nonstop_ops.cluster import lifecycle as local  # noqa: E402
 from nonstop_ops.cluster.serve_config import load_serve_config  # noqa: E402
 from nonstop.config import Settings  # noqa: E402
 from nonstop.registry import Registry  # noqa: E402
+from benchmarks.cpu_share import CpuSampler  # noqa: E402
 from harness.rollout import SCENARIOS, RolloutCheck, RolloutResult, Stack, wider_data  # noqa: E402
 from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
@@ -72,7 +73,18 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(result: RolloutResult, args: argparse.Namespace) -> str:
+def _cpus(sampler: CpuSampler, trigger: float, done: float, settle: float) -> dict[str, dict[str, float] | None]:
+    return {"before": sampler.cpus(trigger - settle, trigger), "during": sampler.cpus(trigger, done)}
+
+
+def _cpu_cell(cpus: dict[str, dict[str, float] | None]) -> str:
+    before, during = cpus["before"], cpus["during"]
+    if before is None or during is None:
+        return "– (under a second)"
+    return f"{before['replicas']:.2f} / {during['replicas']:.2f} ({during['replicas'] / before['replicas']:.0%}) · {during['loads']:.2f}"
+
+
+def markdown(result: RolloutResult, args: argparse.Namespace, cpus: dict[str, dict[str, dict[str, float] | None]]) -> str:
     lines = [
         "# Rollout report",
         "",
@@ -86,8 +98,11 @@ def markdown(result: RolloutResult, args: argparse.Namespace) -> str:
         )
         + f"{args.settle:.0f}s before and after each trigger.",
         "",
-        "| scenario | sent | failed | req/s before / during / after | p50 ms before / during / after | p99 ms before / during / after | all on target after (s) | two versions answered (s) |",
-        "|---|---:|---:|---|---|---|---:|---:|",
+        "CPUs: the replicas' CPU before / during the swap (during as a share of before), then what the loads took during it "
+        "(loader actors and load board), sampled once a second (benchmarks/cpu_share.py).",
+        "",
+        "| scenario | sent | failed | req/s before / during / after | p50 ms before / during / after | p99 ms before / during / after | all on target after (s) | two versions answered (s) | CPUs: replicas before / during · loads |",
+        "|---|---:|---:|---|---|---|---:|---:|---|",
     ]
     for r in result.reports:
         lines.append(
@@ -95,7 +110,7 @@ def markdown(result: RolloutResult, args: argparse.Namespace) -> str:
             f"| {_fmt(r.before.throughput_rps, 0)} / {_fmt(r.during.throughput_rps, 0)} / {_fmt(r.after.throughput_rps, 0)} "
             f"| {_fmt(r.before.p50_ms)} / {_fmt(r.during.p50_ms)} / {_fmt(r.after.p50_ms)} "
             f"| {_fmt(r.before.p99_ms)} / {_fmt(r.during.p99_ms)} / {_fmt(r.after.p99_ms)} "
-            f"| {_fmt(r.converged_s)} | {_fmt(r.two_versions_s)} |"
+            f"| {_fmt(r.converged_s)} | {_fmt(r.two_versions_s)} | {_cpu_cell(cpus[r.name])} |"
         )
     lines += ["", "Notes:", ""]
     for r in result.reports:
@@ -184,8 +199,10 @@ def main() -> None:
             stack, data, settle_s=args.settle, train=candidates, concurrency=args.concurrency, rate=args.rate, poll_s=1.0
         )
         began = time.time()
-        result = check.run(tuple(args.scenarios))
+        with CpuSampler() as sampler:
+            result = check.run(tuple(args.scenarios))
         result.model_load_s = {"load_seconds": meta["load_seconds"]}
+        cpus = {r.name: _cpus(sampler, r.trigger_at, r.done_at, args.settle) for r in result.reports}
     finally:
         ray.shutdown()
         local.stop(CLUSTER)
@@ -200,12 +217,12 @@ def main() -> None:
                 "model_load_s": result.model_load_s,
                 "events": [e.__dict__ for e in result.events],
                 "benchmark_training_spans": candidates.live_spans,
-                "scenarios": [r.as_dict() for r in result.reports],
+                "scenarios": [r.as_dict() | {"cpus": cpus[r.name]} for r in result.reports],
             },
             indent=2,
         )
     )
-    (args.out / "report.md").write_text(markdown(result, args))
+    (args.out / "report.md").write_text(markdown(result, args, cpus))
     timeline(result, args.out / "timeline.png", candidates.live_spans)
     print((args.out / "report.md").read_text())
 

@@ -66,7 +66,8 @@ class ModelServer:
         self._board = board()
         self._metrics = ServingMetrics()
         policy = policy or TrustPolicy()
-        store, loader = Registry(registry, signing_key=signing_key), OutOfProcessLoader(registry, signing_key, policy, args.loading)
+        app = serve.get_replica_context().app_name  # its replicas on a node share their loads
+        store, loader = Registry(registry, signing_key=signing_key), OutOfProcessLoader(registry, signing_key, policy, args.loading, app)
         self._policy, self._loader = policy, loader
         self._link = ControllerLink(registry, signing_key, lambda: self._capture.root)
         self._store = store

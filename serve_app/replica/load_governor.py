@@ -36,7 +36,7 @@ class LoadBudget(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     cpus: float = Field(
-        default=0.1, gt=0.0, le=64.0, description="CPUs a replica's loads take on average, at most; also the share they are guaranteed"
+        default=0.15, gt=0.0, le=64.0, description="CPUs a replica's loads take on average, at most; also the share they are guaranteed"
     )
     burst_cpu_s: float = Field(
         default=0.25, ge=0.0, le=60.0, description="CPU seconds a load may take at once before the average applies"

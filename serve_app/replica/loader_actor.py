@@ -30,13 +30,14 @@ never read with pickle.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 
 import ray
 from ray import cloudpickle
 from ray.actor import ActorHandle
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pydantic import SecretStr
 
@@ -44,7 +45,9 @@ from nonstop.errors import LoaderCrashed, LoaderLost, NonstopError
 from nonstop.loading import LoadedModel, TrustPolicy, load_version
 from nonstop.registry import Registry
 from serve_app.replica.load_governor import LoadBudget, LoadGovernor
+from serve_app.replica.load_share import LoadShare, board_name
 
+log = logging.getLogger("nonstop.loads")
 # Different models load at once (serve_app/replica/models.py, `budget.max_concurrent_loads`
 # bounds how many); one model's versions are loaded one at a time by its holder's lock.
 MAX_CONCURRENT_LOADS = 4
@@ -86,14 +89,19 @@ def arrive(shipped: bytes) -> LoadedModel:
 
 class OutOfProcessLoader:
     """The holder's `load`: starts the replica's loader actor on this node and awaits its
-    answers, with a fresh actor whenever the last one ended (module doc), each load within
-    the budget's share of a CPU."""
+    answers, with a fresh actor whenever the last one ended (module doc), each load beside
+    a serving version within the budget's share of a CPU, and shared with the app's other
+    replicas on the node when `share` names the app (serve_app/replica/load_share.py)."""
 
-    def __init__(self, registry_uri: str, signing_key: SecretStr | None, policy: TrustPolicy, budget: LoadBudget) -> None:
+    def __init__(
+        self, registry_uri: str, signing_key: SecretStr | None, policy: TrustPolicy, budget: LoadBudget, share: str | None = None
+    ) -> None:
         self._args = (registry_uri, signing_key, policy)
         self._lost: set[tuple[str, int]] = set()  # versions whose load a loader did not survive
         self._governor = LoadGovernor(budget)
         self._metered: ActorHandle | None = None  # the actor whose process the governor meters
+        node = ray.get_runtime_context().get_node_id()
+        self._share = LoadShare(board_name(share, registry_uri, signing_key, policy, node)) if share is not None else None
         self._actor = self._start()
 
     def close(self) -> None:
@@ -106,15 +114,31 @@ class OutOfProcessLoader:
 
     async def __call__(self, model: str, version: int, beside: bool = True) -> LoadedModel:
         """`beside`: a version of the model already answers, so the load is background work,
-        held to the budget; without one, requests wait for it and it runs at full speed."""
-        actor = self._actor
+        held to the budget and shared; without one, requests wait for it and it runs at full
+        speed on this replica's own loader."""
+        share = self._share if beside else None
+        if share is not None and (offered := await share.claim(model, version)) is not None:
+            try:
+                return self._outcome(model, version, await offered)
+            except RayError as exc:  # the shared load's loader or replica ended: load here instead
+                log.info("the shared load of %s v%d ended (%s): loading it here", model, version, exc)
+        return self._outcome(model, version, await self._own(model, version, beside, share))
+
+    async def _own(self, model: str, version: int, beside: bool, share: LoadShare | None) -> bytes | NonstopError:
+        actor, offered = self._actor, False
         try:
             if self._metered is not actor:
                 self._governor.attach(await actor.pid.remote())
                 self._metered = actor
+            load = actor.load.remote(model, version)
+            if share is not None:
+                share.fill(model, version, load)
+                offered = True
             with self._governor.loading() if beside else contextlib.nullcontext():
-                result = await actor.load.remote(model, version)
+                result = await load
         except RayActorError as exc:
+            if share is not None and not offered:
+                share.fill(model, version, None)
             if self._actor is actor:  # loads in flight on the same loader replace it once
                 self._actor = self._start()
             if (model, version) in self._lost:
@@ -122,6 +146,15 @@ class OutOfProcessLoader:
             self._lost.add((model, version))
             raise LoaderLost(model, version, f"the loader process ended during the load; a fresh one retries it at the next poll ({exc})") from exc
         self._lost.discard((model, version))
+        return result
+
+    @staticmethod
+    def _outcome(model: str, version: int, result: bytes | NonstopError) -> LoadedModel:
+        """The refusal raised, or the model rebuilt here; a shared load is checked to be the
+        version asked for, as any answer of a loader."""
         if isinstance(result, NonstopError):
             raise result
-        return arrive(result)
+        loaded = arrive(result)
+        if (loaded.manifest.model, loaded.version) != (model, version):
+            raise TypeError(f"the loader sent {loaded.manifest.model} v{loaded.version} for {model} v{version}")
+        return loaded

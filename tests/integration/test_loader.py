@@ -120,3 +120,45 @@ def test_an_svc_loaded_by_the_actor_gives_probabilities_in_the_replica(served: S
     matrix = rows_to_matrix(rows.to_numpy().tolist(), manifest.features)
     assert loaded.predict(matrix) == model.predict(rows).tolist()
     np.testing.assert_allclose(loaded.predict_proba(matrix), model.predict_proba(rows), rtol=1e-9)
+
+
+def test_replicas_loading_the_same_version_beside_share_one_load_and_fall_back_to_their_own(served: Stack) -> None:
+    """An app's replicas on a node load a new version once between them: here the second
+    loader is dead, yet it receives the version, through the first one's load (its own
+    next load proves it dead). A shared load that could not start sends the others to
+    their own loaders; a replica with nothing served yet never waits on a shared load."""
+    version = served.registry.resolve(MODEL, "production")
+    assert version is not None
+    first, second = (OutOfProcessLoader(served.registry.uri, None, TrustPolicy(), LoadBudget(), share="share-test") for _ in range(2))
+    _lose_loader(second)
+
+    async def both() -> tuple[LoadedModel, LoadedModel]:
+        loading = asyncio.create_task(first(MODEL, version))
+        await asyncio.sleep(0.5)  # the first claims the version before the second asks
+        return await loading, await second(MODEL, version)
+
+    by_first, by_second = asyncio.run(both())
+    assert by_first.version == by_second.version == version
+    assert by_second.estimator is not by_first.estimator  # rebuilt in its own process from the shipped bytes
+    with pytest.raises(LoaderLost):
+        asyncio.run(second(MODEL, version, beside=False))  # its own loader: dead, so the share answered above
+
+    _lose_loader(first)  # now the first claimer of another version cannot start its load
+    from sklearn.linear_model import LogisticRegression
+
+    from training.demo import day_frame
+    from training.publish import publish_model
+
+    other = publish_model(LogisticRegression(max_iter=500), day_frame(0), model="shared", label="target", registry=served.registry).manifest.version
+    third = OutOfProcessLoader(served.registry.uri, None, TrustPolicy(), LoadBudget(), share="share-test")
+
+    async def fallback() -> LoadedModel:
+        failing = asyncio.create_task(first("shared", other))
+        await asyncio.sleep(0.5)
+        with pytest.raises(LoaderLost):
+            await failing
+        return await third("shared", other)
+
+    assert asyncio.run(fallback()).version == other
+    for loader in (first, second, third):
+        loader.close()

@@ -83,3 +83,4 @@ def test_closing_the_meter_mid_load_and_losing_the_process_leave_nothing_stopped
     with other.loading():
         time.sleep(0.1)
     other.close()
+
