@@ -215,7 +215,7 @@ def test_a_new_candidate_replaces_the_old_one_which_stops_answering_before_the_l
         gate, entered = asyncio.Event(), asyncio.Event()
         gate.set()
 
-        async def gated(model: str, version: int) -> LoadedModel:
+        async def gated(model: str, version: int, beside: bool) -> LoadedModel:
             entered.set()
             await gate.wait()
             return await asyncio.to_thread(load_version, registry, model, version, TrustPolicy())

@@ -65,7 +65,7 @@ class GatedLoader:
         self.active = 0
         self.most = 0
 
-    async def __call__(self, model: str, version: int) -> LoadedModel:
+    async def __call__(self, model: str, version: int, beside: bool) -> LoadedModel:
         self.calls.append(model)
         self.active += 1
         self.most = max(self.most, self.active)

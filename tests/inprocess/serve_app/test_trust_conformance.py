@@ -147,7 +147,7 @@ async def _replica_load(registry: Registry, model: str, version: int) -> LoadedM
 
 async def _ask_everything(registry: Registry, rows: pd.DataFrame, probabilities: bool) -> dict[str, Any]:
     """Predictions (and probabilities, asked or refused) over every protocol, from one replica."""
-    holder = ModelHolder(registry, TrustPolicy(), load=lambda m, v: _replica_load(registry, m, v))
+    holder = ModelHolder(registry, TrustPolicy(), load=lambda m, v, _beside: _replica_load(registry, m, v))
     await holder.configure(ModelTarget(model=MODEL, poll_interval_s=3600))
     plane = DataPlane(holder)
     got: dict[str, Any] = {}
