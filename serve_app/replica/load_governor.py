@@ -103,16 +103,17 @@ class LoadGovernor:
         while True:
             with self._lock:
                 process = self._process
-                if self._closed or self._loads == 0 or process is not stopped and stopped is not None:
+                metering = not self._closed and self._loads > 0 and process is not None
+                if stopped is not None and (not metering or stopped is not process):
                     stopped = _resume(stopped)
                 if self._closed:
                     return
-                if self._loads == 0 or process is None:
+                if not metering:
                     last = None
                     self._lock.wait()
                     continue
             try:
-                now, cpu = time.monotonic(), _cpu_seconds(process)
+                now, cpu = time.monotonic(), cpu_seconds(process)
             except psutil.Error:  # the loader ended: its loss is the loader's to report
                 with self._lock:
                     if self._process is process:
@@ -126,7 +127,8 @@ class LoadGovernor:
             time.sleep(self._tick_s)
 
 
-def _cpu_seconds(process: psutil.Process) -> float:
+def cpu_seconds(process: psutil.Process) -> float:
+    """User and system CPU seconds the process has used so far."""
     times = process.cpu_times()
     return times.user + times.system
 
