@@ -224,7 +224,7 @@ class RayServiceSim:
         """A new RayCluster's pods are up (the caller started the local cluster): its head
         and worker endpoints exist, not ready; each worker's kubelet starts probing.
         `probe_delay_s`: its workers answer every probe that late (busy pods)."""
-        name = _name(cluster)
+        name = cluster.name
         self.forwarder.add(f"{name}/head", name, cluster.http_port)
         for index in range(self.settings.workers):
             self.forwarder.add(f"{name}/worker-{index}", name, cluster.http_port)
@@ -278,11 +278,11 @@ class RayServiceSim:
         target = self.pending or self.active
         if target is not None and self._serve_ready(target) and target is self.pending:
             old = self.active
-            self.forwarder.select(_name(target))
+            self.forwarder.select(target.name)
             self.active, self.pending = target, None
-            self.note(f"service switched to {_name(target)}")
+            self.note(f"service switched to {target.name}")
             if old is not None:
-                self._doomed[_name(old)] = (time.monotonic() + self.settings.deletion_delay_s, old)
+                self._doomed[old.name] = (time.monotonic() + self.settings.deletion_delay_s, old)
         for name, (when, cluster) in list(self._doomed.items()):
             if time.monotonic() >= when:
                 del self._doomed[name]
@@ -311,15 +311,15 @@ class RayServiceSim:
         if prestop is not None:
             time.sleep(min(prestop.wait_s, grace))
             if prestop.wait_s < grace:
-                self.note(f"{_name(cluster)}: HAProxy soft-stopped")
+                self.note(f"{cluster.name}: HAProxy soft-stopped")
                 soft_stop_haproxy(cluster)
                 time.sleep(min(prestop.drain_s, grace - prestop.wait_s))
         local.stop(cluster)
-        self.note(f"cluster {_name(cluster)} stopped")
+        self.note(f"cluster {cluster.name} stopped")
 
     def _label_head(self, cluster: local.LocalCluster) -> None:
         """updateHeadPodServeLabel: excluded, the head never serves; else its proxy's health."""
-        endpoint = f"{_name(cluster)}/head"
+        endpoint = f"{cluster.name}/head"
         why = "excluded" if self.settings.exclude_head else unhealthy(cluster, HEAD_CHECK_TIMEOUT_S)
         self._checked(endpoint, why)
         self.forwarder.set_ready(endpoint, why is None)
@@ -338,12 +338,12 @@ class RayServiceSim:
         if not local.is_running(cluster):
             return False  # the head pod is not ready yet
         statuses = serve_application_statuses(cluster)
-        self._checked(f"{_name(cluster)} applications", None if statuses else "none", said=str(statuses))
+        self._checked(f"{cluster.name} applications", None if statuses else "none", said=str(statuses))
         wanted = local_serve_config(self.serve_config_v2, cluster, self.poll_interval_s)
-        if self._cache.get(_name(cluster)) != wanted or not statuses:
+        if self._cache.get(cluster.name) != wanted or not statuses:
             submit_serve_config(cluster, wanted)
-            self._cache[_name(cluster)] = wanted
-            self.note(f"serve config submitted to {_name(cluster)}")
+            self._cache[cluster.name] = wanted
+            self.note(f"serve config submitted to {cluster.name}")
         return bool(statuses) and all(status == "RUNNING" for status in statuses.values())
 
     def wait(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -364,10 +364,6 @@ def soft_stop_haproxy(cluster: local.LocalCluster) -> None:
                 process.send_signal(signal.SIGUSR1)
         except psutil.Error:
             continue
-
-
-def _name(cluster: local.LocalCluster) -> str:
-    return cluster.haproxy_dir.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ def code_upgrade(stage: Stage, settings: ServiceSettings, probe_delay_s: float =
             sim.note("apply: new image")
             start_cluster(stage, sim, pending, probe_delay_s)  # the new workers are the busy ones
             sim.wait(lambda: sim.active is pending, timing.ready_timeout_s, "the switch to the new cluster")
-            sim.wait(lambda: any(e.what == f"cluster {active.haproxy_dir.rsplit('/', 1)[-1]} stopped" for e in sim.events),
+            sim.wait(lambda: any(e.what == f"cluster {active.name} stopped" for e in sim.events),
                      timing.deletion_delay_s + settings.termination_s + 60, "the old cluster's deletion")  # fmt: skip
             time.sleep(timing.settle_s)
             samples = load.stop().samples
@@ -160,7 +160,7 @@ def first_start_then_upgrade(
             sim.note("apply: new image")
             start_cluster(stage, sim, pending, probe_delay_s)
             sim.wait(lambda: sim.active is pending, timing.ready_timeout_s, "the switch to the new cluster")
-            stopped = f"cluster {active.haproxy_dir.rsplit('/', 1)[-1]} stopped"
+            stopped = f"cluster {active.name} stopped"
             sim.wait(lambda: any(e.what == stopped for e in sim.events),
                      timing.deletion_delay_s + settings.termination_s + 60, "the old cluster's deletion")  # fmt: skip
             time.sleep(timing.settle_s)
@@ -189,24 +189,20 @@ def pod_deletion(
             boot(stage, cluster)
             submit_serve_config(cluster, local_serve_config(stage.serve_config_v2, cluster, sim.poll_interval_s))
         for cluster in stage.clusters:
-            sim.wait(lambda c=cluster: _serves(stage, c), timing.ready_timeout_s, f"{_pod(cluster)} serving")
-            sim.forwarder.add(_pod(cluster), SERVICE, cluster.http_port)
-            sim.forwarder.set_ready(_pod(cluster), True)
+            sim.wait(lambda c=cluster: _serves(stage, c), timing.ready_timeout_s, f"{cluster.name} serving")
+            sim.forwarder.add(cluster.name, SERVICE, cluster.http_port)
+            sim.forwarder.set_ready(cluster.name, True)
         sim.forwarder.select(SERVICE)
         with BackgroundLoad(predict_url(sim), stage.body, concurrency=timing.concurrency, rate=timing.rate,
                             max_seconds=timing.ready_timeout_s + settings.termination_s,
                             extra_headers={"connection": "close"}) as load:  # fmt: skip
             time.sleep(timing.settle_s)
-            sim.delete_pod(_pod(leaving), leaving, propagation_s)
-            stopped = f"cluster {_pod(leaving)} stopped"
+            sim.delete_pod(leaving.name, leaving, propagation_s)
+            stopped = f"cluster {leaving.name} stopped"
             sim.wait(lambda: any(e.what == stopped for e in sim.events), settings.termination_s + 60, "the pod's end")
             time.sleep(timing.settle_s)
             samples = load.stop().samples
         return outcome(name, samples, sim)
-
-
-def _pod(cluster: local.LocalCluster) -> str:
-    return cluster.haproxy_dir.rsplit("/", 1)[-1]
 
 
 def _serves(stage: Stage, cluster: local.LocalCluster) -> bool:

@@ -75,14 +75,26 @@ class LocalCluster(BaseModel):
     # daemons and any client on the machine: the replicas and the HAProxy their manager
     # spawns would wait for a core behind a load generator, and the tail latency under
     # concurrency shows it (the peers benchmark's --worker-niceness A/B, docs/results).
-    # Serving is the point of this cluster; only the model loader stays niced
-    # (serve_app/replica/loader_actor.py).
+    # Serving is the point of this cluster, the model loader included (it runs within a
+    # metered share instead: serve_app/replica/load_governor.py).
     worker_niceness: int = Field(default=0, ge=0, le=19)
+    # How long a stopping replica keeps answering after Serve stops routing to it, so the
+    # ingress has let go of it first (Serve's RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S);
+    # None keeps Serve's default. The test suite's cluster shortens it: HAProxy beside the
+    # replicas lets go within its next update, and every replica stopped waits it out.
+    ingress_drain_s: float | None = Field(default=None, ge=0)
+    # The ports Serve hands its replicas (HTTP, gRPC; first and last, both included). Serve
+    # picks them per node from fixed ranges without asking the OS, and a gRPC server binds
+    # with SO_REUSEPORT: two clusters on one machine sharing Serve's ranges share a port, and
+    # the kernel splits one cluster's gRPC connections between both. None keeps Serve's.
+    replica_http_ports: tuple[int, int] | None = None
+    replica_grpc_ports: tuple[int, int] | None = None
 
     @classmethod
     def isolated(cls, base: int, name: str, **overrides: object) -> LocalCluster:
-        """A cluster on ports base+1 .. base+950 with its own haproxy folder and token,
-        so tests and benchmarks never touch a developer's `nonstop up` stack."""
+        """A cluster on ports base+1 .. base+950 (its replicas' among them) with its own
+        haproxy folder and token, so tests and benchmarks never touch a developer's `nonstop
+        up` stack, nor each other's clusters."""
         span = range(base, base + ISOLATED_SPAN)
         for taken, whose in ((RAY_WORKER_PORTS, "Ray's worker ports"), (EPHEMERAL_PORTS, "the kernel's ephemeral ports")):
             if span.start < taken.stop and taken.start < span.stop:
@@ -105,9 +117,11 @@ class LocalCluster(BaseModel):
             "grpc_port": base + 900,
             "fallback_grpc_port": base + 950,
         }
+        replicas = {"replica_http_ports": (base + 600, base + 699), "replica_grpc_ports": (base + 700, base + 799)}
         return cls.model_validate(
             {
                 **ports,
+                **replicas,
                 "haproxy_dir": folder,
                 "ray_temp_dir": f"{folder}-ray",
                 "auth_token_path": f"{folder}/auth_token",
@@ -115,6 +129,13 @@ class LocalCluster(BaseModel):
                 **overrides,
             }
         )
+
+    @field_validator("replica_http_ports", "replica_grpc_ports")
+    @classmethod
+    def _a_range(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not 0 < value[0] <= value[1] < 65536:
+            raise ValueError(f"replica ports {value} are not a range of ports (first, last)")
+        return value
 
     @field_validator("haproxy_dir")
     @classmethod
@@ -132,6 +153,11 @@ class LocalCluster(BaseModel):
         if len(str(Path(value).resolve())) > 36:
             raise ValueError(f"ray_temp_dir {value!r} is too long for Ray's socket paths (36 characters at most)")
         return value
+
+    @property
+    def name(self) -> str:
+        """The name `isolated` was given: its haproxy folder's."""
+        return Path(self.haproxy_dir).name
 
     @property
     def address(self) -> str:
@@ -184,7 +210,19 @@ class LocalCluster(BaseModel):
             "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
             "RAY_SERVE_HAPROXY_NBTHREAD": "1",
             "RAY_worker_niceness": str(self.worker_niceness),
+            **self._serve_overrides(),
         }
+
+    def _serve_overrides(self) -> dict[str, str]:
+        """Serve's own settings this cluster moves from their defaults, and only those."""
+        chosen: dict[str, str] = {}
+        if self.ingress_drain_s is not None:
+            chosen["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(self.ingress_drain_s)
+        for protocol, ports in (("HTTP", self.replica_http_ports), ("GRPC", self.replica_grpc_ports)):
+            if ports is not None:
+                chosen[f"RAY_SERVE_DIRECT_INGRESS_MIN_{protocol}_PORT"] = str(ports[0])
+                chosen[f"RAY_SERVE_DIRECT_INGRESS_MAX_{protocol}_PORT"] = str(ports[1])
+        return chosen
 
     def client_environment(self) -> dict[str, str]:
         """Ray token authentication: the head enforces it, every client presents the token.

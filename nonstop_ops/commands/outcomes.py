@@ -15,17 +15,19 @@ import re
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 
-from nonstop.capture import CaptureConfig, filesystem, root_of
 from nonstop.errors import DataValidationError
-from nonstop.outcomes import check, from_frame, labelled, store
-from nonstop.quality import class_orders, live_quality
 from nonstop.registry import PRODUCTION, Registry
 from nonstop_ops.commands.common import ModelOpt, RegistryOpt, _print_json, _registry
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas, pyarrow (the captures) and scikit-learn (the metrics) are imported by the two
+# commands that use them: at the top they cost every `nonstop` command most of a second
 
 app = typer.Typer()
 MAX_FILE_BYTES = 512 * 1024 * 1024
@@ -49,6 +51,8 @@ def _read(data: Path) -> pd.DataFrame:
     size = os.stat(data).st_size
     if size > MAX_FILE_BYTES:
         raise DataValidationError(f"{data} is {size} bytes, over the limit of {MAX_FILE_BYTES}: split it")
+    import pandas as pd
+
     if data.suffix == ".csv":
         return pd.read_csv(data, dtype={"request_id": str})
     if data.suffix == ".parquet":
@@ -65,6 +69,9 @@ def outcomes(
     registry: RegistryOpt = None,
 ) -> None:
     """Store labels for served requests beside the captures, joined to them by request id."""
+    from nonstop.capture import CaptureConfig, filesystem, root_of
+    from nonstop.outcomes import check, from_frame, store
+
     store_ = _registry(registry)
     manifest = store_.manifest(model, _manifest_version(store_, model, alias))
     checked = check(from_frame(_read(data)), manifest)
@@ -94,6 +101,10 @@ def quality(
     registry: RegistryOpt = None,
 ) -> None:
     """Live quality of each version, per role, on the captured requests whose labels arrived."""
+    from nonstop.capture import CaptureConfig, filesystem, root_of
+    from nonstop.outcomes import labelled
+    from nonstop.quality import class_orders, live_quality
+
     store_ = _registry(registry)
     manifest = store_.manifest(model, _manifest_version(store_, model, alias))
     fs, path = filesystem(root_of(store_.uri, CaptureConfig(destination=destination)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -18,9 +18,13 @@ from nonstop.errors import ConfigError, LedgerTampered
 from nonstop.registry import PRODUCTION
 from nonstop_ops.cluster import lifecycle as local
 from nonstop_ops.commands.common import SERVE_PORT, HttpPortOpt, ModelOpt, ReasonOpt, RegistryOpt, _actor, _print_json, _registry
-from serve_app.rollout.policy import Policy
-from serve_app.rollout.moves import Rollouts
-from serve_app.rollout.replay_check import ReplayRelied
+
+if TYPE_CHECKING:
+    from serve_app.rollout.moves import Rollouts
+    from serve_app.rollout.policy import Policy
+
+# The rollout machinery (its evidence and outcome checks bring scipy and scikit-learn) is
+# imported by the commands that move a rollout, not by every `nonstop` command at start
 
 app = typer.Typer(name="rollout", no_args_is_help=True, help="Canary a version by weight, judged by a policy, with a ledger.")
 
@@ -28,6 +32,8 @@ AliasOpt = Annotated[str, typer.Option("--alias", help="the alias the candidate 
 
 
 def _rollouts(registry: str | None, model: str, alias: str) -> Rollouts:
+    from serve_app.rollout.moves import Rollouts
+
     return Rollouts(_registry(registry), model, alias)
 
 
@@ -43,6 +49,8 @@ def load_policy(path: Path | None, overrides: dict[str, Any]) -> Policy:
             raise ConfigError(f"policy file {path} must hold a mapping of policy fields")
         values.update(loaded)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    from serve_app.rollout.policy import Policy
+
     return Policy.model_validate(values)
 
 
@@ -74,6 +82,8 @@ def start(
     entry = _rollouts(registry, model, alias).start(candidate, policy, _actor("rollout start"), reason)
     typer.echo(f"#{entry.seq} {entry.reason}; window {policy.window_s:g}s, steps {list(policy.steps)}")
     if entry.evidence is not None and "replay" in entry.evidence:
+        from serve_app.rollout.replay_check import ReplayRelied
+
         typer.echo(ReplayRelied.model_validate(entry.evidence["replay"]).line())
 
 

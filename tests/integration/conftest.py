@@ -30,7 +30,10 @@ from tests.conftest import MODEL
 # for the LightGBM example (tests/integration/test_examples.py)
 LIGHTGBM_TYPES = ("lightgbm.basic.Booster", "lightgbm.sklearn.LGBMClassifier")
 PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "21000"))
-TEST_CLUSTER = local.LocalCluster.isolated(PORT_BASE, f"nst-{PORT_BASE}")
+# A stopping replica drains for this long instead of Serve's default: the suite stops
+# replicas on every code update and scale-down, and its HAProxy lets go within an update
+DRAIN_S = 5.0
+TEST_CLUSTER = local.LocalCluster.isolated(PORT_BASE, f"nst-{PORT_BASE}", ingress_drain_s=DRAIN_S)
 POLL_INTERVAL_S = 0.5
 SLACK_S = 30.0  # a busy 2-core machine: scheduling, Ray's own work, the load driver
 BODY_TIMEOUT_S = 10.0  # tests/integration/test_hostile_input.py waits it out; on a loaded
@@ -51,6 +54,14 @@ def promote_between_answers(served: Stack, answers: list[Any], new: int) -> None
     wait_until(lambda: served.serving_everywhere(new), swap_bound(served), f"every replica serving v{new}")
     seen = len(answers)
     wait_until(lambda: len(answers) >= seen + 20, 60, "answers after the swap")
+
+
+@pytest.fixture(scope="session")
+def side_slots() -> tuple[local.LocalCluster, local.LocalCluster]:
+    """Two clusters a test may start beside the tier's, as two pods of one Service: next
+    to it, at base+1000 and base+1010 (the tier runs one test at a time)."""
+    first, second = (local.LocalCluster.isolated(PORT_BASE + i, f"nst-{PORT_BASE + i}") for i in (1000, 1010))
+    return first, second
 
 
 @pytest.fixture(scope="session")

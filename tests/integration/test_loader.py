@@ -4,6 +4,7 @@ replica, and arrive in the replica verified, refusals as the same typed errors."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 
@@ -38,15 +39,26 @@ def test_a_version_loads_in_a_process_of_its_own_and_arrives_verified(served: St
     ray.kill(loader)
 
 
+def _running(pids: list[int]) -> list[tuple[psutil.Process, str, str]]:
+    """Each process still running, with its name and command line: a loader replaced
+    since (a lost node, a kill) may have ended, or be a zombie its parent has yet to reap."""
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+            process = psutil.Process(pid)
+            found.append((process, process.name(), " ".join(process.cmdline())))
+    return found
+
+
 def test_replicas_haproxy_and_loaders_run_at_full_priority_and_no_loader_is_left_stopped(served: Stack) -> None:
     """Ray would start its workers at nice 15, behind its own daemons and any client on the
     machine (nonstop_ops/cluster/lifecycle.py sets RAY_worker_niceness). A loader runs at
     serving's priority too, held to its share by its replica's meter, which never leaves it
     stopped between loads (the suite has swapped versions before this runs)."""
     replicas = [pid for _, pid in served.replicas().values()]
-    processes = list(map(psutil.Process, local.cluster_pids(served.cluster)))
-    haproxy = [p.pid for p in processes if p.name() == "haproxy"]
-    loaders = [p for p in processes if "ModelLoader" in " ".join(p.cmdline()) + p.name()]
+    processes = _running(local.cluster_pids(served.cluster))
+    haproxy = [p.pid for p, name, _ in processes if name == "haproxy"]
+    loaders = [p for p, name, command in processes if "ModelLoader" in name + command]
     assert len(replicas) >= 2 and haproxy and len(loaders) >= len(replicas), (replicas, haproxy, loaders)
     assert {pid: psutil.Process(pid).nice() for pid in replicas + haproxy} == dict.fromkeys(replicas + haproxy, 0)
     assert {p.pid: (p.nice(), p.status()) for p in loaders if p.status() == psutil.STATUS_STOPPED or p.nice()} == {}

@@ -10,7 +10,6 @@ while its endpoint's removal reaches kube-proxy 2 s later (harness/switchover.py
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,6 @@ from tests.tools.kuberay.manifests import KUBERAY, find_kubectl, load_all, run_k
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
-# The switchover test's two slots (base+1000, base+1010): the tier runs one test at a time.
-PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "21000")) + 1000
 SHORT = Timing(rate=20.0, concurrency=4, settle_s=3.0, ready_timeout_s=240.0)
 
 
@@ -39,15 +36,14 @@ def rayservice() -> dict[str, Any]:
     return service
 
 
-def test_a_pod_deleted_under_load_loses_no_request(rayservice: dict[str, Any], trained: Registry) -> None:
+def test_a_pod_deleted_under_load_loses_no_request(
+    rayservice: dict[str, Any], trained: Registry, side_slots: tuple[local.LocalCluster, local.LocalCluster]
+) -> None:
     settings = ServiceSettings.of(rayservice, deletion_delay_s=0.0)
     registry = trained  # its own copy: the served app writes captures into it
     body = {"instances": registry.manifest(MODEL, registry.latest(MODEL)).samples.inputs[:1]}
     stage = Stage(
-        clusters=(
-            local.LocalCluster.isolated(PORT_BASE, f"nst-{PORT_BASE}"),
-            local.LocalCluster.isolated(PORT_BASE + 10, f"nst-{PORT_BASE + 10}"),
-        ),
+        clusters=side_slots,
         serve_config_v2=rayservice["spec"]["serveConfigV2"],
         registry=registry.uri,
         body=body,
@@ -60,9 +56,9 @@ def test_a_pod_deleted_under_load_loses_no_request(rayservice: dict[str, Any], t
     assert settings.prestop is not None and settings.prestop.wait_s > 0, "the hook waits for the removal first"
     # Load reached both pods; HAProxy stopped listening only once the deleted pod was out
     # of the Service, and nothing failed.
-    assert set(result.accepted_by_endpoint) == {f"nst-{PORT_BASE}", f"nst-{PORT_BASE + 10}"}, report
+    assert set(result.accepted_by_endpoint) == {side_slots[0].name, side_slots[1].name}, report
     events = [e.what for e in result.events]
-    assert f"nst-{PORT_BASE + 10}: HAProxy soft-stopped" in events, report
-    out = events.index(f"nst-{PORT_BASE + 10} out of the Service")
-    assert out < events.index(f"nst-{PORT_BASE + 10}: HAProxy soft-stopped"), report
+    assert f"{side_slots[1].name}: HAProxy soft-stopped" in events, report
+    out = events.index(f"{side_slots[1].name} out of the Service")
+    assert out < events.index(f"{side_slots[1].name}: HAProxy soft-stopped"), report
     assert result.count.total > 0 and result.count.failed == 0, report

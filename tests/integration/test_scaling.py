@@ -46,10 +46,10 @@ class Scaled:
     settings: Settings
 
 
-def loader_nodes() -> Counter[str]:
+def loader_nodes(stack: Stack) -> Counter[str]:
     from ray.util.state import list_actors
 
-    alive = list_actors(filters=[("class_name", "=", "ModelLoader"), ("state", "=", "ALIVE")], limit=1000)
+    alive = list_actors(address=stack.cluster.dashboard_url, filters=[("class_name", "=", "ModelLoader"), ("state", "=", "ALIVE")], limit=1000)
     return Counter(a.node_id for a in alive)
 
 
@@ -170,7 +170,7 @@ def test_a_worker_node_killed_under_load_fails_at_most_the_requests_in_flight(sc
     placed = _spread(stack)
     # each replica's loader on the replica's own node: a node's loss takes no loader of a
     # replica elsewhere, which could load nothing after (serve_app/replica/loader_actor.py)
-    wait_until(lambda: loader_nodes() == Counter(running_on(stack.cluster).values()), 60, "each loader on its replica's node", 0.5)
+    wait_until(lambda: loader_nodes(stack) == Counter(running_on(stack.cluster).values()), 60, "each loader on its replica's node", 0.5)
     victim, victim_id = max(zip(scaled.workers, scaled.node_ids, strict=True), key=lambda w: placed.count(w[1]))
 
     report = node_loss(stack, victim, victim_id, Loss(concurrency=KILL_LOAD, settle_s=3.0), kill=True)

@@ -11,7 +11,6 @@ separate scenarios and the unfixed settings: benchmarks/switchover.py.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,6 @@ from tests.tools.kuberay.manifests import KUBERAY, find_kubectl, load_all, run_k
 # Two Ray clusters started one after the other on a 2-core machine shared with the rest.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
-# Two slots next to the tier's own cluster (NONSTOP_TEST_PORT_BASE): base+1000 and
-# base+1010 (isolated() uses base+1 .. base+950); the Service on any free port.
-PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "21000")) + 1000
 SHORT = Timing(rate=10.0, concurrency=4, settle_s=2.0, deletion_delay_s=3.0, ready_timeout_s=240.0)
 
 
@@ -43,17 +39,18 @@ def rayservice() -> dict[str, Any]:
 
 
 def test_first_start_and_a_new_cluster_switch_lose_no_request(
-    rayservice: dict[str, Any], demo_data: Path, trained_once: Path, tmp_path: Path
+    rayservice: dict[str, Any],
+    demo_data: Path,
+    trained_once: Path,
+    tmp_path: Path,
+    side_slots: tuple[local.LocalCluster, local.LocalCluster],
 ) -> None:
     settings = ServiceSettings.of(rayservice, SHORT.deletion_delay_s)
     body_source = Registry(str(trained_once))
     body = {"instances": body_source.manifest(MODEL, body_source.latest(MODEL)).samples.inputs[:1]}
     registry = Registry(str(tmp_path / "registry"))  # empty: the RayService comes first
     stage = Stage(
-        clusters=(
-            local.LocalCluster.isolated(PORT_BASE, f"nst-{PORT_BASE}"),
-            local.LocalCluster.isolated(PORT_BASE + 10, f"nst-{PORT_BASE + 10}"),
-        ),
+        clusters=side_slots,
         serve_config_v2=rayservice["spec"]["serveConfigV2"],
         registry=registry.uri,
         body=body,
@@ -77,4 +74,4 @@ def test_first_start_and_a_new_cluster_switch_lose_no_request(
     # Through the switch, the slow probes and the old cluster's deletion: nothing lost.
     assert upgrade.count.total > 0 and upgrade.count.failed == 0, report
     assert upgrade.count.backwards == 0 and upgrade.count.versions == ("1",), report
-    assert set(upgrade.accepted) == {f"nst-{PORT_BASE}", f"nst-{PORT_BASE + 10}"}, report
+    assert set(upgrade.accepted) == {side_slots[0].name, side_slots[1].name}, report

@@ -38,3 +38,26 @@ def test_a_node_for_a_cluster_never_started_fails_naming_the_node() -> None:
 def test_an_isolated_cluster_among_the_ports_ray_picks_itself_is_refused_naming_the_range(base: int) -> None:
     with pytest.raises(ValueError, match=f"port base {base} .* choose a base from 20000 to 31768"):
         LocalCluster.isolated(base, f"nst-{base}")
+
+
+def test_isolated_clusters_give_their_replicas_ports_of_their_own() -> None:
+    """Serve picks replica ports from fixed ranges without asking the OS, and gRPC binds
+    with SO_REUSEPORT: side-by-side clusters on Serve's defaults shared a gRPC port and one
+    cluster's requests reached the other's replicas (the integration tier's two halves)."""
+    first, second = LocalCluster.isolated(21000, "nst-21000"), LocalCluster.isolated(24000, "nst-24000")
+    ranges = []
+    for cluster in (first, second):
+        env = cluster.environment(Settings(registry="/tmp/unused-registry"))
+        http = range(int(env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]), int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) + 1)
+        grpc = range(int(env["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"]), int(env["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"]) + 1)
+        own = {v for k, v in cluster.model_dump().items() if k.endswith("_port")}
+        assert not own & (set(http) | set(grpc)) and not set(http) & set(grpc)
+        assert {p // 1000 for p in (*http, *grpc)} == {cluster.gcs_port // 1000}  # inside its span
+        ranges.append(set(http) | set(grpc))
+    assert not ranges[0] & ranges[1]
+    assert "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT" not in LocalCluster().environment(Settings(registry="/tmp/r"))
+
+
+def test_a_replica_port_range_backwards_is_refused_naming_it() -> None:
+    with pytest.raises(ValidationError, match=r"replica ports \(700, 600\) are not a range"):
+        LocalCluster(replica_grpc_ports=(700, 600))
