@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nonstop.config import Settings
 from nonstop_ops.cluster import ClusterError
-from nonstop_ops.cluster.lifecycle import LOOPBACK, LocalCluster, _end, _ray_bin
+from nonstop_ops.cluster.lifecycle import _end, _ray_bin
+from nonstop_ops.cluster.local_cluster import LOOPBACK, LocalCluster
 
 # Ray puts sockets under <temp>/session_<date>_<pid>/sockets/ and Unix socket paths stop at
 # 107 characters: a node's folder is the head's (36 at most, lifecycle.py) and "/n39" at most.

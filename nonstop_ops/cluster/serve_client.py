@@ -14,7 +14,7 @@ import httpx
 import yaml
 
 from nonstop_ops.cluster import ClusterError
-from nonstop_ops.cluster.lifecycle import LocalCluster
+from nonstop_ops.cluster.local_cluster import LocalCluster
 
 # The dashboard's Serve REST API, called as the KubeRay operator calls it
 # (ray-operator/controllers/ray/utils/dashboardclient/dashboard_httpclient.go, v1.7.0):

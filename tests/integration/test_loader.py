@@ -52,7 +52,7 @@ def _running(pids: list[int]) -> list[tuple[psutil.Process, str, str]]:
 
 def test_replicas_haproxy_and_loaders_run_at_full_priority_and_no_loader_is_left_stopped(served: Stack) -> None:
     """Ray would start its workers at nice 15, behind its own daemons and any client on the
-    machine (nonstop_ops/cluster/lifecycle.py sets RAY_worker_niceness). A loader runs at
+    machine (nonstop_ops/cluster/local_cluster.py sets RAY_worker_niceness). A loader runs at
     serving's priority too, held to its share by its replica's meter, which never leaves it
     stopped between loads (the suite has swapped versions before this runs)."""
     replicas = [pid for _, pid in served.replicas().values()]

@@ -18,7 +18,7 @@ SERVING_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_worker_niceness": "0",
-    # as `nonstop up` (nonstop_ops/cluster/lifecycle.py)
+    # as `nonstop up` (nonstop_ops/cluster/local_cluster.py)
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
     "RAY_SERVE_HAPROXY_NBTHREAD": "1",
     # gRPC messages bounded as HTTP bodies are, before parsing (serve_app/grpc_v2/servicer.py)

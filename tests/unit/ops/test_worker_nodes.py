@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from nonstop.config import Settings
 from nonstop_ops.cluster import ClusterError, nodes
-from nonstop_ops.cluster.lifecycle import LocalCluster
+from nonstop_ops.cluster.local_cluster import LocalCluster
 
 
 def test_nodes_get_their_own_agent_port_above_the_heads_and_a_folder_the_cluster_stop_finds() -> None:
