@@ -43,7 +43,7 @@ def test_an_isolated_cluster_among_the_ports_ray_picks_itself_is_refused_naming_
 def test_isolated_clusters_give_their_replicas_ports_of_their_own() -> None:
     """Serve picks replica ports from fixed ranges without asking the OS, and gRPC binds
     with SO_REUSEPORT: side-by-side clusters on Serve's defaults shared a gRPC port and one
-    cluster's requests reached the other's replicas (the integration tier's two halves)."""
+    cluster's requests reached the other's replicas (two test clusters run side by side)."""
     first, second = LocalCluster.isolated(21000, "nst-21000"), LocalCluster.isolated(24000, "nst-24000")
     ranges = []
     for cluster in (first, second):
