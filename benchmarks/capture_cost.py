@@ -9,7 +9,10 @@ in reverse order every other round and the levels every other phase
 the status board when a setting takes over: a new capture config is applied after the
 buffer is written, so the counters then hold all that the setting before answered.
 Replicas are held at the autoscaler's floor: a scale-up during one setting would make it
-look cheaper. Then `nonstop replay` (its library function, on the same cluster beside the
+look cheaper. The replicas' CPU is sampled throughout (benchmarks/cpu_share.py), so each
+run also gives the CPU the replicas spent per request answered: on a shared machine the
+requests per second of a closed loop vary between rounds far more than the few per cent
+capture costs, and CPU per request shows that cost directly. Then `nonstop replay` (its library function, on the same cluster beside the
 idle replicas) replays the day captured at 100 %, against the same rows predicted in this
 process.
 
@@ -36,6 +39,7 @@ import psutil
 
 from benchmarks import throughput
 from benchmarks.capture_cost_report import BY_NAME, FULL, OFF, Setting, report, schedule
+from benchmarks.cpu_share import CpuSampler
 from benchmarks.score import BATCH
 from nonstop.batch.replay import LABEL, REQUEST_ID, ROW, SERVED_PREDICTION, SERVED_VERSION, ReplayOptions, captured_rows, replay
 from nonstop.batch.scorer import BatchScorer
@@ -104,10 +108,11 @@ def apply(cluster: local.LocalCluster, config: dict[str, Any], setting: Setting,
 
 
 def measure_settings(
-    cluster: local.LocalCluster, work: Path, rounds: int, seconds: float, body: throughput.Payload, replicas: int
+    cluster: local.LocalCluster, work: Path, rounds: int, seconds: float, body: throughput.Payload, replicas: int, cpu: CpuSampler
 ) -> dict[str, dict[str, Any]]:
-    """Every phase of the schedule; per setting its runs, requests answered, and the rows
-    its replicas wrote and dropped (counter deltas from one setting's start to the next's)."""
+    """Every phase of the schedule; per setting its runs (each with the replicas' CPU per
+    request), requests answered, and the rows its replicas wrote and dropped (counter
+    deltas from one setting's start to the next's)."""
     client: Callable[..., dict[str, Any]] = throughput.load_client()
     blocker(work).write_text("not a folder")
     url = f"{cluster.http_url}/v1/models/{MODEL}:predict"
@@ -133,10 +138,14 @@ def measure_settings(
         entry["answered"] += client(url, body, *WARM_UP)["requests"]
         for clients in levels:
             load = os.getloadavg()[0]
+            started = time.time()
             run = client(url, body, clients, seconds)
+            used = cpu.cpus(started, time.time())
+            run["replica_cpu_us"] = used["replicas"] / run["rps"] * 1e6 if used is not None and run["rps"] > 0 else None
             entry["answered"] += run["requests"]
             entry["runs"].append({**run, "round": round_, "clients": clients, "load_1m": load, "setting": setting.name})
-            print(f"round {round_} capture {setting.name} c={clients}: {run['rps']:.0f} req/s, p99 {run['p99_ms']:.1f} ms", flush=True)
+            print(f"round {round_} capture {setting.name} c={clients}: {run['rps']:.0f} req/s, p99 {run['p99_ms']:.1f} ms, "
+                  f"replicas {run['replica_cpu_us'] or float('nan'):.0f} CPU µs/request", flush=True)  # fmt: skip
     if current != OFF:
         switch(OFF)  # the last setting's buffers written, its counters read
     for name, entry in results.items():
@@ -204,7 +213,8 @@ def main() -> None:
     with local.serving(cluster, settings, first, MODEL):
         ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
         try:
-            measured = measure_settings(cluster, work, args.rounds, args.seconds, throughput.one_record(manifest), replicas)
+            with CpuSampler() as cpu:
+                measured = measure_settings(cluster, work, args.rounds, args.seconds, throughput.one_record(manifest), replicas, cpu)
             replayed = replay_against_in_process(settings, registry, folder(work, FULL), since, work / "replay")
         finally:
             ray.shutdown()

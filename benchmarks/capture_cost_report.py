@@ -4,7 +4,8 @@ test can hold them (tests/unit/benchmarks/test_capture_cost.py).
 
 Cost is the share of capture-off throughput lost with capture on, at the same number of
 clients, from the median over rounds of each: positive is slower, negative (noise on a
-shared machine) faster.
+shared machine) faster. The CPU cost is the same share of the replicas' CPU per request
+answered, which varies far less between rounds than a closed loop's requests per second.
 """
 
 from __future__ import annotations
@@ -54,11 +55,21 @@ def cost_pct(off_rps: float, on_rps: float) -> float:
 
 
 def medians(runs: list[dict[str, Any]], clients: int) -> dict[str, float]:
-    """req/s, p50 and p99 at `clients`: the median of the rounds, each figure on its own."""
+    """req/s, p50, p99 and the replicas' CPU per request (when every round has it) at
+    `clients`: the median of the rounds, each figure on its own."""
     level = [r for r in runs if r["clients"] == clients]
     if not level:
         raise ValueError(f"no run at {clients} clients")
-    return {key: float(median(r[key] for r in level)) for key in ("rps", "p50_ms", "p99_ms", "errors")}
+    keys = ["rps", "p50_ms", "p99_ms", "errors"]
+    if all(r.get("replica_cpu_us") is not None for r in level):
+        keys.append("replica_cpu_us")
+    return {key: float(median(r[key] for r in level)) for key in keys}
+
+
+def spread(runs: list[dict[str, Any]], clients: int, key: str) -> str:
+    """The lowest and highest of one figure over the rounds at `clients`."""
+    values = [r[key] for r in runs if r["clients"] == clients and r.get(key) is not None]
+    return f"{min(values):,.0f}-{max(values):,.0f}" if values else "n/a"
 
 
 def verdict(setting: Setting, cost: float) -> str:
@@ -88,8 +99,9 @@ def report(results: dict[str, Any]) -> str:
         "setting a redeploy of the Serve config (capture applied in place by every replica). Medians over rounds. "
         "Raw: `capture-cost.json`.",
         "",
-        "| capture | clients | req/s | cost vs off | p50 ms | p99 ms | p99 vs off | errors | goal |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| capture | clients | req/s | cost vs off | p50 ms | p99 ms | p99 vs off | errors | goal | replicas' CPU µs per request "
+        "| CPU cost vs off | goal, on CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for name, data in results["settings"].items():
         for clients in LEVELS:
@@ -98,11 +110,22 @@ def report(results: dict[str, Any]) -> str:
             same = name == OFF.name
             cost_cell = "" if same else f"{cost:+.1f} %"
             p99_cell = "" if same else f"×{got['p99_ms'] / base['p99_ms']:.2f}"
+            cpu_cells = "| n/a | | |"
+            if "replica_cpu_us" in got and "replica_cpu_us" in base:
+                cpu_cost = (got["replica_cpu_us"] - base["replica_cpu_us"]) / base["replica_cpu_us"] * 100.0
+                cpu_cells = (f"| {got['replica_cpu_us']:.0f} | | |" if same else
+                             f"| {got['replica_cpu_us']:.0f} | {cpu_cost:+.1f} % | {verdict(BY_NAME[name], cpu_cost)} |")  # fmt: skip
             lines.append(
                 f"| {name} | {clients} | {got['rps']:,.0f} | {cost_cell} | {got['p50_ms']:.2f} | {got['p99_ms']:.2f} "
-                f"| {p99_cell} | {got['errors']:.0f} | {verdict(BY_NAME[name], cost)} |"
+                f"| {p99_cell} | {got['errors']:.0f} | {verdict(BY_NAME[name], cost)} {cpu_cells}"
             )
     lines += [
+        "",
+        "How far rounds of one setting differ, capture off: "
+        + "; ".join(f"{c} clients {spread(off, c, 'rps')} req/s and {spread(off, c, 'replica_cpu_us')} CPU µs per request" for c in LEVELS)
+        + ". The replicas' CPU is sampled once a second (benchmarks/cpu_share.py) over each run; per request it is "
+        "that CPU over the requests answered.",
+        "",
         "",
         "| capture | responses the client counted (warm-ups included) | records in the store | share written | "
         "written, by the replicas' counters | rows dropped |",

@@ -106,7 +106,7 @@ def sampled(request_id: str, rate: float) -> bool:
 
 @dataclass
 class Served:
-    """One answered request, as the data plane hands it over: kept as references until written."""
+    """One answered request, as tests and tools describe it; `records_table` writes a batch of them."""
 
     request_id: str
     at: datetime
@@ -119,9 +119,80 @@ class Served:
     probabilities: list[list[float]] | None = None
     excluded: frozenset[str] = field(default_factory=frozenset)
 
-    @property
-    def rows(self) -> int:
-        return len(self.matrix)
+
+class Records:
+    """Rows of one (model, version), held as columns until written (the features are that
+    version's, so one schema). A request adds its values to a few lists and leaves no
+    container of its own behind: a replica buffers thousands of requests between writes,
+    and as many objects would be walked again by every garbage collection of the process
+    that answers the requests."""
+
+    def __init__(self, model: str, version: int, features: Sequence[FeatureSpec], excluded: frozenset[str] = frozenset()) -> None:
+        self.model, self.version = model, version
+        self._features, self._excluded = list(features), excluded
+        self._ids: list[str] = []
+        self._counts: list[int] = []  # rows per request
+        self._at_us: list[int] = []  # microseconds since the epoch, UTC
+        self._roles: list[str] = []
+        self._matrices: list[np.ndarray] = []
+        self._predictions: list[Any] = []  # per row
+        self._probabilities: list[np.ndarray | None] = []
+        self.rows = 0
+
+    def add(
+        self, request_id: str, at_us: int, role: str, matrix: np.ndarray, predictions: Sequence[Any], probabilities: Sequence[Sequence[float]] | None = None
+    ) -> None:
+        rows = len(matrix)
+        if rows == 0:
+            return
+        self._ids.append(request_id)
+        self._counts.append(rows)
+        self._at_us.append(at_us)
+        self._roles.append(role)
+        self._matrices.append(matrix)
+        self._predictions.extend(predictions)
+        self._probabilities.append(None if probabilities is None else np.asarray(probabilities, dtype=np.float64).reshape(rows, -1))
+        self.rows += rows
+
+    def table(self) -> pa.Table:
+        if not self.rows:
+            raise ValueError(f"no rows of {self.model} v{self.version} to write")
+        counts = np.asarray(self._counts, dtype=np.int64)
+        each = None if self.rows == len(counts) else np.repeat(np.arange(len(counts)), counts)  # each row's request
+
+        def per_row(values: pa.Array) -> pa.Array:
+            return values if each is None else values.take(pa.array(each))
+
+        at = np.asarray(self._at_us, dtype=np.int64)
+        first_rows = np.cumsum(counts) - counts
+        matrix = np.concatenate(self._matrices) if len(self._matrices) > 1 else self._matrices[0]
+        columns: dict[str, pa.Array] = {
+            "request_id": per_row(pa.array(self._ids, type=pa.string())),
+            "row": pa.array(np.zeros(self.rows, dtype=np.int64) if each is None else np.arange(self.rows) - first_rows[each]),
+            "timestamp": per_row(pa.array(at, type=pa.timestamp("us", tz="UTC"))),
+            "role": per_row(pa.array(self._roles, type=pa.string())),
+        }
+        for index, spec in enumerate(self._features):
+            if spec.name not in self._excluded:
+                columns[FEATURE_PREFIX + spec.name] = _feature_column(spec, matrix[:, index])
+        columns["prediction"] = pa.array(self._predictions)
+        columns["probabilities"] = self._probability_column(counts)
+        columns["model"] = pa.array([self.model] * self.rows, type=pa.string())
+        columns["date"] = per_row(pa.array(np.datetime_as_string(at.astype("datetime64[us]").astype("datetime64[D]")), type=pa.string()))
+        columns["version"] = pa.array(np.full(self.rows, self.version, dtype=np.int64))
+        return pa.table(columns)
+
+    def _probability_column(self, counts: np.ndarray) -> pa.Array:
+        """A list of floats per row, null where its request did not ask for them."""
+        kind = pa.list_(pa.float64())
+        given = [p for p in self._probabilities if p is not None]
+        if not given:
+            return pa.nulls(self.rows, type=kind)
+        widths = np.repeat([0 if p is None else p.shape[1] for p in self._probabilities], counts)
+        offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int32)
+        missing = np.repeat([p is None for p in self._probabilities], counts)
+        values = np.concatenate([p.ravel() for p in given])
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.float64()), type=kind, mask=pa.array(missing))
 
 
 def _feature_column(spec: FeatureSpec, values: np.ndarray) -> pa.Array:
@@ -130,28 +201,18 @@ def _feature_column(spec: FeatureSpec, values: np.ndarray) -> pa.Array:
     return pa.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values], type=pa.string())
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def records_table(batch: Sequence[Served]) -> pa.Table:
-    """Rows of one (model, version): the features are that version's, so one schema."""
+    """Requests of one (model, version) as the table a replica writes."""
     first = batch[0]
-    columns: dict[str, pa.Array | list[Any]] = {
-        "request_id": [s.request_id for s in batch for _ in range(s.rows)],
-        "row": [i for s in batch for i in range(s.rows)],
-        "timestamp": pa.array([s.at for s in batch for _ in range(s.rows)], type=pa.timestamp("us", tz="UTC")),
-        "role": [s.role for s in batch for _ in range(s.rows)],
-    }
-    matrix = np.concatenate([s.matrix for s in batch]) if len(batch) > 1 else first.matrix
-    for index, spec in enumerate(first.features):
-        if spec.name not in first.excluded:
-            columns[FEATURE_PREFIX + spec.name] = _feature_column(spec, matrix[:, index])
-    columns["prediction"] = [p for s in batch for p in s.predictions]
-    columns["probabilities"] = pa.array(
-        [list(map(float, p)) if s.probabilities is not None else None for s in batch for p in (s.probabilities or [None] * s.rows)],
-        type=pa.list_(pa.float64()),
-    )
-    columns["model"] = [s.model for s in batch for _ in range(s.rows)]
-    columns["date"] = [s.at.strftime(DATE_FORMAT) for s in batch for _ in range(s.rows)]
-    columns["version"] = pa.array([s.version for s in batch for _ in range(s.rows)], type=pa.int64())
-    return pa.table(columns)
+    records = Records(first.model, first.version, first.features, first.excluded)
+    for served in batch:
+        if (served.model, served.version) != (first.model, first.version):
+            raise ValueError(f"one table holds one model's version: {served.model} v{served.version} among {first.model} v{first.version}")
+        records.add(served.request_id, (served.at - _EPOCH) // timedelta(microseconds=1), served.role, served.matrix, served.predictions, served.probabilities)
+    return records.table()
 
 
 def write_records(fs: pafs.FileSystem, root: str, table: pa.Table) -> None:

@@ -1,7 +1,7 @@
 """A replica's capture: a bounded buffer the data plane appends to, and the thread that writes it.
 
-`served` is all a request pays: a sampling decision and an append under a lock, never
-I/O. Rows buffered plus rows being written never exceed `max_buffered_rows`; a request
+`served` is all a request pays: a sampling decision and its values appended to the
+columns of its (model, version) under a lock, never I/O. Rows buffered plus rows being written never exceed `max_buffered_rows`; a request
 whose rows would pass the bound is dropped and counted. A write that fails (storage
 slow to the point of error, full, unreachable, refused) drops what it held and counts
 it; the next interval tries again with what has arrived since. The thread writes every
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
+import time
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
-from nonstop.capture import CaptureConfig, CaptureStatus, Served, delete_expired, filesystem, records_table, root_of, sampled, write_records
+from nonstop.capture import CaptureConfig, CaptureStatus, Records, delete_expired, filesystem, root_of, sampled, write_records
 from nonstop.manifest import FeatureSpec
 from nonstop.redact import public_uri
 
@@ -48,7 +48,8 @@ class Recorder:
         self._config = CaptureConfig()
         self._root: str | None = None
         self._lock = threading.Lock()
-        self._buffer: list[Served] = []
+        self._excluded: frozenset[str] = frozenset()
+        self._buffers: dict[tuple[str, int], Records] = {}
         self._pending = 0  # rows buffered or being written
         self.captured_rows = 0
         self.dropped_rows = 0
@@ -66,6 +67,7 @@ class Recorder:
         with self._lock:
             self._config = config
             self._root = root_of(self._registry_uri, config) if config.enabled else None
+            self._excluded = frozenset(config.exclude_columns)
         if config.enabled and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="nonstop-capture", daemon=True)
             self._thread.start()
@@ -100,11 +102,11 @@ class Recorder:
                 self.dropped_rows += rows
                 full = True
             else:
+                records = self._buffers.get((model, version))
+                if records is None:
+                    records = self._buffers[model, version] = Records(model, version, features, self._excluded)
+                records.add(request_id, time.time_ns() // 1000, role, matrix, predictions, probabilities)
                 self._pending += rows
-                self._buffer.append(
-                    Served(request_id, datetime.now(UTC), model, version, role, features, matrix, predictions, probabilities,
-                           frozenset(config.exclude_columns))  # fmt: skip
-                )
                 full = False
         if full:
             self._counting.dropped(model, "buffer_full", rows)
@@ -119,28 +121,25 @@ class Recorder:
             while self._writing:
                 self._idle.wait()
             self._writing = True
-            batch, self._buffer = self._buffer, []
+            batch, self._buffers = self._buffers, {}
             root = self._root
         try:
             if batch:
                 self._write(root, batch)
         finally:
             with self._lock:
-                self._pending -= sum(s.rows for s in batch)
+                self._pending -= sum(r.rows for r in batch.values())
                 self._writing = False
                 self._idle.notify_all()
 
-    def _write(self, root: str | None, batch: list[Served]) -> None:
-        groups: dict[tuple[str, int], list[Served]] = defaultdict(list)
-        for served in batch:
-            groups[served.model, served.version].append(served)
-        for (model, _), group in groups.items():
-            rows = sum(s.rows for s in group)
+    def _write(self, root: str | None, batch: dict[tuple[str, int], Records]) -> None:
+        for (model, _), records in batch.items():
+            rows = records.rows
             try:
                 if root is None:
                     raise RuntimeError("capture was turned off before these rows were written")
                 fs, path = filesystem(root)
-                write_records(fs, path, records_table(group))
+                write_records(fs, path, records.table())
             except Exception as exc:  # whatever storage does, requests never see it: counted instead
                 log.warning("capture of %d rows of %s dropped: %s", rows, model, exc)
                 with self._lock:

@@ -55,17 +55,18 @@ def test_each_setting_deploys_the_shipped_config_with_its_capture_and_the_replic
 
 
 def _results() -> dict[str, Any]:
-    def runs(rps: float, p99: float) -> list[dict[str, Any]]:
-        return [{"clients": c, "rps": rps * c / 16, "p50_ms": 1.0, "p99_ms": p99, "errors": 0, "load_1m": 3.0} for c in LEVELS]
+    def runs(rps: float, p99: float, cpu_us: float | None = 200.0) -> list[dict[str, Any]]:
+        return [{"clients": c, "rps": rps * c / 16, "p50_ms": 1.0, "p99_ms": p99, "errors": 0, "load_1m": 3.0,
+                 "replica_cpu_us": cpu_us} for c in LEVELS]  # fmt: skip
 
     return {
         "machine": "x86_64, 2 cores", "ray": "2.60.0", "date": "2026-12-05 13:00 UTC", "command": "python -m benchmarks.capture_cost",
         "seconds": 10.0, "rounds": 1, "replicas": 2, "client": "wrk", "load_start": 2.0, "load_end": 4.0,
         "settings": {
             "off": {"runs": runs(1000.0, 10.0), "answered": 30_000, "written": 0, "written_by_replicas": 0, "dropped": 0},
-            "1%": {"runs": runs(990.0, 10.0), "answered": 30_000, "written": 301, "written_by_replicas": 301, "dropped": 0},
-            FULL.name: {"runs": runs(850.0, 20.0), "answered": 25_000, "written": 25_000, "written_by_replicas": 25_000, "dropped": 0},
-            UNWRITABLE.name: {"runs": runs(995.0, 10.0), "answered": 29_000, "written": 0, "written_by_replicas": 0, "dropped": 29_000},
+            "1%": {"runs": runs(990.0, 10.0, 203.0), "answered": 30_000, "written": 301, "written_by_replicas": 301, "dropped": 0},
+            FULL.name: {"runs": runs(850.0, 20.0, 230.0), "answered": 25_000, "written": 25_000, "written_by_replicas": 25_000, "dropped": 0},
+            UNWRITABLE.name: {"runs": runs(995.0, 10.0, None), "answered": 29_000, "written": 0, "written_by_replicas": 0, "dropped": 29_000},
         },
         "replay": {"rows": 25_000, "candidate": 1, "rejected": 0, "agreement": 1.0, "seconds": 5.0, "rows_per_s": 5000.0,
                    "read_seconds": 0.5},
@@ -77,8 +78,11 @@ def test_the_report_states_each_cost_against_its_goal() -> None:
     text = report(_results())
     assert text.startswith("# ") and "taken 2026-12-05 13:00 UTC with `python -m benchmarks.capture_cost`" in text
     assert "load average 2.0 at the start, 3.0-3.0 before the runs, 4.0 at the end" in text
-    assert "| 1% | 16 | 990 | +1.0 % | 1.00 | 10.00 | ×1.00 | 0 | ≤ 2 %: met |" in text
-    assert "| 100% | 64 | 3,400 | +15.0 % | 1.00 | 20.00 | ×2.00 | 0 | ≤ 10 %: NOT met |" in text
+    assert "| off | 16 | 1,000 |  | 1.00 | 10.00 |  | 0 |  | 200 | | |" in text
+    assert "| 1% | 16 | 990 | +1.0 % | 1.00 | 10.00 | ×1.00 | 0 | ≤ 2 %: met | 203 | +1.5 % | ≤ 2 %: met |" in text
+    assert "| 100% | 64 | 3,400 | +15.0 % | 1.00 | 20.00 | ×2.00 | 0 | ≤ 10 %: NOT met | 230 | +15.0 % | ≤ 10 %: NOT met |" in text
+    assert "| 100%, unwritable | 64 | 3,980 | +0.5 % | 1.00 | 10.00 | ×1.00 | 0 | ≤ 10 %: met | n/a | | |" in text  # a run unsampled
+    assert "capture off: 16 clients 1,000-1,000 req/s and 200-200 CPU µs per request;" in text
     assert "| 1% | 30,000 | 301 | 1.00% | 301 | 0 |" in text
     assert "| 100%, unwritable | 16 | 995 | +0.5 % | 1.00 | 10.00 | ×1.00 | 0 | ≤ 10 %: met |" in text
     assert "| 100%, unwritable | 29,000 | 0 | 0.00% | 0 | 29,000 |" in text

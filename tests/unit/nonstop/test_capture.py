@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from nonstop.capture import (
-    OUTCOMES, RECORDS, CaptureConfig, Served, delete_expired, filesystem, read, records_table, root_of, sampled, write_records,
+    OUTCOMES, RECORDS, CaptureConfig, Records, Served, delete_expired, filesystem, read, records_table, root_of, sampled, write_records,
 )  # fmt: skip
 from nonstop.errors import DataValidationError
 from nonstop.manifest import FeatureSpec, Manifest
@@ -43,6 +44,43 @@ def test_records_are_typed_hive_partitioned_and_read_by_pandas(tmp_path: Path) -
     by_pandas = pd.read_parquet(tmp_path / RECORDS)  # the folder as it is, partitions as columns
     assert by_pandas.groupby(by_pandas["version"].astype(int)).size().to_dict() == {1: 4, 2: 2}
     assert set(by_pandas["model"].astype(str)) == {"m"}
+
+
+def test_each_row_keeps_its_request_its_index_its_day_and_its_own_probabilities() -> None:
+    """Requests of one and several rows, with and without probabilities, either side of midnight."""
+    midnight = datetime(2026, 12, 7, tzinfo=UTC)
+    table = records_table([
+        Served("a", midnight - timedelta(microseconds=1), "m", 3, "primary", FEATURES, np.array([[1.0, "red"], [2.0, "blue"]], dtype=object),
+               ["x", "y"], [[0.9, 0.1], [0.2, 0.8]]),
+        Served("b", midnight, "m", 3, "shadow", FEATURES, np.array([[3.0, None]], dtype=object), ["z"], None),
+        Served("c", midnight, "m", 3, "primary", FEATURES, np.array([[4.0, "red"], [5.0, "red"], [6.0, "red"]], dtype=object),
+               ["x", "x", "y"], [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]),
+    ])  # fmt: skip
+    rows = table.to_pylist()
+    assert [(r["request_id"], r["row"], r["role"], r["date"]) for r in rows] == [
+        ("a", 0, "primary", "2026-12-06"), ("a", 1, "primary", "2026-12-06"), ("b", 0, "shadow", "2026-12-07"),
+        ("c", 0, "primary", "2026-12-07"), ("c", 1, "primary", "2026-12-07"), ("c", 2, "primary", "2026-12-07"),
+    ]  # fmt: skip
+    assert [r["f_x"] for r in rows] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] and [r["f_colour"] for r in rows][1:3] == ["blue", None]
+    assert [r["prediction"] for r in rows] == ["x", "y", "z", "x", "x", "y"]
+    assert [r["probabilities"] for r in rows] == [[0.9, 0.1], [0.2, 0.8], None, [1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]
+    assert {r["model"] for r in rows} == {"m"} and {r["version"] for r in rows} == {3}
+    assert rows[0]["timestamp"] == midnight - timedelta(microseconds=1)
+    with pytest.raises(ValueError, match="one model's version"):
+        records_table([_served("a"), _served("b", version=2)])
+
+
+def test_buffered_requests_leave_no_object_for_the_garbage_collector_to_walk() -> None:
+    """A replica buffers thousands of requests between writes, in the process that answers
+    them: each must add values to the columns, not containers the collector walks again."""
+    records = Records("m", 1, FEATURES)
+    matrix = np.array([[1.5, "red"]], dtype=object)
+    gc.collect()
+    before = len(gc.get_objects())
+    for n in range(5000):
+        records.add(f"r{n}", n, "primary", matrix, [n], [[0.25, 0.75]])
+    assert len(gc.get_objects()) - before < 50
+    assert records.rows == 5000 and records.table().num_rows == 5000
 
 
 def test_retention_deletes_only_date_partitions_past_the_period(tmp_path: Path) -> None:
