@@ -42,6 +42,7 @@ from serve_app.grpc_v2 import oip_v2_pb2 as pb
 from serve_app.grpc_v2.servicer import GrpcV2, request_key
 from serve_app.replica.batching import PREDICTIONS_ONLY, Job, Outcome, Output, Outputs, run_batch, settled
 from serve_app.replica.dataplane import DataPlane
+from serve_app.replica.heap import release_freed_memory
 from serve_app.replica.holder import ModelHolder
 from serve_app.replica.loader_actor import OutOfProcessLoader
 from serve_app.replica.models import Canaries, ModelSet
@@ -76,6 +77,7 @@ class ModelServer:
         self._quality = LiveQuality(self._metrics)
         self._plane = DataPlane(self._models, self._predict, self._metrics, Canaries(self._models), self._capture)
         self._limits = args.limits
+        self._held_versions: frozenset[tuple[str, int]] = frozenset()  # at the last heartbeat
         self._rank = 0  # this replica's among the deployment's (reconfigure), rank 0 judges live quality
         self._grpc = GrpcV2(self._plane, args.limits)
         self._heartbeat: asyncio.Task[None] | None = None
@@ -218,9 +220,18 @@ class ModelServer:
             await asyncio.sleep(HEARTBEAT_S)
             await self._models.tidy()
             await self._measure_quality()
+            await self._release_memory()
             status = self._status()
             self._metrics.refresh(status)
             self._board.report.remote(status)
+
+    async def _release_memory(self) -> None:
+        """After versions were released (evicted, swapped, rolled back), the pages they held
+        go back to the system (serve_app/replica/heap.py)."""
+        held = self._models.held_versions()
+        released, self._held_versions = self._held_versions - held, held
+        if released:
+            await asyncio.to_thread(release_freed_memory)
 
     async def _measure_quality(self) -> None:
         """Live quality per version (serve_app/capture/live.py), by the replica of rank 0, of

@@ -245,6 +245,10 @@ class ModelSet:
             return True
         return budget.max_bytes is not None and self.held_bytes() > budget.max_bytes
 
+    def held_versions(self) -> frozenset[tuple[str, int]]:
+        """Every (model, version) loaded here, whatever its role."""
+        return frozenset((v.loaded.manifest.model, v.loaded.version) for h in self._held.values() for v in h.holder.state.versions)
+
     def held_bytes(self, model: str | None = None) -> int:
         """Estimated bytes of the versions held, of one model or of all."""
         helds = [self._held[model]] if model in self._held else [] if model is not None else list(self._held.values())
