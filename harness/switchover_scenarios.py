@@ -187,7 +187,9 @@ def pod_deletion(
     with running(stage, settings) as sim:
         for cluster in stage.clusters:
             boot(stage, cluster)
-            submit_serve_config(cluster, local_serve_config(stage.serve_config_v2, cluster, sim.poll_interval_s))
+            # the first PUT starts Serve on the new cluster: on a busy 2-core machine that can take
+            # longer than the client's default, so it may take as long as the cluster may to get ready
+            submit_serve_config(cluster, local_serve_config(stage.serve_config_v2, cluster, sim.poll_interval_s), timing.ready_timeout_s)
         for cluster in stage.clusters:
             sim.wait(lambda c=cluster: _serves(stage, c), timing.ready_timeout_s, f"{cluster.name} serving")
             sim.forwarder.add(cluster.name, SERVICE, cluster.http_port)

@@ -58,8 +58,8 @@ def decode_json(data: bytes) -> object:
 
 
 def decode_json_numeric(data: bytes) -> object:
-    """An all-numeric schema, whose bodies msgspec decodes against the schema: whatever
-    that fast path accepts, the value-by-value check of the same body, read by Python's
+    """An all-numeric schema, whose bodies of lists simdjson reads as one buffer of doubles
+    and others msgspec decodes against the schema: whatever those fast paths accept, the value-by-value check of the same body, read by Python's
     json, must accept as the same matrix (a difference is a finding)."""
     matrix = v1_json.body_matrix(data, "application/json", NUMERIC, LIMITS)
     if v1_json._typed_matrix(data, v1_json._plan(NUMERIC), LIMITS) is not None:
@@ -130,6 +130,8 @@ def seeds(target: str) -> list[bytes]:
         return [
             b'{"instances": [{"x": 1.5, "y z": 2}, [0, -1e300], {"y z": 3, "x": null}]}',
             b'{"instances": [[1.5, 2], [0, 123456789012345678901234567890]]}',
+            b'{"instances": [[1.5, 2], [0, -1e300], [-0.0, 18446744073709551615]]}',
+            b'{"instances": [[1, [2]], [3, 4]]}',
             b'{"instances": [{"x": 1, "y z": 2, "x": 3}], "extra": 1}',
         ]
     if target == "arrow":

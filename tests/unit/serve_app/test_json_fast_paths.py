@@ -1,4 +1,4 @@
-"""V1 instances (msgspec decoding against the schema) and V2 JSON tensors
+"""V1 instances (lists of numbers parsed by simdjson into doubles, msgspec decoding against the schema) and V2 JSON tensors
 (serve_app/wire/numbers.py) take a fast path when they are well formed, no Python code run
 per value; the value-by-value check is the reference.
 Whatever the shape, the fast path answers exactly what the check alone answers: the same
@@ -21,7 +21,7 @@ from nonstop.errors import InvalidInput, PayloadTooLarge
 from nonstop.manifest import FeatureSpec
 from serve_app.wire import v2_json
 from serve_app.wire.limits import Limits
-from serve_app.wire.v1_json import _checked_matrix, _plan, _typed_matrix, body_matrix
+from serve_app.wire.v1_json import _checked_matrix, _listed_matrix, _plan, _typed_matrix, body_matrix
 
 NAMES = ["mean radius", "texture", "area", "smoothness"]
 FEATURES = [FeatureSpec(name=n, kind="number", dtype="float64") for n in NAMES]
@@ -62,6 +62,55 @@ def test_well_formed_bodies_take_the_fast_path_in_every_shape() -> None:
         fast = _typed(instances)
         assert fast is not None and fast.dtype == np.float64
         np.testing.assert_array_equal(fast, expected)
+
+
+def test_lists_of_numbers_are_read_as_one_buffer_of_doubles_equal_to_the_checks() -> None:
+    instances = [ROW, [-0.0, 1e-300, 18446744073709551615, 2**53 + 1], [1.5e10, -7, 0, 3]]
+    listed = _listed_matrix(orjson.dumps({"instances": instances}), len(FEATURES), LIMITS)
+    assert listed is not None and listed.dtype == np.float64
+    np.testing.assert_array_equal(listed, _checked_matrix(instances, FEATURES, LIMITS))
+    spaced = b' {\n "instances" : [ [ 1 , 2 , 3 , 4 ] ,\t[5,6,7,8] ] } '
+    np.testing.assert_array_equal(_listed_matrix(spaced, 4, LIMITS), [[1, 2, 3, 4], [5, 6, 7, 8]])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [[1, [2], 3, 4]]}',  # flattened, it would be four numbers
+        b'{"instances": [[[1], [2], [3], [4]]]}',
+        b'{"instances": [[1, 2, 3, 4, 5], [1, 2, 3]]}',  # eight values in two rows, not four and four
+        b'{"instances": [[1, 2, 3, 4], 5, 6, 7, 8]}',
+        b'{"instances": [[1, 2, 3, 4]], "parameters": {}}',
+        b'{"instances": [[1, 2, 3, 4]], "instances": [[5, 6, 7, 8]]}',
+        b'{"instances": [[1, 2, 3, true]]}',
+        b'{"instances": [[1, 2, 3, "4"]]}',
+        b'{"instances": [[1, 2, 3, 123456789012345678901234567890]]}',
+        b'{"instances": [[1, 2, 3, 4]]}\x00',
+        b'{"instances": [{"mean radius": 1, "texture": 2, "area": 3, "smoothness": 4}]}',
+    ],
+)
+def test_what_the_buffer_would_misread_is_left_to_the_other_paths(body: bytes) -> None:
+    assert _listed_matrix(body, len(FEATURES), LIMITS) is None
+
+
+def test_the_buffer_path_goes_on_after_a_body_it_could_not_read() -> None:
+    """simdjson's parser is reused; one that failed mid-parse is replaced."""
+    good = orjson.dumps({"instances": [ROW]})
+    for bad in (b'{"instances": [[1, 2, 3, 1' + b"0" * 30 + b"]]}", b'{"instances": [[1, 2, 3,', b'{"instances": [[1, 2, 3, null]]}'):
+        assert _listed_matrix(bad, 4, LIMITS) is None
+        np.testing.assert_array_equal(_listed_matrix(good, 4, LIMITS), [ROW])
+
+
+_numbers = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**63), 2**64 - 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.lists(_numbers | st.lists(_numbers, max_size=2) | st.booleans() | st.none(), min_size=3, max_size=5), min_size=1, max_size=4))
+def test_any_list_body_read_as_a_buffer_is_what_the_check_gives(rows: list[Any]) -> None:
+    body = json.dumps({"instances": rows}).encode()
+    listed = _listed_matrix(body, len(FEATURES), LIMITS)
+    if listed is not None:
+        np.testing.assert_array_equal(listed, _checked_matrix(json.loads(body)["instances"], FEATURES, LIMITS))
 
 
 @pytest.mark.parametrize(
