@@ -158,16 +158,25 @@ def _typed_matrix(body: bytes, plan: _Plan, limits: Limits) -> np.ndarray | None
 
 
 _PARSERS = threading.local()  # simdjson's parser reuses its buffers, one document at a time
+# Below this, msgspec's typed decoding costs less than simdjson's document and its checks
+_LISTED_MIN_BYTES = 32 * 1024
+_OPEN = ord("[")
 
 
 def _listed_matrix(body: bytes, width: int, limits: Limits) -> np.ndarray | None:
     """`{"instances": [[number, ...], ...]}` as doubles, parsed by simdjson (full JSON
-    and UTF-8 validation) and read as one flat buffer, or None for the other paths. The
-    buffer flattens nested arrays, so the structure is checked first: the body's only
-    string is the one key (two quotes), so every `[` in it opens an array, and there are
-    exactly one per row plus the list's own; each row is `width` long; every value is a
-    finite number (a bool, null or string makes the buffer refuse)."""
-    if body.count(b'"') != 2:
+    and UTF-8 validation) and read as one flat buffer, or None for the other paths. Only
+    large bodies whose rows look like lists (the first `[` opens a `[`) are tried. The
+    buffer flattens nested arrays, so the structure is checked: the only key is
+    `instances`; each row is `width` long; every value is a number (a string, bool or
+    null makes the buffer refuse, so the key is the body's only string and every `[` in
+    the body opens an array) and there is one `[` per row plus the list's own, so no row
+    holds an array; every number is finite."""
+    if len(body) < _LISTED_MIN_BYTES:
+        return None
+    head = body[:256]
+    first = head.find(b"[")
+    if first < 0 or head[first + 1 :].lstrip()[:1] != b"[":
         return None
     parser = getattr(_PARSERS, "parser", None) or simdjson.Parser()
     _PARSERS.parser = parser
@@ -181,16 +190,16 @@ def _listed_matrix(body: bytes, width: int, limits: Limits) -> np.ndarray | None
             return None
         instances = document["instances"]
         rows = len(instances) if isinstance(instances, simdjson.Array) else 0
-        if not 0 < rows <= limits.max_instances or body.count(b"[") != rows + 1:
-            return None
-        if any(len(row) != width for row in instances):
+        if not 0 < rows <= limits.max_instances or any(len(row) != width for row in instances):
             return None
         flat = np.frombuffer(instances.as_buffer(of_type="d"), dtype=np.float64)
     except (TypeError, ValueError, RuntimeError, IndexError, KeyError):  # a value not a number; whatever else, the other paths decide
         return None
     finally:
         document = instances = None  # the parser takes the next body only once nothing points into this one
-    if flat.size != rows * width or not np.isfinite(flat).all():
+    if flat.size != rows * width or np.count_nonzero(np.frombuffer(body, dtype=np.uint8) == _OPEN) != rows + 1:
+        return None
+    if not np.isfinite(flat).all():
         return None
     return flat.reshape(rows, width)
 

@@ -21,7 +21,7 @@ from nonstop.errors import InvalidInput, PayloadTooLarge
 from nonstop.manifest import FeatureSpec
 from serve_app.wire import v2_json
 from serve_app.wire.limits import Limits
-from serve_app.wire.v1_json import _checked_matrix, _listed_matrix, _plan, _typed_matrix, body_matrix
+from serve_app.wire.v1_json import _LISTED_MIN_BYTES, _checked_matrix, _listed_matrix, _plan, _typed_matrix, body_matrix
 
 NAMES = ["mean radius", "texture", "area", "smoothness"]
 FEATURES = [FeatureSpec(name=n, kind="number", dtype="float64") for n in NAMES]
@@ -64,29 +64,45 @@ def test_well_formed_bodies_take_the_fast_path_in_every_shape() -> None:
         np.testing.assert_array_equal(fast, expected)
 
 
-def test_lists_of_numbers_are_read_as_one_buffer_of_doubles_equal_to_the_checks() -> None:
-    instances = [ROW, [-0.0, 1e-300, 18446744073709551615, 2**53 + 1], [1.5e10, -7, 0, 3]]
-    listed = _listed_matrix(orjson.dumps({"instances": instances}), len(FEATURES), LIMITS)
+MANY = [ROW] * 2000  # a body past the size below which msgspec reads lists
+
+
+def _padded(first_rows: bytes, tail: bytes = b"") -> bytes:
+    """A large list body whose first rows are given as text, then MANY good rows."""
+    body = b'{"instances": [' + first_rows + b", [17.99, 10.38, 1001, 0.1184]" * len(MANY) + b"]" + tail + b"}"
+    assert len(body) >= _LISTED_MIN_BYTES
+    return body
+
+
+def test_large_bodies_of_lists_are_read_as_one_buffer_of_doubles_equal_to_the_checks() -> None:
+    instances = [ROW, [-0.0, 1e-300, 18446744073709551615, 2**53 + 1], [1.5e10, -7, 0, 3], *MANY]
+    body = orjson.dumps({"instances": instances})
+    assert len(body) >= _LISTED_MIN_BYTES
+    listed = _listed_matrix(body, len(FEATURES), LIMITS)
     assert listed is not None and listed.dtype == np.float64
     np.testing.assert_array_equal(listed, _checked_matrix(instances, FEATURES, LIMITS))
-    spaced = b' {\n "instances" : [ [ 1 , 2 , 3 , 4 ] ,\t[5,6,7,8] ] } '
-    np.testing.assert_array_equal(_listed_matrix(spaced, 4, LIMITS), [[1, 2, 3, 4], [5, 6, 7, 8]])
+    spaced = _padded(b"[ 1 , 2 , 3 , 4 ] ,\t[5,6,7,8]").replace(b'{"instances": [', b' {\n "instances" : [\n ')
+    np.testing.assert_array_equal(_listed_matrix(spaced, 4, LIMITS)[:2], [[1, 2, 3, 4], [5, 6, 7, 8]])
+    small = orjson.dumps({"instances": [ROW]})
+    assert _listed_matrix(small, 4, LIMITS) is None and _typed([ROW]) is not None  # msgspec's
 
 
 @pytest.mark.parametrize(
     "body",
     [
-        b'{"instances": [[1, [2], 3, 4]]}',  # flattened, it would be four numbers
-        b'{"instances": [[[1], [2], [3], [4]]]}',
-        b'{"instances": [[1, 2, 3, 4, 5], [1, 2, 3]]}',  # eight values in two rows, not four and four
-        b'{"instances": [[1, 2, 3, 4], 5, 6, 7, 8]}',
-        b'{"instances": [[1, 2, 3, 4]], "parameters": {}}',
-        b'{"instances": [[1, 2, 3, 4]], "instances": [[5, 6, 7, 8]]}',
-        b'{"instances": [[1, 2, 3, true]]}',
-        b'{"instances": [[1, 2, 3, "4"]]}',
-        b'{"instances": [[1, 2, 3, 123456789012345678901234567890]]}',
-        b'{"instances": [[1, 2, 3, 4]]}\x00',
-        b'{"instances": [{"mean radius": 1, "texture": 2, "area": 3, "smoothness": 4}]}',
+        _padded(b"[1, [2], 3, 4]"),  # flattened, it would be four numbers
+        _padded(b"[[1], [2], [3], [4]]"),
+        _padded(b"[1, 2, 3, 4, 5], [1, 2, 3]"),  # eight values in two rows, not four and four
+        _padded(b"[1, 2, 3, 4], 5, 6, 7, 8"),
+        _padded(b"[1, 2, 3, 4]", tail=b', "parameters": {}'),
+        _padded(b"[1, 2, 3, 4]", tail=b', "instances": [[5, 6, 7, 8]]'),
+        _padded(b"[1, 2, 3, true]"),
+        _padded(b"[1, 2, 3, null]"),
+        _padded(b'[1, 2, 3, "4"]'),
+        _padded(b"[1, 2, 3, 123456789012345678901234567890]"),
+        _padded(b"[1, 2, 3, 1e999]"),
+        _padded(b"[1, 2, 3, 4]") + b"\x00",
+        _padded(b"[1, 2, 3, 4]")[:-3],
     ],
 )
 def test_what_the_buffer_would_misread_is_left_to_the_other_paths(body: bytes) -> None:
@@ -95,22 +111,25 @@ def test_what_the_buffer_would_misread_is_left_to_the_other_paths(body: bytes) -
 
 def test_the_buffer_path_goes_on_after_a_body_it_could_not_read() -> None:
     """simdjson's parser is reused; one that failed mid-parse is replaced."""
-    good = orjson.dumps({"instances": [ROW]})
-    for bad in (b'{"instances": [[1, 2, 3, 1' + b"0" * 30 + b"]]}", b'{"instances": [[1, 2, 3,', b'{"instances": [[1, 2, 3, null]]}'):
+    good = orjson.dumps({"instances": MANY})
+    for bad in (_padded(b"[1, 2, 3, 1" + b"0" * 30 + b"]"), _padded(b"[1, 2, 3, 4]")[:-3], _padded(b"[1, 2, 3, null]")):
         assert _listed_matrix(bad, 4, LIMITS) is None
-        np.testing.assert_array_equal(_listed_matrix(good, 4, LIMITS), [ROW])
+        np.testing.assert_array_equal(_listed_matrix(good, 4, LIMITS), MANY)
 
 
 _numbers = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**63), 2**64 - 1)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(rows=st.lists(st.lists(_numbers | st.lists(_numbers, max_size=2) | st.booleans() | st.none(), min_size=3, max_size=5), min_size=1, max_size=4))
-def test_any_list_body_read_as_a_buffer_is_what_the_check_gives(rows: list[Any]) -> None:
-    body = json.dumps({"instances": rows}).encode()
+def test_any_large_list_body_read_as_a_buffer_is_what_the_check_gives(rows: list[Any]) -> None:
+    """The rows drawn, followed by many good rows: the buffer reads them or leaves them."""
+    body = json.dumps({"instances": [*rows, *MANY]}).encode()
     listed = _listed_matrix(body, len(FEATURES), LIMITS)
     if listed is not None:
         np.testing.assert_array_equal(listed, _checked_matrix(json.loads(body)["instances"], FEATURES, LIMITS))
+    else:
+        assert any(len(r) != len(FEATURES) or not all(type(v) in (int, float) for v in r) for r in rows)
 
 
 @pytest.mark.parametrize(
