@@ -1,20 +1,19 @@
 """What capture costs a serving stack, and how fast `nonstop replay` reads back what it wrote.
 
 In one run, on one local cluster serving the demo model (benchmarks/throughput.py's
-cluster, ports, model and client): the Serve config is redeployed with capture off, on at
-1 % sampling, on at 100 % (each rate to a destination of its own, so what each wrote
-is counted apart) and on at 100 % to a destination nothing can be written to, and one-row requests are sent at 16 and 64 clients; the settings run
-in reverse order every other round and the levels every other phase
-(capture_cost_report.schedule). Every replica's written and dropped rows are read from
-the status board when a setting takes over: a new capture config is applied after the
-buffer is written, so the counters then hold all that the setting before answered.
-Replicas are held at the autoscaler's floor: a scale-up during one setting would make it
-look cheaper. The replicas' CPU is sampled throughout (benchmarks/cpu_share.py), so each
-run also gives the CPU the replicas spent per request answered: on a shared machine the
-requests per second of a closed loop vary between rounds far more than the few per cent
-capture costs, and CPU per request shows that cost directly. Then `nonstop replay` (its library function, on the same cluster beside the
-idle replicas) replays the day captured at 100 %, against the same rows predicted in this
-process.
+cluster, ports, model and client): the Serve config is redeployed with capture off, on
+at 1 % sampling, on at 100 % (each rate to a destination of its own, so what each wrote
+is counted apart) and on at 100 % to a destination nothing can be written to, and
+one-row requests are sent at 16 and 64 clients; the settings run in reverse order every
+other round and the levels every other phase (capture_cost_report.schedule). Every
+replica's written and dropped rows are read from the status board when a setting takes
+over: a new capture config is applied after the buffer is written, so the counters then
+hold all that the setting before answered. Replicas are held at the autoscaler's floor:
+a scale-up during one setting would make it look cheaper. The replicas' CPU is sampled
+throughout (benchmarks/cpu_share.py), and each run gives the CPU they spent per request
+answered beside its requests per second. Then `nonstop replay` (its library function,
+on the same cluster beside the idle replicas) replays the day captured at 100 %, against
+the same rows predicted in this process.
 
     flock /tmp/nonstop-ray.lock .venv/bin/python -m benchmarks.capture_cost --out docs/results
 """

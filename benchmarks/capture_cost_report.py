@@ -5,7 +5,7 @@ test can hold them (tests/unit/benchmarks/test_capture_cost.py).
 Cost is the share of capture-off throughput lost with capture on, at the same number of
 clients, from the median over rounds of each: positive is slower, negative (noise on a
 shared machine) faster. The CPU cost is the same share of the replicas' CPU per request
-answered, which varies far less between rounds than a closed loop's requests per second.
+answered.
 """
 
 from __future__ import annotations
