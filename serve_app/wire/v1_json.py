@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -99,14 +100,20 @@ class _Plan:
     decoder: msgspec.json.Decoder[Any] | None  # None: a schema with a category
 
 
-_PLANS: dict[int, _Plan] = {}
-_MOST_PLANS = 16  # versions held at once are a few; the bound only stops growth
+# Least recently used first. A replica of a many-models app serves hundreds of versions
+# in turn, and building a plan (a struct type and its decoder) costs far more than
+# decoding a one-row body, so the bound is well above any replica's hot versions
+_PLANS: OrderedDict[int, _Plan] = OrderedDict()
+_PLANS_LOCK = threading.Lock()
+_MOST_PLANS = 512
 
 
 def _plan(features: Sequence[FeatureSpec]) -> _Plan:
-    plan = _PLANS.get(id(features))
-    if plan is not None and plan.features is features:
-        return plan
+    with _PLANS_LOCK:
+        plan = _PLANS.get(id(features))
+        if plan is not None and plan.features is features:
+            _PLANS.move_to_end(id(features))
+            return plan
     decoder = None
     if all(f.kind == "number" for f in features):
         fields = [f"f{i}" for i in range(len(features))]  # a feature's name need not be an identifier
@@ -120,9 +127,11 @@ def _plan(features: Sequence[FeatureSpec]) -> _Plan:
         body = msgspec.defstruct("Body", [("instances", list[named | listed])], forbid_unknown_fields=True)  # type: ignore[valid-type]
         decoder = msgspec.json.Decoder(body)
     plan = _Plan(features, decoder)
-    if len(_PLANS) >= _MOST_PLANS:
-        _PLANS.clear()
-    _PLANS[id(features)] = plan
+    with _PLANS_LOCK:
+        _PLANS[id(features)] = plan
+        _PLANS.move_to_end(id(features))
+        while len(_PLANS) > _MOST_PLANS:
+            _PLANS.popitem(last=False)
     return plan
 
 

@@ -21,7 +21,7 @@ from nonstop.errors import InvalidInput, PayloadTooLarge
 from nonstop.manifest import FeatureSpec
 from serve_app.wire import v2_json
 from serve_app.wire.limits import Limits
-from serve_app.wire.v1_json import _LISTED_MIN_BYTES, _checked_matrix, _listed_matrix, _plan, _typed_matrix, body_matrix
+from serve_app.wire.v1_json import _LISTED_MIN_BYTES, _MOST_PLANS, _checked_matrix, _listed_matrix, _plan, _typed_matrix, body_matrix
 
 NAMES = ["mean radius", "texture", "area", "smoothness"]
 FEATURES = [FeatureSpec(name=n, kind="number", dtype="float64") for n in NAMES]
@@ -146,6 +146,21 @@ def test_any_large_list_body_read_as_a_buffer_is_what_the_check_gives(rows: list
 )
 def test_the_fast_path_leaves_to_the_check_what_it_does_not_take(body: bytes) -> None:
     assert _typed_matrix(body, _plan(FEATURES), LIMITS) is None
+
+
+def test_versions_served_in_turn_keep_their_decoders_however_many_a_replica_holds() -> None:
+    """A replica of a many-models app answers dozens of versions in turn; each keeps the
+    decoder built on its first request, and past the bound the least recently used goes."""
+    schemas = [[FeatureSpec(name=f"m{m}_{n}", kind="number", dtype="float64") for n in NAMES] for m in range(_MOST_PLANS + 1)]
+    hot = schemas[:64]
+    first = [_plan(s) for s in hot]
+    assert all(_plan(s) is p for s, p in zip(hot, first, strict=True))
+    for s in schemas[64:]:  # the hot ones are the least recently used now, and one too many arrives
+        _plan(s)
+    assert _plan(hot[0]) is not first[0]  # the least recently used was let go, and is built again
+    assert _plan(schemas[-1]) is _plan(schemas[-1])
+    body = orjson.dumps({"instances": [dict(zip([f.name for f in hot[1]], ROW, strict=True))]})
+    assert _typed_matrix(body, _plan(hot[1]), LIMITS).tolist() == [[float(v) for v in ROW]]
 
 
 def test_too_many_instances_are_left_to_the_check_which_refuses_them() -> None:
