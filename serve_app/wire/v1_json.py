@@ -26,12 +26,12 @@ from typing import Any
 import msgspec
 import numpy as np
 import orjson
-import simdjson
 from msgspec.structs import astuple
 
 from nonstop.errors import InvalidInput, PayloadTooLarge, clip
 from nonstop.manifest import FeatureSpec
 from nonstop.schema import rows_to_matrix
+from serve_app.wire import json_buffer
 from serve_app.wire.limits import Limits
 from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_matrix, is_arrow
 
@@ -166,47 +166,36 @@ def _typed_matrix(body: bytes, plan: _Plan, limits: Limits) -> np.ndarray | None
     return matrix.reshape(len(instances), width)
 
 
-_PARSERS = threading.local()  # simdjson's parser reuses its buffers, one document at a time
-# Below this, msgspec's typed decoding costs less than simdjson's document and its checks
-_LISTED_MIN_BYTES = 32 * 1024
-_OPEN = ord("[")
-
-
 def _listed_matrix(body: bytes, width: int, limits: Limits) -> np.ndarray | None:
-    """`{"instances": [[number, ...], ...]}` as doubles, parsed by simdjson (full JSON
-    and UTF-8 validation) and read as one flat buffer, or None for the other paths. Only
-    large bodies whose rows look like lists (the first `[` opens a `[`) are tried. The
-    buffer flattens nested arrays, so the structure is checked: the only key is
-    `instances`; each row is `width` long; every value is a number (a string, bool or
-    null makes the buffer refuse, so the key is the body's only string and every `[` in
-    the body opens an array) and there is one `[` per row plus the list's own, so no row
-    holds an array; every number is finite."""
-    if len(body) < _LISTED_MIN_BYTES:
+    """`{"instances": [[number, ...], ...]}` as doubles, read as one flat buffer
+    (serve_app/wire/json_buffer.py), or None for the other paths. Only large bodies whose
+    rows look like lists (the first `[` opens a `[`) are tried. The buffer flattens nested
+    arrays, so the structure is checked: the only key is `instances`; each row is `width`
+    long; every value is a number (a string, bool or null makes the buffer refuse, so the
+    key is the body's only string and every `[` in the body opens an array) and there is
+    one `[` per row plus the list's own, so no row holds an array; every number is finite."""
+    if len(body) < json_buffer.MIN_BYTES:
         return None
     head = body[:256]
     first = head.find(b"[")
     if first < 0 or head[first + 1 :].lstrip()[:1] != b"[":
         return None
-    parser = getattr(_PARSERS, "parser", None) or simdjson.Parser()
-    _PARSERS.parser = parser
-    try:
-        document = parser.parse(body)
-    except (ValueError, RuntimeError):  # bad JSON, a number beyond 64 bits, a parser still held
-        _PARSERS.parser = None  # a fresh one next time, whatever this one holds
+    document = json_buffer.parse(body)
+    if document is None:
         return None
     try:
-        if not isinstance(document, simdjson.Object) or list(document.keys()) != ["instances"]:
+        if not json_buffer.is_object(document) or list(document.keys()) != ["instances"]:
             return None
         instances = document["instances"]
-        rows = len(instances) if isinstance(instances, simdjson.Array) else 0
+        rows = len(instances) if json_buffer.is_array(instances) else 0
         if not 0 < rows <= limits.max_instances or any(len(row) != width for row in instances):
             return None
-        flat = np.frombuffer(instances.as_buffer(of_type="d"), dtype=np.float64)
+        flat = json_buffer.doubles(instances)
     except (TypeError, ValueError, RuntimeError, IndexError, KeyError):  # a value not a number; whatever else, the other paths decide
         return None
     finally:
         document = instances = None  # the parser takes the next body only once nothing points into this one
-    if flat.size != rows * width or np.count_nonzero(np.frombuffer(body, dtype=np.uint8) == _OPEN) != rows + 1:
+    if flat.size != rows * width or json_buffer.brackets(body) != rows + 1:
         return None
     if not np.isfinite(flat).all():
         return None

@@ -31,7 +31,7 @@ with atheris.instrument_imports(include=["serve_app", "nonstop"]):
     from nonstop.manifest import DataFingerprint, FeatureSpec, Manifest, SampleSet
     from nonstop.registry import AliasRecord, parse_alias, parse_manifest
     from serve_app.grpc_v2 import oip_v2_pb2, servicer
-    from serve_app.wire import v1_arrow, v1_json, v2_json
+    from serve_app.wire import json_buffer, v1_arrow, v1_json, v2_json
     from serve_app.wire.limits import Limits
 
 import numpy as np
@@ -47,6 +47,8 @@ FEATURES = [
 ]
 NUMERIC = [FeatureSpec(name="x", kind="number", dtype="float64"), FeatureSpec(name="y z", kind="number", dtype="int64")]
 LIMITS = Limits(max_instances=256, max_string_length=64)
+# The fuzzer's inputs are small (runner.py's -max_len): the buffer paths take them all here
+json_buffer.MIN_BYTES = 0
 STATS_EVERY = 2000
 STATS_SECONDS = 2.0
 CLIENT_REFUSALS = (InvalidInput, PayloadTooLarge)  # 422 and 413: the only answers to bad bytes
@@ -63,10 +65,29 @@ def decode_json_numeric(data: bytes) -> object:
     json, must accept as the same matrix (a difference is a finding)."""
     matrix = v1_json.body_matrix(data, "application/json", NUMERIC, LIMITS)
     if v1_json._typed_matrix(data, v1_json._plan(NUMERIC), LIMITS) is not None:
-        checked = v1_json._checked_matrix(v1_json.json_instances(data, LIMITS, fast=False), NUMERIC, LIMITS)
+        try:
+            checked = v1_json._checked_matrix(v1_json.json_instances(data, LIMITS, fast=False), NUMERIC, LIMITS)
+        except CLIENT_REFUSALS as exc:
+            raise AssertionError(f"a fast path read {matrix!r} from what the check refuses: {exc}") from exc
         if not np.array_equal(matrix, checked):
-            raise AssertionError(f"the fast path read {matrix!r}, the check {checked!r}")
+            raise AssertionError(f"a fast path read {matrix!r}, the check {checked!r}")
     return matrix
+
+
+def decode_v2_numeric(data: bytes) -> object:
+    """JSON-only V2 bodies for an all-numeric schema: whatever the buffer path reads, the
+    JSON path must read as the same request (a difference, or a refusal, is a finding)."""
+    decoded = v2_json.decode(data, None, "m", NUMERIC, LIMITS)
+    buffered = v2_json._buffered(data, "m", NUMERIC, LIMITS)
+    if buffered is not None:
+        try:
+            plain = v2_json._json_decoded(data, len(data), "m", NUMERIC, LIMITS)
+        except CLIENT_REFUSALS as exc:
+            raise AssertionError(f"the buffer path read {buffered!r} from what the JSON path refuses: {exc}") from exc
+        same = (buffered.request_id, buffered.outputs) == (plain.request_id, plain.outputs)
+        if not (same and np.array_equal(buffered.matrix, plain.matrix)):
+            raise AssertionError(f"the buffer path read {buffered!r}, the JSON path {plain!r}")
+    return decoded
 
 
 def decode_arrow(data: bytes) -> object:
@@ -105,6 +126,7 @@ TARGETS: dict[str, tuple[Callable[[bytes], object], tuple[type[Exception], ...]]
     "json-numeric": (decode_json_numeric, CLIENT_REFUSALS),
     "arrow": (decode_arrow, CLIENT_REFUSALS),
     "v2": (decode_v2, CLIENT_REFUSALS),
+    "v2-numeric": (decode_v2_numeric, CLIENT_REFUSALS),
     "grpc": (decode_grpc, (*CLIENT_REFUSALS, DecodeError)),
     "manifest": (decode_manifest, (RegistryError, TamperedManifestError)),
     "alias": (decode_alias, (RegistryError, TamperedAliasError)),
@@ -133,6 +155,16 @@ def seeds(target: str) -> list[bytes]:
             b'{"instances": [[1.5, 2], [0, -1e300], [-0.0, 18446744073709551615]]}',
             b'{"instances": [[1, [2]], [3, 4]]}',
             b'{"instances": [{"x": 1, "y z": 2, "x": 3}], "extra": 1}',
+        ]
+    if target == "v2-numeric":
+        matrix = {"name": "input-0", "shape": [3, 2], "datatype": "FP64", "data": [[1.5, 2], [0, -1e300], [-0.0, 18446744073709551615]]}
+        flat = {**matrix, "data": [1.5, 2, 0, -1e300, -0.0, 7]}
+        columns = [{"name": "x", "shape": [2, 1], "datatype": "FP64", "data": [[1], [2]]}, {"name": "y z", "shape": [2], "datatype": "FP64", "data": [3, 4.5]}]
+        return [
+            json.dumps({"id": "a", "inputs": [matrix], "outputs": [{"name": "predict"}]}).encode(),
+            json.dumps({"inputs": [flat], "parameters": {"binary_data_output": False}}).encode(),
+            json.dumps({"inputs": columns}).encode(),
+            b'{"inputs": [{"name": "i[0]", "shape": [2, 2], "datatype": "FP64", "data": [[1, [2]], [3, 4]]}]}',
         ]
     if target == "arrow":
         plain = pa.table({"x": [1.5, None], "y": pa.array([2, 3], pa.int64()), "colour": ["red", None]})

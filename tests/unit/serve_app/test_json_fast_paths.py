@@ -21,7 +21,8 @@ from nonstop.errors import InvalidInput, PayloadTooLarge
 from nonstop.manifest import FeatureSpec
 from serve_app.wire import v2_json
 from serve_app.wire.limits import Limits
-from serve_app.wire.v1_json import _LISTED_MIN_BYTES, _MOST_PLANS, _checked_matrix, _listed_matrix, _plan, _typed_matrix, body_matrix
+from serve_app.wire.json_buffer import MIN_BYTES
+from serve_app.wire.v1_json import _MOST_PLANS, _checked_matrix, _listed_matrix, _plan, _typed_matrix, body_matrix
 
 NAMES = ["mean radius", "texture", "area", "smoothness"]
 FEATURES = [FeatureSpec(name=n, kind="number", dtype="float64") for n in NAMES]
@@ -70,14 +71,14 @@ MANY = [ROW] * 2000  # a body past the size below which msgspec reads lists
 def _padded(first_rows: bytes, tail: bytes = b"") -> bytes:
     """A large list body whose first rows are given as text, then MANY good rows."""
     body = b'{"instances": [' + first_rows + b", [17.99, 10.38, 1001, 0.1184]" * len(MANY) + b"]" + tail + b"}"
-    assert len(body) >= _LISTED_MIN_BYTES
+    assert len(body) >= MIN_BYTES
     return body
 
 
 def test_large_bodies_of_lists_are_read_as_one_buffer_of_doubles_equal_to_the_checks() -> None:
     instances = [ROW, [-0.0, 1e-300, 18446744073709551615, 2**53 + 1], [1.5e10, -7, 0, 3], *MANY]
     body = orjson.dumps({"instances": instances})
-    assert len(body) >= _LISTED_MIN_BYTES
+    assert len(body) >= MIN_BYTES
     listed = _listed_matrix(body, len(FEATURES), LIMITS)
     assert listed is not None and listed.dtype == np.float64
     np.testing.assert_array_equal(listed, _checked_matrix(instances, FEATURES, LIMITS))
@@ -281,7 +282,7 @@ def test_any_instances_get_what_the_row_by_row_check_gives(rows: list[Any]) -> N
         (7, None),
     ],
 )
-@pytest.mark.parametrize("rows", [1, 100])
+@pytest.mark.parametrize("rows", [1, 100, 2000])  # 2,000 rows: past the size the buffer path reads
 @pytest.mark.parametrize("form", ["matrix", "per feature"])
 def test_v2_json_fp64_tensors_refuse_as_v1_does_at_any_size(value: Any, message: str | None, rows: int, form: str) -> None:
     """The bad value in the last row, feature 'area', after rows of good values."""
