@@ -4,7 +4,9 @@ One fitted estimator (the demo StandardScaler + LogisticRegression), served by n
 (its skops artifact, 2 replicas behind HAProxy) and by KServe, MLServer and a classic
 FastAPI server (its joblib export, each peer in its own virtualenv under the scratch
 folder). The client is one `wrk -t1`; levels: 1, 16 and 64 concurrent clients with
-one-row JSON requests, then the same with 1,000-row requests (and Arrow for nonstop).
+one-row JSON requests, then 1, 4, 16 and 64 with 1,000-row requests: JSON lists and by
+name, one V2 JSON [N, F] tensor (nonstop and KServe; MLServer's lists are that already),
+and Arrow (nonstop only).
 
 Both body shapes a user sends: features as lists in schema order, and features by name,
 each server its own way (nonstop's README and the FastAPI server: V1 objects; KServe and
@@ -41,7 +43,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.peers.servers import MODEL, PEERS, Payload, Running, ensure_venv, v1_body, v1_objects_body  # noqa: E402
+from benchmarks.peers.servers import MODEL, PEERS, Payload, Running, ensure_venv, v1_body, v1_objects_body, v2_body  # noqa: E402
 from benchmarks.throughput import _arrow_payload, run_wrk  # noqa: E402
 from nonstop.config import Settings  # noqa: E402
 from nonstop.loading import TrustPolicy, load_version  # noqa: E402
@@ -53,15 +55,17 @@ from training import demo  # noqa: E402
 from training.job import TrainOptions, train  # noqa: E402
 
 NONSTOP = "nonstop"
-LISTS, NAMED, ARROW = "lists", "named", "arrow"
-SHAPES = {LISTS: "JSON lists", NAMED: "JSON by name", ARROW: "Arrow"}
+LISTS, NAMED, V2, ARROW = "lists", "named", "v2", "arrow"
+SHAPES = {LISTS: "JSON lists", NAMED: "JSON by name", V2: "V2 JSON tensor", ARROW: "Arrow"}
 SHAPES_NOTE = (
     "JSON lists: features as lists in schema order. JSON by name: features keyed by name, each server its own way "
     "(nonstop and FastAPI: V1 objects; KServe and MLServer: a V2 tensor per feature, decoded as pandas). "
+    "V2 JSON tensor: one FP64 [N, F] tensor of the Open Inference Protocol (nonstop and KServe; MLServer's lists are this). "
     "Arrow: an Arrow IPC stream (nonstop only)."
 )
 CLIENT_NICENESS = (10, 0)  # below the servers (as the benchmark always ran), and at their priority
 LEVELS = (1, 16, 64)
+BIG_LEVELS = (1, 4, 16, 64)
 BIG_ROWS = 1000
 PEER_PORT = 26900  # the nonstop cluster uses 26001-26800
 WARM_UP_S = 3
@@ -100,7 +104,7 @@ def measure(small: dict[str, Case], big: dict[str, Case], seconds: float, nices:
         bigs: dict[str, Any] = {}
         for kind, (u, b) in big.items():
             run_wrk(u, b, 4, 1, nice=nice)
-            bigs[kind] = {str(c): run_wrk(u, b, c, seconds, nice=nice) for c in LEVELS}
+            bigs[kind] = {str(c): run_wrk(u, b, c, seconds, nice=nice) for c in BIG_LEVELS}
         result["by_nice"][str(nice)] = {"one_row": one_row, "big": bigs}
     result["load_avg"] = {"before": load_before, "after": os.getloadavg()}
     return result
@@ -117,6 +121,7 @@ def run_nonstop(
         big = {
             LISTS: (url, v1_body(big_rows)),
             NAMED: (url, v1_objects_body(names, big_rows)),
+            V2: (f"{cluster.http_url}/v2/models/{MODEL}/infer", v2_body(big_rows)),
             ARROW: (url, _arrow_payload(names, big_rows)),
         }
         return measure(small, big, seconds, nices)
@@ -130,6 +135,8 @@ def run_peer(
     with Running(peer, scratch, model_dir, PEER_PORT, peer.body(rows)) as server:
         small = {LISTS: (server.url, peer.body(rows)), NAMED: (server.named_url, peer.named_body(names, rows))}
         big = {LISTS: (server.url, peer.body(big_rows)), NAMED: (server.named_url, peer.named_body(names, big_rows))}
+        if server.v2_url is not None:
+            big[V2] = (server.v2_url, v2_body(big_rows))
         return measure(small, big, seconds, nices)
 
 
@@ -158,7 +165,7 @@ def summarize(all_rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
             big: dict[str, Any] = {}
             for kind in first["big"]:
                 big[kind] = {}
-                for c in map(str, LEVELS):
+                for c in map(str, BIG_LEVELS):
                     runs = [r["by_nice"][nice]["big"][kind][c] for r in rounds]
                     big[kind][c] = {
                         "rows_per_s": _median(runs, "rps") * BIG_ROWS,
@@ -192,10 +199,13 @@ def ratios(summary: dict[str, Any]) -> dict[str, Any]:
                 for c in map(str, LEVELS)
             }
         big = {
-            kind: {c: mine["big"][kind][c]["rows_per_s"] / max(t["big"][kind][c]["rows_per_s"] for t in theirs) for c in map(str, LEVELS)}
+            kind: {
+                c: mine["big"][kind][c]["rows_per_s"] / max(t["big"][kind][c]["rows_per_s"] for t in theirs if kind in t["big"])
+                for c in map(str, BIG_LEVELS)
+            }
             for kind in mine["big"]
-            if all(kind in t["big"] for t in theirs)
-        }
+            if any(kind in t["big"] for t in theirs)
+        }  # against the peers that took the shape
         out["by_nice"][nice] = {"one_row": one_row, "big": big}
     top = str(LEVELS[-1])
     candidates = [
@@ -237,15 +247,15 @@ def table(result: dict[str, Any]) -> str:
         lines += [
             f"{BIG_ROWS:,}-row requests, rows per second (p99 ms), client at nice {nice}:",
             "",
-            "| server | body | " + " | ".join(f"c={c}" for c in LEVELS) + " |",
-            "|---|---|" + "---:|" * len(LEVELS),
+            "| server | body | " + " | ".join(f"c={c}" for c in BIG_LEVELS) + " |",
+            "|---|---|" + "---:|" * len(BIG_LEVELS),
         ]
         for server, entry in summary.items():
             for kind, levels in entry["by_nice"].get(nice, {"big": {}})["big"].items():
-                cells = [f"{levels[c]['rows_per_s']:,.0f} ({levels[c]['p99_ms']:.0f})" for c in map(str, LEVELS)]
+                cells = [f"{levels[c]['rows_per_s']:,.0f} ({levels[c]['p99_ms']:.0f})" for c in map(str, BIG_LEVELS)]
                 lines.append(f"| {server} | {SHAPES[kind]} | " + " | ".join(cells) + " |")
         for kind, levels in (ratio["by_nice"][nice]["big"] if ratio else {}).items():
-            lines.append(f"| nonstop ÷ best peer | {SHAPES[kind]} | " + " | ".join(f"{levels[str(c)]:.2f}×" for c in LEVELS) + " |")
+            lines.append(f"| nonstop ÷ best peer | {SHAPES[kind]} | " + " | ".join(f"{levels[str(c)]:.2f}×" for c in BIG_LEVELS) + " |")
         lines.append("")
     errors = {
         s: sum(levels[c]["errors"] for n in e["by_nice"].values() for levels in n["one_row"].values() for c in map(str, LEVELS))

@@ -67,6 +67,7 @@ class Peer:
     named_path: str  # the route for named features
     named_body: Callable[[list[str], list[list[float]]], Payload]  # features by name, its own way
     command: Callable[[Path, Path, int], list[str]]  # (venv, model folder, port) -> argv
+    v2_path: str | None = None  # the V2 infer route, where one FP64 tensor is not already its `body`
 
     def venv(self, scratch: Path) -> Path:
         return scratch / f"venv-{self.name.lower()}"
@@ -125,6 +126,7 @@ PEERS = (
         named_path=f"/v2/models/{MODEL}/infer",  # V1 objects of scalars fail in its get_predict_input
         named_body=v2_pandas_body,
         command=_kserve,
+        v2_path=f"/v2/models/{MODEL}/infer",
     ),
     Peer(
         name="MLServer",
@@ -175,6 +177,7 @@ class Running:
     def __init__(self, peer: Peer, scratch: Path, model_dir: Path, port: int, probe: Payload) -> None:
         self.peer, self.url = peer, f"http://127.0.0.1:{port}{peer.path}"
         self.named_url = f"http://127.0.0.1:{port}{peer.named_path}"
+        self.v2_url = f"http://127.0.0.1:{port}{peer.v2_path}" if peer.v2_path else None
         self._argv = peer.command(peer.venv(scratch), model_dir, port)
         self._log = scratch / f"{peer.name.lower()}.log"
         self._probe = probe
