@@ -81,9 +81,11 @@ def compile_predictor(estimator: Any) -> FastPredict | None:
     return predict
 
 
-def agrees(fast: FastPredict, estimator: Any, matrix: np.ndarray) -> bool:
-    """Same answers as scikit-learn on these rows (exact for labels, close for values)."""
-    ours, theirs = fast(matrix), estimator.predict(matrix)
+def agrees(fast: FastPredict, estimator: Any, matrix: np.ndarray, inputs: Any = None) -> bool:
+    """Same answers as scikit-learn on these rows (exact for labels, close for values);
+    `inputs`: the same rows as the estimator takes them (a named frame, if it was fitted
+    on one), else the matrix."""
+    ours, theirs = fast(matrix), estimator.predict(matrix if inputs is None else inputs)
     if ours.shape != theirs.shape:
         return False
     if np.issubdtype(theirs.dtype, np.floating):

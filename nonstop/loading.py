@@ -145,8 +145,14 @@ def load_version(registry: Registry, model: str, version: int, policy: TrustPoli
 
 
 def _checked_fast_path(manifest: Manifest, estimator: Any) -> FastPredict | None:
-    """The numpy path, kept only if it matches scikit-learn on varied rows, gaps included."""
-    if matrix_dtype(manifest.features) is not np.float64 or getattr(estimator, "feature_names_in_", None) is not None:
+    """The numpy path, kept only if it matches scikit-learn, fed as it is when serving, on
+    varied rows, gaps included (or, for an estimator that refuses gaps, handing it the rows
+    that hold one). An estimator fitted on a frame takes it when the frame's columns were
+    the schema's, in its order: the path reads the matrix by position."""
+    if matrix_dtype(manifest.features) is not np.float64:
+        return None
+    named = getattr(estimator, "feature_names_in_", None)
+    if named is not None and [str(n) for n in named] != manifest.feature_names:
         return None
     fast = compile_predictor(estimator)
     if fast is None:
@@ -156,7 +162,22 @@ def _checked_fast_path(manifest: Manifest, estimator: Any) -> FastPredict | None
     varied = np.repeat(samples, 8, axis=0) * rng.uniform(0.5, 1.5, size=(len(samples) * 8, samples.shape[1]))
     gaps = samples.copy()
     gaps[rng.random(gaps.shape) < 0.2] = np.nan
-    return fast if agrees(fast, estimator, np.vstack([samples, varied, gaps])) else None
+    rows = np.vstack([samples, varied])
+    if not agrees(fast, estimator, rows, estimator_inputs(estimator, rows, manifest.features)):
+        return None
+    try:
+        return fast if agrees(fast, estimator, gaps, estimator_inputs(estimator, gaps, manifest.features)) else None
+    except ValueError:  # the estimator refuses missing values: rows holding one go to it, to be refused alike
+        return _gaps_to_estimator(fast, estimator, manifest.features)
+
+
+def _gaps_to_estimator(fast: FastPredict, estimator: Any, features: Sequence[FeatureSpec]) -> FastPredict:
+    def predict(matrix: np.ndarray) -> np.ndarray:
+        if np.isnan(matrix).any():
+            return np.asarray(estimator.predict(estimator_inputs(estimator, matrix, features)))
+        return fast(matrix)
+
+    return predict
 
 
 def _safe_loads(manifest: Manifest, data: bytes, policy: TrustPolicy) -> Any:

@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import skops.io as sio
 from sklearn.pipeline import make_pipeline
@@ -13,6 +15,7 @@ from nonstop.loading import TrustPolicy, load_version
 from nonstop.manifest import ManifestDraft
 from nonstop.registry import Registry
 from nonstop.schema import rows_to_matrix
+from harness.small_models import publish_small
 from tests.conftest import MODEL
 
 
@@ -79,3 +82,22 @@ def test_the_demo_pipeline_gets_the_checked_numpy_path(registry: Registry) -> No
     assert loaded.fast is not None
     rows = rows_to_matrix(manifest.samples.inputs, manifest.features)
     assert loaded.predict(rows) == manifest.samples.outputs
+
+
+def test_an_estimator_fitted_on_a_frame_gets_the_checked_numpy_path_and_answers_as_sklearn_does(tmp_path: Path) -> None:
+    """What a data scientist publishes from a DataFrame: its columns are the schema, so the
+    matrix read by position is the frame it was fitted on (and the path is checked so). A
+    model that refuses missing values refuses them on the path too, in its own words."""
+    registry = Registry(str(tmp_path / "registry"))
+    version = publish_small(registry, "framed", seed=1)
+    loaded = load_version(registry, "framed", version, TrustPolicy())
+    assert list(loaded.estimator.feature_names_in_) == loaded.manifest.feature_names
+    assert loaded.fast is not None
+    rows = np.random.default_rng(3).normal(size=(200, 3))
+    frame = pd.DataFrame(rows, columns=loaded.manifest.feature_names)
+    assert loaded.predict(rows) == loaded.estimator.predict(frame).tolist()
+    rows[5, 1] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        loaded.estimator.predict(pd.DataFrame(rows, columns=loaded.manifest.feature_names))
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        loaded.predict(rows)
