@@ -5,9 +5,11 @@ cluster of its own (ports 38xxx), the app deployed with a selector over every mo
 (`select: {pattern: "m*"}`) on 2 fixed replicas with a budget of about B models per
 replica (a count, and the same in estimated bytes), HTTP on 127.0.0.1. Then, in one run:
 
-a. one model at C clients (closed loop): requests per second, p50, p99;
-b. a hot set of H models at the same clients, every replica holding all of them: the
-   same, and its ratio to (a); (a) and (b) alternate, `--rounds` times per level;
+a. one model at C clients (wrk, one thread, niced so the replicas get the CPU first):
+   requests per second, p50, p99;
+b. a hot set of H models at the same clients, every replica holding all of them, its
+   models' paths taken in turn: the same, and its ratio to (a); (a) and (b) alternate,
+   `--rounds` times per level;
 c. P passes over all N models in a new random order each (each model once per pass, S
    clients): cold loads read from the replicas' own per-model lines (`ReplicaStatus.models`:
    the load's time on the replica) and as the client saw them (the latency of the one
@@ -35,6 +37,7 @@ import os
 import platform
 import random
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -47,7 +50,8 @@ import psutil
 import ray
 
 from benchmarks.many_models_report import report
-from harness.many_models import Answer, BackgroundDrive, RssSampler, cold_loads, drive, memory_verdict, percentile_ms, tally
+from benchmarks.throughput import run_wrk
+from harness.many_models import BODY, BackgroundDrive, RssSampler, cold_loads, drive, memory_verdict, percentile_ms, tally
 from harness.publish_many import publish_in_parallel
 from harness.rollout import wait_until
 from nonstop.config import Settings
@@ -119,29 +123,43 @@ def wait_serving(cluster: local.LocalCluster, model: str, timeout_s: float = 300
     wait_until(ready, timeout_s, f"{model} answering on {REPLICAS} running replicas", every_s=1.0)
 
 
-def throughput(url: str, single: str, hot: list[str], levels: list[int], seconds: float, rounds: int) -> list[dict[str, Any]]:
-    """Per level, `rounds` times one model then the hot set, the same clients and seconds
-    each: alternating, so that the shared machine's other work falls on both alike."""
+def throughput(url: str, single: str, hot: list[str], levels: list[int], seconds: float, rounds: int, nice: int) -> list[dict[str, Any]]:
+    """Per level, `rounds` times one model then the hot set, by wrk (one thread, at `nice`)
+    with the same clients, seconds and script, the hot set's paths taken in turn:
+    alternating, so that the shared machine's other work falls on both alike. wrk, not the
+    Python client of the other phases, so the figures are the replicas' and not the client's."""
     asyncio.run(drive(url, hot * 10, concurrency=8, once=True))  # every hot model on every replica
     asyncio.run(drive(url, [single], concurrency=8, seconds=2))  # warm-up
+    payload = (BODY, "application/json")
     rows = []
     for clients in levels:
-        ones: list[Answer] = []
-        manys: list[Answer] = []
-        ratios = []
+        ones: list[dict[str, Any]] = []
+        manys: list[dict[str, Any]] = []
         for _ in range(rounds):
-            one = asyncio.run(drive(url, [single], concurrency=clients, seconds=seconds))
-            many = asyncio.run(drive(url, hot, concurrency=clients, seconds=seconds))
-            ok_one, ok_many = (sum(1 for a in x if a.outcome == "ok") for x in (one, many))
-            ratios.append(ok_many / ok_one if ok_one else None)
-            ones += one
-            manys += many
-        a, b, total = tally(ones), tally(manys), seconds * rounds
+            ones.append(run_wrk(url, payload, clients, seconds, nice=nice, paths=[_predict_path(single)]))
+            manys.append(run_wrk(url, payload, clients, seconds, nice=nice, paths=[_predict_path(m) for m in hot]))
+        one, many = _runs(ones), _runs(manys)
         rows.append({
-            "clients": clients, "one": {**a, "rps": a["ok"] / total}, "hot": {**b, "rps": b["ok"] / total},
-            "ratio": (b["ok"] / a["ok"]) if a["ok"] else None, "round_ratios": ratios,
+            "clients": clients, "one": one, "hot": many, "ratio": many["rps"] / one["rps"] if one["rps"] else None,
+            "round_ratios": [m["rps"] / o["rps"] if o["rps"] else None for o, m in zip(ones, manys, strict=True)],
         })  # fmt: skip
     return rows
+
+
+def _predict_path(model: str) -> str:
+    return f"/v1/models/{model}:predict"
+
+
+def _runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """wrk's rounds together: requests per second over all of them, the median round's
+    p50 and p99, and every non-2xx or socket error."""
+    return {
+        "rps": sum(r["rps"] for r in runs) / len(runs),
+        "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+        "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "client": "wrk",
+    }
 
 
 def sweep(url: str, names: list[str], passes: int, clients: int, sampler: RssSampler, rss_labels: list[str]) -> list[dict[str, Any]]:
@@ -227,6 +245,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput level")
     parser.add_argument("--rounds", type=int, default=3, help="one model, then the hot set, this many times per level")
+    parser.add_argument("--client-nice", type=int, default=10, help="wrk's niceness in the throughput phase (10: the replicas get the CPU first)")
     parser.add_argument("--passes", type=int, default=12, help="sweeps over all models")
     parser.add_argument("--sweep-clients", type=int, default=16)
     parser.add_argument("--retrain-clients", type=int, default=8)
@@ -270,7 +289,7 @@ def main() -> None:
         loaders = loader_pids(cluster)
         sampler = RssSampler({**dict(zip(labels, pids.values(), strict=True)), **{f"loader {i + 1}": p for i, p in enumerate(loaders)}}).start()
         baseline = {label: sampler.samples[0][label] for label in labels}
-        result["throughput"] = throughput(url, names[0], names[: args.hot], args.clients, args.seconds, args.rounds)
+        result["throughput"] = throughput(url, names[0], names[: args.hot], args.clients, args.seconds, args.rounds, args.client_nice)
         result["sweep"] = sweep(url, names, args.passes, args.sweep_clients, sampler, labels)
         result["retrain"] = retrain(url, registry.uri, names, args.retrain_clients, args.publishers, args.publisher_nice, args.poll)
         sampler.stop()

@@ -44,7 +44,7 @@ def _throughput(rows: list[dict[str, Any]], hot: str) -> list[str]:
     ]
     for r in rows:
         one, many, ratio = r["one"], r["hot"], r["ratio"]
-        errors = one["retry_after_503"] + one["failed"] + many["retry_after_503"] + many["failed"]
+        errors = one["errors"] + many["errors"]
         met = "met" if ratio is not None and ratio >= HOT_GOAL else "**not met**"
         lines.append(
             f"| {r['clients']} | {one['rps']:.0f} | {_ms(one['p50_ms'])} | {_ms(one['p99_ms'])} | {many['rps']:.0f} "
@@ -127,7 +127,7 @@ def report(result: dict[str, Any]) -> str:
         f"{args['models']} small models (logistic regression on 3 features) behind one app on 2 replicas, through HAProxy "
         f"over HTTP on 127.0.0.1: `{result['command']}` (under the machine's Ray lock), {result['started']} to "
         f"{result['finished']}, {result['machine']}. Load average {_load_range(result)}: a shared machine, other work beside "
-        "the benchmark's own; the client (Python, httpx) runs on the same 2 cores as the replicas.",
+        "the benchmark's own; the clients (wrk for the hot set, Python and httpx after it) run on the same 2 cores as the replicas.",
         "",
         f"Served by `select: {{pattern: \"m*\"}}`, each model following `production`, its poller every {args['poll']} s. "
         f"Budget per replica: {budget['max_models']} models and {budget['max_bytes']:,} estimated bytes "
@@ -137,7 +137,7 @@ def report(result: dict[str, Any]) -> str:
         + (", beforehand with `--publish-only`, outside the Ray lock)." if args.get("registry") not in (None, "None") else ")."),
         "",
         f"### Hot set against one model ({args['seconds']} s each, one model then the hot set, "
-        f"{args.get('rounds', '1')} rounds per level, closed-loop clients)",
+        f"{args.get('rounds', '1')} rounds per level, wrk -t1 at nice {args.get('client_nice', '10')}, the hot set's paths in turn)",
         "",
         *_throughput(result["throughput"], args["hot"]),
         "",

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ V2_CONCURRENCIES = (1, 64)
 # checkouts can measure side by side without stopping each other's cluster
 PORT_BASE = int(os.environ.get("NONSTOP_BENCH_PORT_BASE", "26000"))
 BASELINE_PORT = PORT_BASE + 2100
+_PATH = re.compile(r"/[\w/:.-]*")  # a URL path a Lua string holds as written
 
 
 def _json_payload(instances: list[Any]) -> Payload:
@@ -101,16 +102,29 @@ def _cluster(ingress: str) -> local.LocalCluster:
     )
 
 
-def run_wrk(url: str, payload: Payload | tuple[bytes, str], concurrency: int, seconds: float, nice: int = 0) -> dict[str, Any]:
-    """One wrk run; `nice` lowers the client's priority so the server gets the CPU first."""
+def run_wrk(
+    url: str, payload: Payload | tuple[bytes, str], concurrency: int, seconds: float, nice: int = 0, paths: Sequence[str] = ()
+) -> dict[str, Any]:
+    """One wrk run; `nice` lowers the client's priority so the server gets the CPU first.
+    `paths`: request paths taken in turn on `url`'s server (one per model, say), else `url`'s."""
     body, content_type, *extra = payload
     headers = extra[0] if extra else {}
+    unsafe = [p for p in paths if not _PATH.fullmatch(p)]
+    if unsafe:
+        raise ValueError(f"paths must be plain URL paths, not {unsafe[:3]}")
     folder = Path(tempfile.mkdtemp(prefix="nonstop-wrk-"))
     (folder / "body").write_bytes(body)  # read by the script: binary bodies do not fit in Lua source
+    turns = (
+        "local paths = {" + ", ".join(f'"{p}"' for p in paths) + "}\nlocal turn = 0\n"
+        "request = function()\n  turn = turn + 1\n  return wrk.format(nil, paths[(turn % #paths) + 1])\nend\n"
+        if paths
+        else ""
+    )
     (folder / "post.lua").write_text(
         f'local f = io.open("{folder / "body"}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
         f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{content_type}"\n'
         + "".join(f'wrk.headers["{name}"] = "{value}"\n' for name, value in headers.items())
+        + turns
     )
     out = subprocess.run(
         ["nice", "-n", str(nice), "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(folder / "post.lua"), url],
