@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-TARGETS = ("json", "json-numeric", "arrow", "v2", "manifest", "alias")
+TARGETS = ("json", "json-numeric", "arrow", "v2", "v2-numeric", "grpc", "manifest", "alias")
 ARTIFACT_TARGETS = tuple(f"artifact-{family}" for family in ("tree", "forest", "extra-trees", "boosting", "svm", "sparse"))
 _DONE = re.compile(rb"Done (\d+) runs in (\d+) second")
 _EXECS = re.compile(rb"stat::number_of_executed_units: *(\d+)")
