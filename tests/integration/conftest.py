@@ -33,8 +33,18 @@ PORT_BASE = int(os.environ.get("NONSTOP_TEST_PORT_BASE", "21000"))
 # A stopping replica drains for this long instead of Serve's default: the suite stops
 # replicas on every code update and scale-down, and its HAProxy lets go within an update
 DRAIN_S = 5.0
-TEST_CLUSTER = local.LocalCluster.isolated(PORT_BASE, f"nst-{PORT_BASE}", ingress_drain_s=DRAIN_S)
+# One logical CPU more than the app's two replicas take: a code update's new replica starts
+# while the one it replaces drains, as on a node with room for one pod more, instead of
+# waiting for that replica's CPU (Serve stops the old and starts the new at once)
+HEAD_CPUS = 3
+TEST_CLUSTER = local.LocalCluster.isolated(PORT_BASE, f"nst-{PORT_BASE}", ingress_drain_s=DRAIN_S, num_cpus=HEAD_CPUS)
 POLL_INTERVAL_S = 0.5
+# Requests per second each background load of the tier offers (open loop, its clients'
+# count at most in flight): hundreds of requests span every swap, restart and kill, and the
+# clients and replicas leave the cores to what the test waits for. Closed-loop load at
+# saturation is the benchmarks' (benchmarks/rollout.py); the canary tests keep theirs, as
+# their policy's windows need the samples.
+LOAD_RATE = 200.0
 SLACK_S = 30.0  # a busy 2-core machine: scheduling, Ray's own work, the load driver
 BODY_TIMEOUT_S = 10.0  # tests/integration/test_hostile_input.py waits it out; on a loaded
 # 2-core machine a replica mid-swap can stall a few seconds, which a shorter bound turned into 408s

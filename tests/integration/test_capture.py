@@ -26,7 +26,7 @@ from nonstop_ops.cluster.serve_config import deployment_config
 from serve_app.rollout.outcome_check import OutcomeCheck
 from serve_app.rollout.policy import Policy
 from tests.conftest import MODEL, train_into
-from tests.integration.conftest import swap_bound
+from tests.integration.conftest import LOAD_RATE, swap_bound
 from training import demo
 from training.job import TrainOptions, train
 
@@ -47,7 +47,7 @@ def _captured(served: Stack) -> dict[str, list[int]]:
 def test_every_2xx_answered_during_a_promote_and_a_rollback_is_captured_exactly_once(served: Stack, demo_data: Path) -> None:
     old = served.registry.resolve(MODEL, "production")
     new = train_into(served.registry, demo_data, promote=False).manifest.version
-    with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=8, max_seconds=2 * swap_bound(served) + 120) as load:
+    with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=8, max_seconds=2 * swap_bound(served) + 120, rate=LOAD_RATE) as load:
         served.registry.promote(MODEL, new)
         wait_until(lambda: served.serving_everywhere(new), swap_bound(served), f"every replica serving v{new}")
         served.registry.rollback(MODEL, actor="test", reason="capture across a rollback")
@@ -122,7 +122,7 @@ def test_every_2xx_answered_across_a_code_update_is_captured_exactly_once(served
     Serve drains them (30 s behind HAProxy), and once more in their destructor if Serve
     lets it run before its force-kill (docs/capture.md)."""
     old = set(served.replicas())
-    with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=4, max_seconds=300) as load:
+    with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=4, max_seconds=300, rate=LOAD_RATE) as load:
         time.sleep(2)
         served.deploy(runtime_env={"env_vars": {"NONSTOP_CODE_REVISION": "capture-code-update"}})
         wait_until(lambda: not (set(served.replicas()) & old) and served.settled(), 180, "every replica replaced")
@@ -146,7 +146,7 @@ def test_an_unwritable_destination_fails_no_request_and_every_replica_counts_its
     try:
         wait_until(lambda: _everywhere(served, str(blocker / "captures")), 60, "every replica capturing to the unwritable folder")
         before = {rid: status.capture.dropped_rows for rid, status in served.board().items() if status.capture}
-        with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=4, max_seconds=60) as load:
+        with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=4, max_seconds=60, rate=LOAD_RATE) as load:
             time.sleep(5)
             result = load.stop()
         assert result.failed == [] and len(result.samples) > 20, result.failed[:5]

@@ -27,7 +27,7 @@ from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_stream
 from tests.conftest import MODEL
 from harness.loadgen import BackgroundLoad
 from harness.rollout import Stack, wait_until
-from tests.integration.conftest import LIGHTGBM_TYPES, swap_bound
+from tests.integration.conftest import LIGHTGBM_TYPES, LOAD_RATE, swap_bound
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -66,7 +66,7 @@ def test_an_example_publishes_a_version_the_app_swaps_to_under_load(
     try:
         wait_until(lambda: _serving(served, model, 1), limit, f"every replica serving {model} v1")
         body = {"instances": registry.manifest(model, 1).samples.inputs[:1]}
-        with BackgroundLoad(url, body, concurrency=4, max_seconds=limit + 90) as load:
+        with BackgroundLoad(url, body, concurrency=4, max_seconds=limit + 90, rate=LOAD_RATE) as load:
             command = [sys.executable, str(EXAMPLES / f"{name}.py"), "--registry", registry.uri, "--model", model,
                        "--seed", "1", "--tolerance", "1.0"]  # fmt: skip
             done = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)

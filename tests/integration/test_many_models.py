@@ -24,7 +24,7 @@ from harness.rollout import Stack, wait_until
 from nonstop_ops.cluster import lifecycle as local
 from nonstop_ops.cluster.serve_config import deployment_config
 from tests.conftest import MODEL
-from tests.integration.conftest import POLL_INTERVAL_S, swap_bound
+from tests.integration.conftest import LOAD_RATE, POLL_INTERVAL_S, swap_bound
 from harness.small_models import ROW, publish_small
 from serve_app.rollout.policy import Policy
 from training import demo
@@ -85,7 +85,7 @@ def test_promoting_and_rolling_back_one_model_fails_no_request_on_any(many: Stac
     url = f"{served.cluster.http_url}/v1/models/{{}}:predict"
     bodies = {MODEL: served.sample_body(), STEADY: {"instances": [ROW]}, MOVED: {"instances": [ROW]}}
     production = {m: served.registry.resolve(m, "production") for m in MODELS}
-    loads = {m: BackgroundLoad(url.format(m), bodies[m], concurrency=2, max_seconds=300) for m in MODELS}
+    loads = {m: BackgroundLoad(url.format(m), bodies[m], concurrency=2, max_seconds=300, rate=LOAD_RATE) for m in MODELS}
     for load in loads.values():
         load.__enter__()
     try:
@@ -121,13 +121,13 @@ def test_canarying_one_model_fails_no_request_on_any(many: Stack) -> None:
     frame = pd.concat([demo.day_frame(day) for day in (3, 4)], ignore_index=True).sample(frac=1.0, random_state=5)
     canaried = CanaryLoad(served.predict_url, poisoned(bodies(frame, features, 8)), concurrency=2)
     url = f"{served.cluster.http_url}/v1/models/{{}}:predict"
-    others = {m: BackgroundLoad(url.format(m), {"instances": [ROW]}, concurrency=1, max_seconds=300) for m in (STEADY, MOVED)}
+    others = {m: BackgroundLoad(url.format(m), {"instances": [ROW]}, concurrency=1, max_seconds=300, rate=LOAD_RATE) for m in (STEADY, MOVED)}
     candidate = publish_fragile(registry, MODEL)
     for load in others.values():
         load.__enter__()
     try:
         # a replica loads a model on its first request for it (within the budget of three)
-        with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=1, max_seconds=120):
+        with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=1, max_seconds=120, rate=LOAD_RATE):
             wait_until(lambda: all(_everywhere(served, m, production[m]) for m in MODELS), 120, "every model loaded on every replica")
         run = run_rollout(registry, MODEL, candidate, POLICY, canaried, settle_s=2.0, timeout_s=6 * WINDOW_S + 60)
     finally:

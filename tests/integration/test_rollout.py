@@ -11,6 +11,7 @@ import pytest
 
 from harness.rollout import REFUSALS, SCENARIOS, RolloutCheck, RolloutResult, Stack
 from tests.conftest import train_into
+from tests.integration.conftest import LOAD_RATE
 
 pytestmark = pytest.mark.integration
 CONCURRENCY = 4
@@ -23,7 +24,7 @@ def rollout(served: Stack, demo_data: Path) -> RolloutResult:
     def train(data: Path, promote: bool) -> int:
         return train_into(served.registry, data, promote=promote).manifest.version
 
-    check = RolloutCheck(served, demo_data, settle_s=SETTLE_S, timeout_s=RESTART_BOUND_S, train=train, concurrency=CONCURRENCY)
+    check = RolloutCheck(served, demo_data, settle_s=SETTLE_S, timeout_s=RESTART_BOUND_S, train=train, concurrency=CONCURRENCY, rate=LOAD_RATE)
     return check.run(SCENARIOS)
 
 

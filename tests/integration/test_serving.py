@@ -23,7 +23,7 @@ from nonstop.schema import rows_to_matrix
 from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_stream
 from tests.conftest import MODEL, train_into
 from harness.rollout import Stack, wait_until
-from tests.integration.conftest import swap_bound
+from tests.integration.conftest import LOAD_RATE, swap_bound
 from training import demo
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def test_train_promote_swaps_every_replica_in_place_under_load(served: Stack, de
     before = served.replicas()
     old = served.registry.resolve(MODEL, "production")
     limit = swap_bound(served)
-    with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=4, max_seconds=limit + 30) as load:
+    with BackgroundLoad(served.predict_url, served.sample_body(), concurrency=4, max_seconds=limit + 30, rate=LOAD_RATE) as load:
         command = [sys.executable, "-m", "nonstop_ops", "train", "--data", str(demo_data), "--model", MODEL, "--promote", "--registry", served.registry.uri]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr
@@ -143,8 +143,8 @@ def test_a_change_of_model_by_serve_deploy_serves_only_the_new_model(served: Sta
     stop, seen = threading.Event(), {MODEL: [], OTHER: []}
     probes = [threading.Thread(target=_answers_by_model, args=(u, b, stop, seen[m])) for m, u, b in ((MODEL, old_url, served.sample_body()), (OTHER, new_url, new_body))]
     try:
-        with BackgroundLoad(new_url, new_body, concurrency=2, max_seconds=limit + 60) as new_load, BackgroundLoad(
-            old_url, served.sample_body(), concurrency=2, max_seconds=limit + 60
+        with BackgroundLoad(new_url, new_body, concurrency=2, max_seconds=limit + 60, rate=LOAD_RATE) as new_load, BackgroundLoad(
+            old_url, served.sample_body(), concurrency=2, max_seconds=limit + 60, rate=LOAD_RATE
         ) as old_load:
             for probe in probes:
                 probe.start()
