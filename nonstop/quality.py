@@ -33,6 +33,7 @@ from sklearn import metrics
 from sklearn.exceptions import UndefinedMetricWarning
 
 from nonstop.errors import NonstopError
+from nonstop.labelled_score import LabelledScore
 from nonstop.manifest import Manifest, Scalar, Task
 
 PROBABILITY_METRICS = ("roc_auc", "log_loss")
@@ -173,18 +174,6 @@ def _class_index(label: Any, classes: Sequence[Scalar]) -> int | None:
 def _same_number(known: Any, value: Any) -> bool:
     real = numbers.Real
     return isinstance(known, real) and isinstance(value, real) and not isinstance(value, bool) and float(known) == float(value)
-
-
-class LabelledScore(BaseModel):
-    """One version's labelled rows, as a two-sample test sees them."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    version: int
-    score: Literal["accuracy", "squared_error"] = Field(description="per row: right (1) or wrong (0); or (prediction - label)^2")
-    rows: int = Field(description="labelled rows")
-    mean: float = Field(description="accuracy, or mean squared error")
-    variance: float = Field(description="sample variance of the per-row score (0 for one row)")
 
 
 def labelled_scores(frame: pd.DataFrame, task: Task, versions: Iterable[int]) -> dict[int, LabelledScore]:

@@ -21,7 +21,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from nonstop.manifest import Task
-from nonstop.quality import task_metrics
 
 REPLAY = "replay"  # a replay's ledger entry: its action (`decision/replay`), and its evidence's key
 
@@ -85,6 +84,8 @@ def compare(
 ) -> Comparison:
     """The summary of two answer lists of the same rows (and their labels, None or NaN
     where none arrived)."""
+    from nonstop.quality import task_metrics  # here, not at import: a rollout reads ReplayEvidence without scikit-learn
+
     if len(baseline) != len(candidate) or (labels is not None and len(labels) != len(candidate)):
         raise ValueError("baseline, candidate and labels must describe the same rows")
     rows = len(candidate)

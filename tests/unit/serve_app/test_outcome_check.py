@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from nonstop.quality import LabelledScore, labelled_scores
+from nonstop.labelled_score import LabelledScore
+from nonstop.quality import labelled_scores
 from serve_app.rollout.evidence import Evidence, VersionEvidence
 from serve_app.rollout.outcome_check import LabelledEvidence, OutcomeCheck, compare
 from serve_app.rollout.policy import Policy, decide
