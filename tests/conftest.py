@@ -31,16 +31,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(parts[0])
 
 
+# Integration modules that start Ray clusters of their own beside the tier's and never use
+# its app: a unit apart, which the worker done with the other tiers takes while the tier's
+# cluster is still busy on the other
+SIDE_CLUSTERS = ("tests/integration/test_switchover.py", "tests/integration/test_pod_deletion.py")
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Across processes (`make test`: pytest-xdist), units of work are: the integration
-    tier on its Ray clusters (one at a time: two `ray start` at once time out on a busy
-    machine); the tools tier; and every other module, one unit each. A module's fixtures
-    (a fuzzing run, a served app, a moto server) are set up once, and the largest units go
-    first, so the two long ones start at once on two workers and the modules fill in."""
+    tier on its Ray cluster; the integration modules that run clusters of their own
+    (`SIDE_CLUSTERS`); the tools tier; and every other module, one unit each. A module's
+    fixtures (a fuzzing run, a served app, a moto server) are set up once, and the largest
+    units go first, so the two long ones start at once on two workers and the modules fill
+    in, the side clusters' two tests last."""
     from xdist.scheduler import LoadScopeScheduling
 
     class TierScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(SIDE_CLUSTERS):
+                return "integration-side"
             for tier in ("integration", "tools"):
                 if nodeid.startswith(f"tests/{tier}/"):
                     return tier

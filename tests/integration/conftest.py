@@ -69,7 +69,8 @@ def promote_between_answers(served: Stack, answers: list[Any], new: int) -> None
 @pytest.fixture(scope="session")
 def side_slots() -> tuple[local.LocalCluster, local.LocalCluster]:
     """Two clusters a test may start beside the tier's, as two pods of one Service: next
-    to it, at base+1000 and base+1010 (the tier runs one test at a time)."""
+    to it, at base+1000 and base+1010 (the modules that take them run one after the other,
+    a unit of their own: `SIDE_CLUSTERS` in tests/conftest.py)."""
     first, second = (local.LocalCluster.isolated(PORT_BASE + i, f"nst-{PORT_BASE + i}") for i in (1000, 1010))
     return first, second
 

@@ -14,13 +14,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
 
 from harness.rollout import Stack, wait_until
 from harness.scaling import Loss, Ramp, node_loss, ramp, republish, running_on, with_autoscaling
 from nonstop.config import Settings
 from nonstop_ops.cluster import lifecycle as local
 from nonstop_ops.cluster import nodes
-from tests.integration.conftest import LIGHTGBM_TYPES
+from tests.integration.conftest import HEAD_CPUS, LIGHTGBM_TYPES
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -68,6 +70,11 @@ def scaled(served: Stack) -> Iterator[Scaled]:
     settings = Settings(registry=served.registry.uri, trusted_types=LIGHTGBM_TYPES)
     workers = [nodes.WorkerNode(cluster=served.cluster, index=i, num_cpus=2) for i in (1, 2)]
     node_ids: list[str] = []
+    # The suite's head offers one CPU more than its two replicas take (HEAD_CPUS): held here,
+    # before any worker node joins, so the head takes two replicas and every replica beyond
+    # them goes to a worker node, as on KubeRay, where the head runs none beyond its own
+    spare = placement_group([{"CPU": HEAD_CPUS - FEWEST}])
+    ray.get(spare.ready(), timeout=60)
     try:
         for worker in workers:
             nodes.start(worker, settings)
@@ -87,11 +94,10 @@ def scaled(served: Stack) -> Iterator[Scaled]:
             nodes.stop(worker)
         served.config = original
         local.deploy(served.cluster, original)
+        remove_placement_group(spare)
 
 
 def test_worker_nodes_join_the_cluster_as_nodes_of_their_own(scaled: Scaled) -> None:
-    import ray
-
     alive = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
     assert set(scaled.node_ids) <= set(alive) and len(set(scaled.node_ids)) == len(scaled.workers)
     assert all(alive[i]["Resources"].get("CPU") == 2 for i in scaled.node_ids)
