@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from nonstop.labelled_score import LabelledScore
 
 

@@ -70,9 +70,9 @@ def scaled(served: Stack) -> Iterator[Scaled]:
     settings = Settings(registry=served.registry.uri, trusted_types=LIGHTGBM_TYPES)
     workers = [nodes.WorkerNode(cluster=served.cluster, index=i, num_cpus=2) for i in (1, 2)]
     node_ids: list[str] = []
-    # The suite's head offers one CPU more than its two replicas take (HEAD_CPUS): held here,
-    # before any worker node joins, so the head takes two replicas and every replica beyond
-    # them goes to a worker node, as on KubeRay, where the head runs none beyond its own
+    # The suite's head offers one CPU more than its two replicas take (HEAD_CPUS), held here
+    # before any worker node joins: the head keeps its two replicas and every replica the
+    # load adds goes to a worker node, which is what these scenarios put to the test
     spare = placement_group([{"CPU": HEAD_CPUS - FEWEST}])
     ray.get(spare.ready(), timeout=60)
     try:
