@@ -22,7 +22,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.peers.compare import BIG_ROWS, MODEL, _cluster, prepare
+from benchmarks.peers.compare import BIG_ROWS, MODEL, big_body_rows, nonstop_cluster, prepare
 from benchmarks.peers.servers import JSON, v1_body, v1_objects_body
 from benchmarks.throughput import run_wrk
 from nonstop.config import Settings
@@ -49,11 +49,11 @@ def main() -> None:
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="nonstop-body-size-"))
     registry, _, samples, names = prepare(scratch)
-    rows = (samples * (BIG_ROWS // len(samples) + 1))[:BIG_ROWS]
+    rows = big_body_rows(samples)
     payloads = bodies(rows, names)
     runs: dict[str, dict[int, list[float]]] = {shape: {c: [] for c in args.clients} for shape in payloads}
     errors = 0
-    cluster = _cluster()
+    cluster = nonstop_cluster()
     load = os.getloadavg()[0]
     with local.serving(cluster, Settings(registry=registry.uri), load_serve_config(), MODEL):
         url = f"{cluster.http_url}/v1/models/{MODEL}:predict"

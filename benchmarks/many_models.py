@@ -51,7 +51,9 @@ import ray
 
 from benchmarks.many_models_report import report
 from benchmarks.throughput import run_wrk
-from harness.many_models import BODY, BackgroundDrive, RssSampler, cold_loads, drive, memory_verdict, percentile_ms, tally
+from harness.many_models import (
+    BODY, BackgroundDrive, RssSampler, cold_loads, drive, memory_verdict, percentile_ms, predict_path, tally,
+)  # fmt: skip
 from harness.publish_many import publish_in_parallel
 from harness.rollout import wait_until
 from nonstop.config import Settings
@@ -136,18 +138,14 @@ def throughput(url: str, single: str, hot: list[str], levels: list[int], seconds
         ones: list[dict[str, Any]] = []
         manys: list[dict[str, Any]] = []
         for _ in range(rounds):
-            ones.append(run_wrk(url, payload, clients, seconds, nice=nice, paths=[_predict_path(single)]))
-            manys.append(run_wrk(url, payload, clients, seconds, nice=nice, paths=[_predict_path(m) for m in hot]))
+            ones.append(run_wrk(url, payload, clients, seconds, nice=nice, paths=[predict_path(single)]))
+            manys.append(run_wrk(url, payload, clients, seconds, nice=nice, paths=[predict_path(m) for m in hot]))
         one, many = _runs(ones), _runs(manys)
         rows.append({
             "clients": clients, "one": one, "hot": many, "ratio": many["rps"] / one["rps"] if one["rps"] else None,
             "round_ratios": [m["rps"] / o["rps"] if o["rps"] else None for o, m in zip(ones, manys, strict=True)],
         })  # fmt: skip
     return rows
-
-
-def _predict_path(model: str) -> str:
-    return f"/v1/models/{model}:predict"
 
 
 def _runs(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -76,10 +76,14 @@ def tally(answers: Sequence[Answer]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def predict_path(model: str) -> str:
+    return f"/v1/models/{model}:predict"
+
+
 async def _post(client: httpx.AsyncClient, base_url: str, model: str) -> Answer:
     sent, started = time.time(), time.perf_counter()
     try:
-        response = await client.post(f"{base_url}/v1/models/{model}:predict", content=BODY, headers={"content-type": "application/json"})
+        response = await client.post(f"{base_url}{predict_path(model)}", content=BODY, headers={"content-type": "application/json"})
     except httpx.HTTPError as exc:
         return Answer(model, sent, time.perf_counter() - started, 0, error=f"{type(exc).__name__}: {exc}")
     latency = time.perf_counter() - started

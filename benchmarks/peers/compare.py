@@ -71,8 +71,13 @@ PEER_PORT = 26900  # the nonstop cluster uses 26001-26800
 WARM_UP_S = 3
 
 
-def _cluster(worker_niceness: int = 0) -> local.LocalCluster:
+def nonstop_cluster(worker_niceness: int = 0) -> local.LocalCluster:
     return local.LocalCluster.isolated(26000, "nonstop-peers", worker_niceness=worker_niceness)
+
+
+def big_body_rows(samples: list[list[float]]) -> list[list[float]]:
+    """The rows of a 1,000-row request: the samples in turn."""
+    return [samples[i % len(samples)] for i in range(BIG_ROWS)]
 
 
 def prepare(scratch: Path) -> tuple[Registry, Path, list[list[float]], list[str]]:
@@ -114,7 +119,7 @@ def run_nonstop(
     registry: Registry, rows: list[list[float]], big_rows: list[list[float]], names: list[str], seconds: float,
     nices: list[int], worker_niceness: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
-    cluster = _cluster(worker_niceness)
+    cluster = nonstop_cluster(worker_niceness)
     with local.serving(cluster, Settings(registry=registry.uri), load_serve_config(), MODEL):
         url = f"{cluster.http_url}/v1/models/{MODEL}:predict"
         small = {LISTS: (url, v1_body(rows)), NAMED: (url, v1_objects_body(names, rows))}
@@ -324,7 +329,7 @@ def main() -> None:
     versions = {p.name: ensure_venv(p, args.scratch) for p in PEERS if p.name in args.servers}
     registry, model_dir, samples, names = prepare(Path(tempfile.mkdtemp(prefix="peers-", dir=args.scratch)))
     rows = samples[:1]
-    big_rows = [samples[i % len(samples)] for i in range(BIG_ROWS)]
+    big_rows = big_body_rows(samples)
     rounds: list[dict[str, dict[str, Any]]] = []
     for n in range(args.rounds):
         order = args.servers if n % 2 == 0 else list(reversed(args.servers))

@@ -10,18 +10,19 @@ import sys
 HEAVY = ("sklearn", "scipy", "pandas", "ray")
 
 
-def test_the_cli_imports_no_heavy_library_until_a_command_needs_it() -> None:
-    probe = f"import json, sys, nonstop_ops.cli; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+def _heavy_after(modules: str) -> list[str]:
+    """The heavy libraries a fresh interpreter holds after importing `modules`."""
+    probe = f"import json, sys, {modules}; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
-    assert json.loads(done.stdout) == []
+    return json.loads(done.stdout)
+
+
+def test_the_cli_imports_no_heavy_library_until_a_command_needs_it() -> None:
+    assert _heavy_after("nonstop_ops.cli") == []
 
 
 def test_the_rollout_commands_move_a_rollout_without_scikit_learn_scipy_or_pandas() -> None:
     """What `nonstop rollout start|advance|pause|...` import to move one (the policy, its
     evidence, the ledger's moves): eleven such commands in a row is how a rollout by hand goes."""
-    probe = (
-        "import json, sys, nonstop_ops.commands.rollout, serve_app.rollout.moves, serve_app.rollout.policy, "
-        f"serve_app.rollout.replay_check; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
-    assert json.loads(done.stdout) == []
+    modules = "nonstop_ops.commands.rollout, serve_app.rollout.moves, serve_app.rollout.policy, serve_app.rollout.replay_check"
+    assert _heavy_after(modules) == []
