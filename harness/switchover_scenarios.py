@@ -24,7 +24,7 @@ from nonstop_ops.cluster import ClusterError
 from harness.forwarder import Forwarder
 from harness.loadgen import BackgroundLoad
 from nonstop_ops.cluster.serve_client import serve_application_statuses, submit_serve_config
-from harness.switchover import RayServiceSim, ServiceSettings, Timing, local_serve_config
+from harness.switchover import RECONCILE_PERIOD_S, RayServiceSim, ServiceSettings, Timing, local_serve_config
 from harness.switchover_outcome import Outcome, outcome
 
 START_ATTEMPTS = 2
@@ -187,9 +187,8 @@ def pod_deletion(
     with running(stage, settings) as sim:
         for cluster in stage.clusters:
             boot(stage, cluster)
-            # the first PUT starts Serve on the new cluster: on a busy 2-core machine that can take
-            # longer than the client's default, so it may take as long as the cluster may to get ready
-            submit_serve_config(cluster, local_serve_config(stage.serve_config_v2, cluster, sim.poll_interval_s), timing.ready_timeout_s)
+            wanted = local_serve_config(stage.serve_config_v2, cluster, sim.poll_interval_s)
+            _submit_as_the_operator(cluster, wanted, timing.ready_timeout_s)
         for cluster in stage.clusters:
             sim.wait(lambda c=cluster: _serves(stage, c), timing.ready_timeout_s, f"{cluster.name} serving")
             sim.forwarder.add(cluster.name, SERVICE, cluster.http_port)
@@ -205,6 +204,22 @@ def pod_deletion(
             time.sleep(timing.settle_s)
             samples = load.stop().samples
         return outcome(name, samples, sim)
+
+
+def _submit_as_the_operator(cluster: local.LocalCluster, serve_config_v2: str, timeout_s: float) -> None:
+    """The first PUT starts Serve on the cluster, which on a busy 2-core machine can fail
+    (the dashboard answers 500 when Serve's proxies are not up within its own limit); the
+    operator requeues a failed submit and sends it again on its next reconcile, and so
+    does this, until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            submit_serve_config(cluster, serve_config_v2, timeout_s)
+            return
+        except (ClusterError, httpx.HTTPError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(RECONCILE_PERIOD_S)
 
 
 def _serves(stage: Stage, cluster: local.LocalCluster) -> bool:

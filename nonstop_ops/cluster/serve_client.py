@@ -38,7 +38,7 @@ def submit_serve_config(cluster: LocalCluster, serve_config_v2: str, timeout_s: 
         cluster.dashboard_url + SERVE_APPLICATIONS_PATH, json=config, headers=operator_headers(cluster), timeout=timeout_s
     )
     if not answer.is_success:
-        raise ClusterError(f"serve config refused ({answer.status_code}): {answer.text[:500]}")
+        raise ClusterError(f"serve config refused ({answer.status_code}): {_gist(answer.text)}")
 
 
 def serve_application_statuses(cluster: LocalCluster, timeout_s: float = OPERATOR_TIMEOUT_S) -> dict[str, str]:
@@ -50,6 +50,12 @@ def serve_application_statuses(cluster: LocalCluster, timeout_s: float = OPERATO
         timeout=timeout_s,
     )
     if not answer.is_success:
-        raise ClusterError(f"serve status unavailable ({answer.status_code}): {answer.text[:500]}")
+        raise ClusterError(f"serve status unavailable ({answer.status_code}): {_gist(answer.text)}")
     applications = answer.json().get("applications") or {}
     return {name or "default": details.get("status", "") for name, details in applications.items()}
+
+
+def _gist(text: str, head: int = 200, tail: int = 400) -> str:
+    """A refusal's start and end: the dashboard answers a failure with a whole traceback,
+    whose last line names the error."""
+    return text if len(text) <= head + tail else f"{text[:head]} [...] {text[-tail:]}"

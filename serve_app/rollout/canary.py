@@ -147,13 +147,14 @@ class Canary:
             theirs = await self._score(other, matrix)
             if scored is not None:
                 scored(other, theirs)
+            edges = self._edges.get(assignment.versions[0].version)  # both sides on the primary's bins
             if assignment.by_candidate:
-                self._stats_for(assignment.answer).paired(answered, theirs)
+                self._stats_for(assignment.answer).paired(answered, theirs, edges)
                 return
             shadow = self._stats_for(other)  # shadow mode: the candidate scored what the primary answered
             shadow.answered(time.perf_counter() - started, len(matrix))
             shadow.predicted(theirs, self._edges.get(other.version))
-            shadow.paired(theirs, answered)
+            shadow.paired(theirs, answered, edges)
         except Exception as exc:  # off-path work never reaches the client; it counts against the version
             log.warning("off-path scoring by v%s failed: %r", other.version if other else None, exc)
             if other is not None:

@@ -2,7 +2,8 @@
 
 Two halves. `VersionStats` is a small, mergeable tally a replica keeps per version
 (counts, a fixed latency histogram, output counts, input counts on the version's own
-profile bins, paired comparisons with the other version): replicas report deltas and the
+profile bins, paired comparisons with the other version, both versions' outputs on the
+paired rows): replicas report deltas and the
 rollout controller adds them up, so no raw request ever leaves a replica. The pure
 functions below turn tallies into the numbers a policy judges (error rate, latency
 percentiles, agreement, mean absolute difference, PSI of outputs and per-feature input
@@ -13,6 +14,7 @@ plain arrays.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +44,8 @@ class VersionStats(BaseModel):
     compared: int = 0
     agreed: int = 0
     abs_diff: float = 0.0
+    compared_outputs: dict[str, int] = Field(default_factory=dict, description="this version's outputs on the compared rows")
+    their_outputs: dict[str, int] = Field(default_factory=dict, description="the other version's outputs on the same rows")
     _pending: np.ndarray | None = PrivateAttr(default=None)
     _bins: InputBins | None = PrivateAttr(default=None)
 
@@ -51,8 +55,7 @@ class VersionStats(BaseModel):
         self.errors += other.errors
         self.rows += other.rows
         self.latency = [a + b for a, b in zip(self.latency, other.latency, strict=True)]
-        for key, count in other.outputs.items():
-            self.outputs[key] = self.outputs.get(key, 0) + count
+        _add_counts(self.outputs, other.outputs)
         for name, counts in other.inputs.items():
             mine = self.inputs.get(name)
             self.inputs[name] = list(counts) if mine is None else [a + b for a, b in zip(mine, counts, strict=True)]
@@ -60,6 +63,8 @@ class VersionStats(BaseModel):
         self.compared += other.compared
         self.agreed += other.agreed
         self.abs_diff += other.abs_diff
+        _add_counts(self.compared_outputs, other.compared_outputs)
+        _add_counts(self.their_outputs, other.their_outputs)
 
     @property
     def empty(self) -> bool:
@@ -74,8 +79,7 @@ class VersionStats(BaseModel):
         self.latency[int(np.searchsorted(LATENCY_EDGES_S, latency_s, side="right"))] += 1
 
     def predicted(self, predictions: Sequence[Any], output_edges: Sequence[float] | None = None) -> None:
-        for key in output_keys(predictions, output_edges):
-            self.outputs[key] = self.outputs.get(key, 0) + 1
+        _add_counts(self.outputs, Counter(output_keys(predictions, output_edges)))
 
     def saw(self, matrix: np.ndarray, bins: InputBins) -> None:
         """Count a request's rows on the profile's bins: numbers in one vectorized pass
@@ -99,12 +103,22 @@ class VersionStats(BaseModel):
         mine = self.inputs.get(name)
         self.inputs[name] = counts if mine is None else [a + b for a, b in zip(mine, counts, strict=True)]
 
-    def paired(self, mine: Sequence[Any], theirs: Sequence[Any]) -> None:
-        """The same rows, predicted by this version and the one it is compared with."""
+    def paired(self, mine: Sequence[Any], theirs: Sequence[Any], output_edges: Sequence[float] | None = None) -> None:
+        """The same rows, predicted by this version and the one it is compared with; both
+        sides' outputs are tallied on one set of bins (the primary's, for numbers), so the
+        output shift compares the versions on the same inputs, not on the different
+        populations that sticky keys send to each."""
         self.compared += len(mine)
         self.agreed += sum(1 for a, b in zip(mine, theirs, strict=True) if a == b)
         if all(_is_number(v) for v in (*mine[:1], *theirs[:1])):
             self.abs_diff += float(np.abs(np.asarray(mine, dtype=float) - np.asarray(theirs, dtype=float)).sum())
+        _add_counts(self.compared_outputs, Counter(output_keys(mine, output_edges)))
+        _add_counts(self.their_outputs, Counter(output_keys(theirs, output_edges)))
+
+
+def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
+    for key, count in counts.items():
+        into[key] = into.get(key, 0) + count
 
 
 class InputBins:
@@ -269,7 +283,7 @@ class Evidence(BaseModel):
     compared: int = Field(description="rows both versions predicted")
     agreement: float | None = Field(description="share of compared rows with the same prediction")
     mean_abs_diff: float | None = Field(description="for numeric outputs: mean |candidate - primary|")
-    output_psi: float | None = Field(description="PSI of the candidate's outputs against the primary's")
+    output_psi: float | None = Field(description="PSI of the candidate's outputs against the primary's on the compared rows")
     labelled: LabelledEvidence | None = Field(default=None, description="labelled live rows, when the policy checks outcomes")
 
 
@@ -293,7 +307,8 @@ def summarize(
     candidate: tuple[int, VersionStats, DataProfile | None],
     numeric_outputs: bool,
 ) -> Evidence:
-    """The candidate's `compared`/`agreed`/`abs_diff` count its rows also scored by the primary."""
+    """The candidate's `compared`/`agreed`/`abs_diff` and its paired outputs count its rows
+    also scored by the primary."""
     cand = candidate[1]
     return Evidence(
         primary=version_evidence(*primary),
@@ -301,7 +316,7 @@ def summarize(
         compared=cand.compared,
         agreement=cand.agreed / cand.compared if cand.compared else None,
         mean_abs_diff=cand.abs_diff / cand.compared if cand.compared and numeric_outputs else None,
-        output_psi=distribution_psi(primary[1].outputs, cand.outputs),
+        output_psi=distribution_psi(cand.their_outputs, cand.compared_outputs),
     )
 
 

@@ -24,6 +24,7 @@ from nonstop.registry import Registry
 from nonstop.schema import frame_to_matrix
 from serve_app.rollout.controller import Controller
 from serve_app.rollout.evidence import (
+    Evidence,
     InputBins,
     VersionStats,
     agreement_rate,
@@ -70,8 +71,19 @@ def test_tallies_merge_like_one_tally() -> None:
     both.merge(one)
     both.merge(two)
     assert (both.requests, both.rows, both.compared, both.agreed) == (2, 4, 4, 3)
-    assert both.outputs == {"0": 1, "1": 3}
+    assert both.outputs == both.compared_outputs == {"0": 1, "1": 3}
+    assert both.their_outputs == {"0": 2, "1": 2}
     assert sum(both.latency) == 2
+
+
+def test_paired_numeric_outputs_fall_on_one_set_of_bins() -> None:
+    """Both sides of a pair are binned on the edges given (the primary's), so a shift is
+    read on one scale, not on each version's own deciles."""
+    stats = VersionStats()
+    stats.paired([0.05, 0.5, 0.95], [0.06, 0.45, 0.5], output_edges=[0.1, 0.6])
+    assert stats.compared_outputs == {"bin0": 1, "bin1": 1, "bin2": 1}
+    assert stats.their_outputs == {"bin0": 1, "bin1": 2}
+    assert stats.abs_diff == pytest.approx(0.01 + 0.05 + 0.45)
 
 
 # --- the policy and the controller on real versions ------------------------------------------
@@ -149,6 +161,42 @@ def test_decide_on_real_versions(registry: Registry, versions: dict[str, int]) -
     assert verdict == "rollback" and "mean_radius" in reason and "drifted" in reason
     few = live.head(20)
     assert judge("good", few)[0] == "hold"
+
+
+def test_output_shift_compares_the_versions_on_the_rows_both_predicted(registry: Registry, versions: dict[str, int]) -> None:
+    """Sticky keys send each version its own population: a good retrain whose keys bring
+    mostly one class is not a shifted candidate, and a collapsed one still is, with the
+    agreement check off."""
+    primary, good, collapsed = (_model(registry, versions[name]) for name in ("primary", "good", "collapsed"))
+    live = _live(rows=800)
+    said = np.asarray(primary.predict(frame_to_matrix(live, primary.manifest.features)))
+    classes = sorted(set(said.tolist()))
+    mostly_one = pd.concat([live[said == classes[0]], live[said != classes[0]].head(10)])
+    the_rest = live[said != classes[0]]
+
+    def judge(candidate: LoadedModel, policy: Policy) -> tuple[Evidence, str, str]:
+        profile = read_profile(registry, MODEL, candidate.version)
+        assert profile is not None
+        answered = _tally(registry, candidate, primary, mostly_one, 0.002)
+        # a replica tallies every request's inputs for both versions, whichever answered
+        answered.saw(frame_to_matrix(the_rest, candidate.manifest.features), InputBins(profile, candidate.manifest.feature_names))
+        evidence = summarize(
+            (primary.version, _tally(registry, primary, candidate, the_rest, 0.002), read_profile(registry, MODEL, primary.version)),
+            (candidate.version, answered.settle(), profile),
+            numeric_outputs=False,
+        )  # fmt: skip
+        decision = decide(policy, evidence, window_done=True)
+        return evidence, decision.verdict, decision.reason
+
+    answered_by_each = distribution_psi(
+        _tally(registry, primary, good, the_rest, 0.002).outputs, _tally(registry, good, primary, mostly_one, 0.002).outputs
+    )
+    assert answered_by_each is not None and answered_by_each > 1.0  # what comparing the populations would have judged
+    evidence, verdict, reason = judge(good, POLICY)
+    assert evidence.output_psi is not None and evidence.output_psi < 0.05
+    assert verdict == "advance", reason
+    evidence, verdict, reason = judge(collapsed, POLICY.model_copy(update={"min_agreement": 0.0}))
+    assert verdict == "rollback" and "outputs shifted from the primary's" in reason, reason
 
 
 def test_controller_promotes_a_good_candidate_through_every_step(registry: Registry, versions: dict[str, int]) -> None:
