@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from benchmarks.peers.compare import prepare
+from benchmarks.peers.compare import BIG_ROWS, big_body_rows, prepare
 from benchmarks.peers.servers import MODEL, v1_body
 from benchmarks.throughput import run_wrk
 from nonstop.config import Settings
@@ -56,16 +56,15 @@ LAYERS = (
     ("FastAPI / Starlette", "starlette/"),
     ("FastAPI / Starlette", "fastapi/"),
     ("FastAPI / Starlette", "pydantic"),
-    ("nonstop routes", "serve_app/rest/v1_routes.py"),
+    ("nonstop routes", "serve_app/rest/"),
+    ("read the body", "serve_app/rest/body.py"),
     ("nonstop data plane", "serve_app/replica/dataplane.py"),
     ("batching (serve.batch)", "ray/serve/batching.py"),
-    ("decode (json.loads, validation)", "_instances"),
-    ("decode (json.loads, validation)", "_typed_matrix"),
-    ("decode (json.loads, validation)", "json/decoder.py"),
+    ("decode (serve_app/wire)", "serve_app/wire/"),
     ("predict", "loading.py"),
     ("predict", "compiled.py"),
     ("predict", "sklearn/"),
-    ("encode (json.dumps, response)", "_json (serve_app/rest/v1_routes.py"),
+    ("encode (json.dumps, response)", "serve_app/rest/common.py"),
     ("encode (json.dumps, response)", "json/encoder.py"),
     ("nonstop metrics", "serve_app/replica/serving_metrics.py"),
     ("model poller / status", "serve_app/replica/holder.py"),
@@ -209,7 +208,7 @@ def profile_level(cluster: local.LocalCluster, url: str, body: Any, c: int, seco
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = [f"# Where a request's time goes ({results['date']}; {results['machine']})", ""]
+    lines = [f"# Where a request's time goes ({results['date']}; {results['machine']}; {results['rows']}-row JSON lists)", ""]
     if results["env"] or results["access_log"] or results["worker_niceness"]:
         lines += [
             f"Changed: environment {results['env']}, access log {results['access_log'] or 'as configured'}, "
@@ -252,6 +251,7 @@ def main() -> None:
     parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="extra environment for `ray start`")
     parser.add_argument("--access-log", choices=("on", "off"), help="override the deployment's logging_config")
     parser.add_argument("--worker-niceness", type=int, default=0, help="Ray's worker niceness (Ray's own default: 15)")
+    parser.add_argument("--rows", type=int, choices=(1, BIG_ROWS), default=1, help="rows per request, as JSON lists")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="nonstop-profile-"))
@@ -269,7 +269,7 @@ def main() -> None:
         local.deploy(cluster, config)
         local.wait_ready(cluster, MODEL)
         url = f"{cluster.http_url}/v1/models/{MODEL}:predict"
-        body = v1_body(samples[:1])
+        body = v1_body(samples[:1] if args.rows == 1 else big_body_rows(samples))
         run_wrk(url, body, 16, 3, nice=10)  # warm-up
         levels = {str(c): profile_level(cluster, url, body, c, args.seconds, scratch, log) for c in args.levels}
     finally:
@@ -281,6 +281,7 @@ def main() -> None:
         "env": args.env,
         "access_log": args.access_log,
         "worker_niceness": args.worker_niceness,
+        "rows": args.rows,
         "levels": levels,
     }
     (args.out / "profile.json").write_text(json.dumps(results, indent=2, default=str))
