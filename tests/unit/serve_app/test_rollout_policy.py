@@ -32,6 +32,7 @@ from serve_app.rollout.evidence import (
     error_rate,
     latency_percentile,
     mean_absolute_difference,
+    output_edges,
     summarize,
 )
 from serve_app.rollout.moves import Rollouts
@@ -84,6 +85,28 @@ def test_paired_numeric_outputs_fall_on_one_set_of_bins() -> None:
     assert stats.compared_outputs == {"bin0": 1, "bin1": 1, "bin2": 1}
     assert stats.their_outputs == {"bin0": 1, "bin1": 2}
     assert stats.abs_diff == pytest.approx(0.01 + 0.05 + 0.45)
+
+
+def test_a_regressor_whose_outputs_moved_up_is_rolled_back_for_the_shift() -> None:
+    """Binned on each version's own deciles, outputs moved up by a constant land in the same
+    bins as before; on the primary's bins they do not."""
+    rng = np.random.default_rng(3)
+    theirs = rng.normal(100.0, 10.0, 400)
+    mine = theirs + 15.0
+    edges = output_edges([float(v) for v in rng.normal(100.0, 10.0, 200)])
+    own_edges = output_edges([float(v) for v in rng.normal(115.0, 10.0, 200)])
+    candidate, primary = VersionStats(), VersionStats()
+    for stats, outputs, bins in ((candidate, mine, own_edges), (primary, theirs, edges)):
+        for _ in outputs:
+            stats.answered(0.002, rows=1)
+        stats.predicted(outputs.tolist(), bins)
+    candidate.paired(mine.tolist(), theirs.tolist(), edges)
+    each_on_its_own = distribution_psi(primary.outputs, candidate.outputs)
+    assert each_on_its_own is not None and each_on_its_own < 0.25  # the shift would have gone unseen
+    evidence = summarize((1, primary, None), (2, candidate, None), numeric_outputs=True)
+    assert evidence.output_psi is not None and evidence.output_psi > 1.0
+    decision = decide(POLICY, evidence, window_done=True)
+    assert decision.verdict == "rollback" and "outputs shifted from the primary's" in decision.reason, decision.reason
 
 
 # --- the policy and the controller on real versions ------------------------------------------
