@@ -35,6 +35,7 @@ SLOW_PROBE_S = 3.0  # a worker busy enough to answer its probe 3 s late
 PROPAGATION_S = 2.0
 SERVICE = "serve-svc"  # the selector of the pod-deletion scenario: pods of both clusters
 MODEL = "breast_cancer"
+EVERY_REPLICA_ROUND = 10
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,14 @@ def start_cluster(stage: Stage, sim: RayServiceSim, cluster: local.LocalCluster,
     sim.create_pending(cluster, probe_delay_s)
 
 
-def answers(stage: Stage, sim: RayServiceSim) -> bool:
+def every_replica_answers(stage: Stage, sim: RayServiceSim) -> bool:
+    """The version served by every replica, not only the first to load it: a replica still
+    loading answers 503, and every ingress spreads requests sent one after another over the
+    replicas (leastconn), so `EVERY_REPLICA_ROUND` answers in a row reach each of them."""
     try:
-        return httpx.post(predict_url(sim), json=stage.body, timeout=10).status_code == 200
+        return all(
+            httpx.post(predict_url(sim), json=stage.body, timeout=10).status_code == 200 for _ in range(EVERY_REPLICA_ROUND)
+        )
     except httpx.HTTPError:
         return False
 
@@ -98,7 +104,7 @@ def code_upgrade(stage: Stage, settings: ServiceSettings, probe_delay_s: float =
     active, pending = stage.clusters
     with running(stage, settings) as sim:
         start_cluster(stage, sim, active)
-        sim.wait(lambda: answers(stage, sim), timing.ready_timeout_s, "the first cluster serving through the Service")
+        sim.wait(lambda: every_replica_answers(stage, sim), timing.ready_timeout_s, "the first cluster serving through the Service")
         with BackgroundLoad(predict_url(sim), stage.body, concurrency=timing.concurrency, rate=timing.rate,
                             max_seconds=timing.ready_timeout_s * 2 + timing.deletion_delay_s) as load:  # fmt: skip
             time.sleep(timing.settle_s)
@@ -126,7 +132,7 @@ def first_start(stage: Stage, settings: ServiceSettings, train: Callable[[], Non
             sim.note("first training run")
             train()
             sim.note("first version promoted")
-            sim.wait(lambda: answers(stage, sim), timing.ready_timeout_s, "the first version served")
+            sim.wait(lambda: every_replica_answers(stage, sim), timing.ready_timeout_s, "the first version served by every replica")
             time.sleep(timing.settle_s)
             samples = load.stop().samples
         return outcome("first start", samples, sim)
@@ -154,7 +160,7 @@ def first_start_then_upgrade(
             sim.note("first training run")
             train()
             sim.note("first version promoted")
-            sim.wait(lambda: answers(stage, sim), timing.ready_timeout_s, "the first version served")
+            sim.wait(lambda: every_replica_answers(stage, sim), timing.ready_timeout_s, "the first version served by every replica")
             time.sleep(timing.settle_s)
             applied = time.time()
             sim.note("apply: new image")
