@@ -123,7 +123,6 @@ class Canary:
         given the comparison's predictions once made."""
         stats = self._stats_for(assignment.answer)
         stats.answered(seconds, len(matrix))
-        stats.predicted(predictions, self._edges.get(assignment.answer.version))
         for version in assignment.versions:
             self._saw(version, matrix)
         if assignment.compare is None:
@@ -153,7 +152,6 @@ class Canary:
                 return
             shadow = self._stats_for(other)  # shadow mode: the candidate scored what the primary answered
             shadow.answered(time.perf_counter() - started, len(matrix))
-            shadow.predicted(theirs, self._edges.get(other.version))
             shadow.paired(theirs, answered, edges)
         except Exception as exc:  # off-path work never reaches the client; it counts against the version
             log.warning("off-path scoring by v%s failed: %r", other.version if other else None, exc)

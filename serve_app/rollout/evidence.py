@@ -1,9 +1,9 @@
 """Live evidence about a version: what it answered, how fast, how it compares, what it saw.
 
 Two halves. `VersionStats` is a small, mergeable tally a replica keeps per version
-(counts, a fixed latency histogram, output counts, input counts on the version's own
-profile bins, paired comparisons with the other version, both versions' outputs on the
-paired rows): replicas report deltas and the
+(counts, a fixed latency histogram, input counts on the version's own profile bins,
+paired comparisons with the other version, both versions' outputs on the paired rows):
+replicas report deltas and the
 rollout controller adds them up, so no raw request ever leaves a replica. The pure
 functions below turn tallies into the numbers a policy judges (error rate, latency
 percentiles, agreement, mean absolute difference, PSI of outputs and per-feature input
@@ -38,7 +38,6 @@ class VersionStats(BaseModel):
     errors: int = 0
     rows: int = 0
     latency: list[int] = Field(default_factory=lambda: [0] * (len(LATENCY_EDGES_S) + 1))
-    outputs: dict[str, int] = Field(default_factory=dict, description="rows per predicted class (or output bin)")
     inputs: dict[str, list[int]] = Field(default_factory=dict, description="rows per profile bin, missing last")
     input_rows: int = 0
     compared: int = 0
@@ -55,7 +54,6 @@ class VersionStats(BaseModel):
         self.errors += other.errors
         self.rows += other.rows
         self.latency = [a + b for a, b in zip(self.latency, other.latency, strict=True)]
-        _add_counts(self.outputs, other.outputs)
         for name, counts in other.inputs.items():
             mine = self.inputs.get(name)
             self.inputs[name] = list(counts) if mine is None else [a + b for a, b in zip(mine, counts, strict=True)]
@@ -77,9 +75,6 @@ class VersionStats(BaseModel):
         self.rows += rows if ok else 0
         self.errors += 0 if ok else 1
         self.latency[int(np.searchsorted(LATENCY_EDGES_S, latency_s, side="right"))] += 1
-
-    def predicted(self, predictions: Sequence[Any], output_edges: Sequence[float] | None = None) -> None:
-        _add_counts(self.outputs, Counter(output_keys(predictions, output_edges)))
 
     def saw(self, matrix: np.ndarray, bins: InputBins) -> None:
         """Count a request's rows on the profile's bins: numbers in one vectorized pass

@@ -8,6 +8,7 @@ passed in, so a 10-minute window takes no time.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from serve_app.rollout.evidence import (
     latency_percentile,
     mean_absolute_difference,
     output_edges,
+    output_keys,
     summarize,
 )
 from serve_app.rollout.moves import Rollouts
@@ -67,12 +69,11 @@ def test_tallies_merge_like_one_tally() -> None:
     one, two, both = VersionStats(), VersionStats(), VersionStats()
     for index, stats in enumerate((one, two)):
         stats.answered(0.01 * (index + 1), rows=2)
-        stats.predicted([index, 1])
         stats.paired([index, 1], [0, 1])
     both.merge(one)
     both.merge(two)
     assert (both.requests, both.rows, both.compared, both.agreed) == (2, 4, 4, 3)
-    assert both.outputs == both.compared_outputs == {"0": 1, "1": 3}
+    assert both.compared_outputs == {"0": 1, "1": 3}
     assert both.their_outputs == {"0": 2, "1": 2}
     assert sum(both.latency) == 2
 
@@ -96,12 +97,11 @@ def test_a_regressor_whose_outputs_moved_up_is_rolled_back_for_the_shift() -> No
     edges = output_edges([float(v) for v in rng.normal(100.0, 10.0, 200)])
     own_edges = output_edges([float(v) for v in rng.normal(115.0, 10.0, 200)])
     candidate, primary = VersionStats(), VersionStats()
-    for stats, outputs, bins in ((candidate, mine, own_edges), (primary, theirs, edges)):
+    for stats, outputs in ((candidate, mine), (primary, theirs)):
         for _ in outputs:
             stats.answered(0.002, rows=1)
-        stats.predicted(outputs.tolist(), bins)
     candidate.paired(mine.tolist(), theirs.tolist(), edges)
-    each_on_its_own = distribution_psi(primary.outputs, candidate.outputs)
+    each_on_its_own = distribution_psi(Counter(output_keys(theirs.tolist(), edges)), Counter(output_keys(mine.tolist(), own_edges)))
     assert each_on_its_own is not None and each_on_its_own < 0.25  # the shift would have gone unseen
     evidence = summarize((1, primary, None), (2, candidate, None), numeric_outputs=True)
     assert evidence.output_psi is not None and evidence.output_psi > 1.0
@@ -127,7 +127,6 @@ def _tally(
     stats = VersionStats()
     for _ in range(len(matrix)):
         stats.answered(latency_s, rows=1)
-    stats.predicted(mine)
     stats.saw(matrix, InputBins(profile, answering.manifest.feature_names))
     stats.settle()
     stats.paired(mine, theirs)
@@ -212,7 +211,8 @@ def test_output_shift_compares_the_versions_on_the_rows_both_predicted(registry:
         return evidence, decision.verdict, decision.reason
 
     answered_by_each = distribution_psi(
-        _tally(registry, primary, good, the_rest, 0.002).outputs, _tally(registry, good, primary, mostly_one, 0.002).outputs
+        Counter(output_keys(primary.predict(frame_to_matrix(the_rest, primary.manifest.features)))),
+        Counter(output_keys(good.predict(frame_to_matrix(mostly_one, good.manifest.features)))),
     )
     assert answered_by_each is not None and answered_by_each > 1.0  # what comparing the populations would have judged
     evidence, verdict, reason = judge(good, POLICY)
