@@ -37,7 +37,7 @@ from serve_app.rollout.moves import Rollouts
 from serve_app.rollout.policy import Policy
 from serve_app.wire.v1_arrow import ARROW_STREAM, arrow_stream
 from serve_app.wire.v2_json import BINARY_CONTENT_TYPE, HEADER_LENGTH
-from harness.loadgen import VERSION_HEADER, check_loopback
+from harness.loadgen import VERSION_HEADER, check_loopback, turn_due
 from harness.rollout import wait_until
 from training.demo import day_frame
 from training.publish import publish_model
@@ -126,7 +126,8 @@ class Request:
 
 @dataclass
 class CanaryLoad:
-    """Closed-loop clients in a thread; `keys` distinct request keys cycle over requests,
+    """Clients in a thread, closed loop, or open loop at `rate` requests per second
+    (`concurrency` at most in flight); `keys` distinct request keys cycle over requests,
     and requests take turns over `protocols` (V1 JSON alone unless told; gRPC needs
     `grpc_address`, Arrow needs `features`)."""
 
@@ -139,6 +140,7 @@ class CanaryLoad:
     protocols: tuple[str, ...] = ("v1_json",)
     features: tuple[str, ...] = ()
     grpc_address: str | None = None
+    rate: float | None = None
     answers: list[Answer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -202,7 +204,8 @@ class CanaryLoad:
         return 200, int(reply.model_version), ""
 
     async def _run(self) -> None:
-        deadline = time.monotonic() + self.max_seconds
+        began = time.monotonic()
+        deadline = began + self.max_seconds
         turns = iter(range(self.max_requests))
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         channel = grpc.aio.insecure_channel(self.grpc_address) if self.grpc_address else None
@@ -211,6 +214,8 @@ class CanaryLoad:
 
             async def worker() -> None:
                 while time.monotonic() < deadline and not self._stop.is_set() and (turn := next(turns, None)) is not None:
+                    if not await turn_due(turn, began, deadline, self.rate, self._stop):
+                        break
                     key, protocol = f"client-{turn % self.keys}", self.protocols[turn % len(self.protocols)]
                     sent, started = time.time(), time.perf_counter()
                     try:

@@ -63,6 +63,19 @@ def check_loopback(url: str) -> None:
     raise ValueError(f"load is only ever sent to loopback, not to {host!r}")
 
 
+async def turn_due(turn: int, began: float, deadline: float, rate: float | None, stop: threading.Event | None) -> bool:
+    """Open loop: request `turn` is due `turn / rate` seconds after `began` (closed loop
+    without `rate`: at once). Sleeps until then; False if the run ends first."""
+    if rate is None:
+        return True
+    due = began + turn / rate
+    if due > deadline:
+        return False
+    if (wait := due - time.monotonic()) > 0:
+        await asyncio.sleep(wait)
+    return not (stop and stop.is_set())
+
+
 async def run_load(
     url: str,
     body: dict[str, Any] | bytes,
@@ -95,13 +108,8 @@ async def run_load(
 
         async def worker() -> None:
             while time.monotonic() < deadline and not (stop and stop.is_set()) and (turn := next(budget, None)) is not None:
-                due = began + turn / rate if rate is not None else 0.0
-                if due > deadline:
+                if not await turn_due(turn, began, deadline, rate, stop):
                     break
-                if (wait := due - time.monotonic()) > 0:
-                    await asyncio.sleep(wait)
-                    if stop and stop.is_set():
-                        break
                 sent = time.time()
                 started = time.perf_counter()
                 try:

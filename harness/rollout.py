@@ -44,6 +44,9 @@ TITLES = {
 MAX_REQUESTS = 5_000_000  # the time bound (max_seconds) is the one that ends a run
 Outcome = tuple[float, float, str, list[str]]  # trigger time, done time, expected version, notes
 Step = Callable[[], Outcome]
+# How often a wait looks again: most conditions ask Serve's controller through the dashboard,
+# a call that costs the cluster CPU its replicas share (benchmarks look once a second)
+WAIT_POLL_S = 0.25
 REFUSALS = {"refuse_corrupt": "integrity", "refuse_schema": "schema_mismatch", "refuse_samples": "sample_mismatch"}
 
 
@@ -65,9 +68,10 @@ class Stack:
         assert version is not None, "the registry has no version to take samples from"
         return {"instances": self.registry.manifest(self.model, version).samples.inputs[:1]}
 
-    def replicas(self) -> dict[str, tuple[str, int]]:
-        """replica id -> (actor id, pid) of the RUNNING replicas, from Serve itself."""
-        app = local.app_status(self.cluster)["applications"]["nonstop"]
+    def replicas(self, app: dict[str, Any] | None = None) -> dict[str, tuple[str, int]]:
+        """replica id -> (actor id, pid) of the RUNNING replicas, from Serve itself (or
+        from `app`, Serve's status of the app, already at hand)."""
+        app = local.app_status(self.cluster)["applications"]["nonstop"] if app is None else app
         return {
             r["replica_id"]: (r["actor_id"], r["pid"])
             for d in app["deployments"].values()
@@ -77,10 +81,10 @@ class Stack:
 
     def settled(self) -> bool:
         """The app RUNNING with as many replicas as its config allows (between the
-        autoscaler's bounds): the last deploy is wholly applied."""
+        autoscaler's bounds): the last deploy is wholly applied. One look at Serve."""
         app = local.app_status(self.cluster)["applications"]["nonstop"]
         fewest, most = replica_bounds(self.config)
-        return app["status"] == "RUNNING" and fewest <= len(self.replicas()) <= most
+        return app["status"] == "RUNNING" and fewest <= len(self.replicas(app)) <= most
 
     def board(self, live: dict[str, tuple[str, int]] | None = None) -> dict[str, ReplicaStatus]:
         live = self.replicas() if live is None else live
@@ -129,7 +133,7 @@ def wider_data(data: Path) -> Path:
     return wider
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.1) -> float:
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, every_s: float = WAIT_POLL_S) -> float:
     started = time.monotonic()
     while not condition():
         if time.monotonic() - started > timeout_s:
@@ -159,7 +163,7 @@ class RolloutCheck:
         concurrency: int = 8,
         rate: float | None = None,
         max_seconds: float = 1800.0,
-        poll_s: float = 0.1,
+        poll_s: float = WAIT_POLL_S,
     ) -> None:
         """`poll_s`: how often a scenario looks whether the replicas got there. Each look
         asks Serve's controller through the dashboard, on the cores the replicas serve on:

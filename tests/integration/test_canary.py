@@ -26,7 +26,7 @@ from serve_app.rollout.policy import Policy
 from tests.conftest import MODEL, train_into
 from harness.canary import PROTOCOLS, CanaryLoad, RolloutRun, bodies, poisoned, publish_fragile, run_rollout
 from harness.rollout import Stack, wait_until
-from tests.integration.conftest import POLL_INTERVAL_S, SLACK_S
+from tests.integration.conftest import CANARY_RATE, POLL_INTERVAL_S, SLACK_S
 from tests.integration.test_metrics import _series
 from training import demo
 from training.job import TrainOptions, train
@@ -55,7 +55,7 @@ def _live_frame() -> pd.DataFrame:
 
 def _load(served: Stack, rescale: dict[str, float] | None = None) -> CanaryLoad:
     features = served.registry.manifest(MODEL, served.registry.resolve(MODEL, "production") or 1).feature_names
-    return CanaryLoad(served.predict_url, bodies(_live_frame(), features, ROWS_PER_REQUEST, rescale), concurrency=4)
+    return CanaryLoad(served.predict_url, bodies(_live_frame(), features, ROWS_PER_REQUEST, rescale), concurrency=4, rate=CANARY_RATE)
 
 
 def _shuffled(tmp_path: Path) -> Path:
@@ -96,7 +96,7 @@ def fragile_run(served: Stack) -> RolloutRun:
     payloads = poisoned(bodies(_live_frame(), features, ROWS_PER_REQUEST))
     load = CanaryLoad(
         served.predict_url, payloads, concurrency=4, protocols=PROTOCOLS, features=tuple(features),
-        grpc_address=f"127.0.0.1:{served.cluster.grpc_port}",
+        grpc_address=f"127.0.0.1:{served.cluster.grpc_port}", rate=CANARY_RATE,
     )  # fmt: skip
     return run_rollout(registry, MODEL, candidate, POLICY, load, settle_s=SETTLE_S, timeout_s=6 * WINDOW_S + SLACK_S + 30)
 

@@ -24,7 +24,7 @@ from harness.rollout import Stack, wait_until
 from nonstop_ops.cluster import lifecycle as local
 from nonstop_ops.cluster.serve_config import deployment_config
 from tests.conftest import MODEL
-from tests.integration.conftest import LOAD_RATE, POLL_INTERVAL_S, swap_bound
+from tests.integration.conftest import CANARY_RATE, LOAD_RATE, POLL_INTERVAL_S, swap_bound
 from harness.small_models import ROW, publish_small
 from serve_app.rollout.policy import Policy
 from training import demo
@@ -119,7 +119,7 @@ def test_canarying_one_model_fails_no_request_on_any(many: Stack) -> None:
     production = {m: registry.resolve(m, "production") for m in MODELS}
     features = registry.manifest(MODEL, production[MODEL] or 1).feature_names
     frame = pd.concat([demo.day_frame(day) for day in (3, 4)], ignore_index=True).sample(frac=1.0, random_state=5)
-    canaried = CanaryLoad(served.predict_url, poisoned(bodies(frame, features, 8)), concurrency=2)
+    canaried = CanaryLoad(served.predict_url, poisoned(bodies(frame, features, 8)), concurrency=2, rate=CANARY_RATE)
     url = f"{served.cluster.http_url}/v1/models/{{}}:predict"
     others = {m: BackgroundLoad(url.format(m), {"instances": [ROW]}, concurrency=1, max_seconds=300, rate=LOAD_RATE) for m in (STEADY, MOVED)}
     candidate = publish_fragile(registry, MODEL)
