@@ -37,7 +37,12 @@ DRAIN_S = 5.0
 # while the one it replaces drains, as on a node with room for one pod more, instead of
 # waiting for that replica's CPU (Serve stops the old and starts the new at once)
 HEAD_CPUS = 3
-TEST_CLUSTER = local.LocalCluster.isolated(PORT_BASE, f"nst-{PORT_BASE}", ingress_drain_s=DRAIN_S, num_cpus=HEAD_CPUS)
+# Every Ray process exports its metrics this often instead of Ray's 10 s: the tests that read
+# the Prometheus endpoint wait for an export or two
+METRICS_REPORT_MS = 2000
+TEST_CLUSTER = local.LocalCluster.isolated(
+    PORT_BASE, f"nst-{PORT_BASE}", ingress_drain_s=DRAIN_S, num_cpus=HEAD_CPUS, metrics_report_interval_ms=METRICS_REPORT_MS
+)
 POLL_INTERVAL_S = 0.5
 # Requests per second each background load of the tier offers (open loop, its clients'
 # count at most in flight): hundreds of requests span every swap, restart and kill, and the

@@ -26,7 +26,7 @@ from serve_app.rollout.policy import Policy
 from tests.conftest import MODEL, train_into
 from harness.canary import PROTOCOLS, CanaryLoad, RolloutRun, bodies, poisoned, publish_fragile, run_rollout
 from harness.rollout import Stack, wait_until
-from tests.integration.conftest import CANARY_RATE, POLL_INTERVAL_S, SLACK_S
+from tests.integration.conftest import CANARY_RATE, METRICS_REPORT_MS, POLL_INTERVAL_S, SLACK_S
 from tests.integration.test_metrics import _series
 from training import demo
 from training.job import TrainOptions, train
@@ -41,9 +41,9 @@ SETTLE_S = 2.0
 ROWS_PER_REQUEST = 8
 # the replicas see a step within a poll, report within a second, the controller looks twice a second
 FOLLOW_S = POLL_INTERVAL_S + 1.0 + 0.5
-# Ray drops a gauge not set again for two metrics report intervals (10 s by default;
-# ray/_private/telemetry/open_telemetry_metric_recorder.py)
-RAY_GAUGE_TTL_S = 20.0
+# Ray drops a gauge not set again for two metrics report intervals
+# (ray/_private/telemetry/open_telemetry_metric_recorder.py)
+RAY_GAUGE_TTL_S = 2 * METRICS_REPORT_MS / 1000
 
 
 def _live_frame() -> pd.DataFrame:

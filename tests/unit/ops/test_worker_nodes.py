@@ -61,3 +61,14 @@ def test_isolated_clusters_give_their_replicas_ports_of_their_own() -> None:
 def test_a_replica_port_range_backwards_is_refused_naming_it() -> None:
     with pytest.raises(ValidationError, match=r"replica ports \(700, 600\) are not a range"):
         LocalCluster(replica_grpc_ports=(700, 600))
+
+
+def test_the_metrics_report_interval_is_rays_unless_a_cluster_sets_it() -> None:
+    """The suite's cluster exports metrics more often (tests/integration/conftest.py); a
+    cluster that does not set it leaves Ray's default, and Ray's floor of a second holds."""
+    settings = Settings(registry="/tmp/unused-registry")
+    assert "RAY_metrics_report_interval_ms" not in LocalCluster().environment(settings)
+    chosen = LocalCluster.isolated(21000, "nst-21000", metrics_report_interval_ms=2000)
+    assert chosen.environment(settings)["RAY_metrics_report_interval_ms"] == "2000"
+    with pytest.raises(ValidationError, match="metrics_report_interval_ms"):
+        LocalCluster(metrics_report_interval_ms=500)
