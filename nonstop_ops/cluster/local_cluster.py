@@ -204,10 +204,10 @@ class LocalCluster(BaseModel):
             "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
             "RAY_SERVE_HAPROXY_NBTHREAD": "1",
             "RAY_worker_niceness": str(self.worker_niceness),
-            **self._serve_overrides(),
+            **self._overrides(),
         }
 
-    def _serve_overrides(self) -> dict[str, str]:
+    def _overrides(self) -> dict[str, str]:
         """Ray's and Serve's own settings this cluster moves from their defaults, and only those."""
         chosen: dict[str, str] = {}
         if self.metrics_report_interval_ms is not None:
