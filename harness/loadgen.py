@@ -14,7 +14,8 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -37,6 +38,28 @@ class Sample:
     @property
     def ok(self) -> bool:
         return self.error is None and 200 <= self.status < 300
+
+
+class Timed(Protocol):
+    """A request as a load driver recorded it (`Sample`, `harness.canary.Answer`)."""
+
+    sent_at: float
+    latency_s: float
+
+    @property
+    def ok(self) -> bool: ...
+
+
+T = TypeVar("T", bound=Timed)
+
+
+def failed_beyond(answers: Iterable[T], fault_at: float, burst_s: float) -> list[T]:
+    """The failures a fault at `fault_at` does not explain. A kill -9 fails the requests
+    the killed process held and those the ingress sends it before it sees its connections
+    close (HAProxy multiplexes requests over few connections, so their count follows the
+    load's rate, not its clients): the failures answered after the fault and sent within
+    `burst_s` of it are the fault's; any other failure is returned."""
+    return [a for a in answers if not a.ok and not (a.sent_at + a.latency_s >= fault_at and a.sent_at <= fault_at + burst_s)]
 
 
 @dataclass

@@ -53,6 +53,10 @@ LOAD_RATE = 100.0
 # What each canary load offers, open loop alike: at a first step of 10 % a 4 s window gets
 # three times the candidate requests the tests' policies ask for (min_requests 20)
 CANARY_RATE = 150.0
+# A replica killed with SIGKILL fails a burst of requests at the kill (harness.loadgen.failed_beyond):
+# a second bounds that burst generously and is far shorter than a replacement's start, so
+# requests lost while the survivor should carry the load fail the tests
+KILL_BURST_S = 1.0
 SLACK_S = 30.0  # a busy 2-core machine: scheduling, Ray's own work, the load driver
 BODY_TIMEOUT_S = 10.0  # tests/integration/test_hostile_input.py waits it out; on a loaded
 # 2-core machine a replica mid-swap can stall a few seconds, which a shorter bound turned into 408s
