@@ -55,10 +55,10 @@ T = TypeVar("T", bound=Timed)
 
 def failed_beyond(answers: Iterable[T], fault_at: float, burst_s: float) -> list[T]:
     """The failures a fault at `fault_at` does not explain. A kill -9 fails the requests
-    the killed process held and those the ingress sends it before it sees its connections
-    close (HAProxy multiplexes requests over few connections, so their count follows the
-    load's rate, not its clients): the failures answered after the fault and sent within
-    `burst_s` of it are the fault's; any other failure is returned."""
+    the killed process held and those HAProxy sends it before it sees its connections
+    close (HAProxy retries a failed connect, not a request sent), so their count follows
+    the load's rate, not its clients: the failures answered after the fault and sent
+    within `burst_s` of it are the fault's; any other failure is returned."""
     return [a for a in answers if not a.ok and not (a.sent_at + a.latency_s >= fault_at and a.sent_at <= fault_at + burst_s)]
 
 
