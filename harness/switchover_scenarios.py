@@ -89,8 +89,9 @@ def every_replica_answers(stage: Stage, sim: RayServiceSim) -> bool:
     """The version served by every replica, not only the first to load it: a replica still
     loading answers 503, and every ingress spreads requests sent one after another over the
     replicas (leastconn), so `EVERY_REPLICA_ROUND` answers in a row reach each of them. One
-    client for the round, a new connection for each request as before: each `httpx.post`
-    builds a client of its own, TLS context included, at more CPU than the request."""
+    client for the round, with keep-alive off so that each request opens a connection of its
+    own for leastconn to place: `httpx.post` would build a client per request, TLS context
+    included, at more CPU than the request."""
     try:
         with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client:
             return all(client.post(predict_url(sim), json=stage.body).status_code == 200 for _ in range(EVERY_REPLICA_ROUND))
